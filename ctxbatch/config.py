@@ -1,0 +1,199 @@
+"""Settings: YAML or a dict -> validated, typed settings with a default for every value.
+
+The seed's `worker:` block loads unchanged. Precedence (applied by the CLI): command-line
+flag, then environment variable, then config file, then the defaults written here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ctxbatch.errors import ConfigError
+
+PRIORITY_MIN, PRIORITY_MAX = 0, 100
+
+
+class _Section(BaseModel):
+    # Unknown keys are refused so a typo never silently falls back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RetrySettings(_Section):
+    batch_retries: int = Field(3, ge=0, description="Times a batch stopped by a critical error is retried.")
+    backoff_seconds: list[float] = Field(
+        [5, 15, 30], min_length=1, description="Wait before retry i (the last value repeats)."
+    )
+    context_retries: int = Field(3, ge=0, description="Retries of one failed context before it is failed for good.")
+
+    @field_validator("backoff_seconds")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("backoff periods must be >= 0")
+        return value
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after the given (1-based) failed attempt."""
+        return self.backoff_seconds[min(max(attempt, 1), len(self.backoff_seconds)) - 1]
+
+
+def parse_level(text: str | int) -> tuple[int, int]:
+    """'0-10' -> (0, 10); '7' -> (7, 7)."""
+    low, _, high = str(text).partition("-")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a range like '0-10'") from None
+    if not PRIORITY_MIN <= bounds[0] <= bounds[1] <= PRIORITY_MAX:
+        raise ValueError(f"{text!r} must be a range within {PRIORITY_MIN}..{PRIORITY_MAX}")
+    return bounds
+
+
+def _span(low: int, high: int) -> str:
+    return f"priority {low} does not" if low == high else f"priorities {low}-{high} do not"
+
+
+class PrioritySettings(_Section):
+    enabled: bool = Field(True, description="Claim the most urgent (lowest) priority first; else oldest first.")
+    levels: dict[str, str] = Field(
+        {"high": "0-10", "medium": "11-50", "low": "51-100"},
+        description="Named priority ranges; together they cover 0..100 exactly once.",
+    )
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        # YAML reads `high: 5` as an int; a one-value range is still a range.
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _cover_once(cls, levels: dict[str, str]) -> dict[str, str]:
+        if not levels:
+            raise ValueError("at least one level is needed")
+        spans = sorted((parse_level(text), name) for name, text in levels.items())
+        expected = PRIORITY_MIN
+        for (low, high), name in spans:
+            if low < expected:
+                raise ValueError(f"level {name!r} ({low}-{high}) overlaps another level")
+            if low > expected:
+                raise ValueError(f"{_span(expected, low - 1)} belong to any level")
+            expected = high + 1
+        if expected <= PRIORITY_MAX:
+            raise ValueError(f"{_span(expected, PRIORITY_MAX)} belong to any level")
+        return levels
+
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        return {name: parse_level(text) for name, text in self.levels.items()}
+
+
+class WorkerSettings(_Section):
+    batch_size: int = Field(10, ge=1, description="Contexts per batch (fixed sizing, and the dynamic start).")
+    max_parallel_batches: int = Field(3, ge=1, description="Batches in flight at once per loop.")
+    dynamic_batch_sizing: bool = Field(True, description="Size batches from load and history.")
+    min_batch_size: int = Field(5, ge=1, description="Smallest batch the dynamic sizer may choose.")
+    max_batch_size: int = Field(20, ge=1, description="Largest batch the dynamic sizer may choose.")
+    batch_timeout_seconds: float = Field(60, ge=0, description="Longest wait for a batch to fill.")
+    lease_seconds: float = Field(300, gt=0, description="How long a claim holds its contexts unless renewed.")
+    engine_concurrency: int = Field(16, ge=1, description="Payloads an async engine runs at once per partition.")
+    target_batch_seconds: float = Field(10, gt=0, description="Batch duration the dynamic sizer aims for.")
+    memory_high_fraction: float = Field(0.8, gt=0, le=1, description="Worker memory use that makes batches shrink.")
+    sizer: str | None = Field(None, description="'fixed', 'dynamic' or 'module:callable'; None follows dynamic_batch_sizing.")
+    priorities: PrioritySettings = Field(default_factory=PrioritySettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> WorkerSettings:
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size ({self.min_batch_size}) is larger than max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+class MongoSettings(_Section):
+    uri: str | None = Field(None, description="MongoDB URI; None starts the embedded server.")
+    database: str = Field("ctxbatch", min_length=1, description="Database holding `contexts` and `batches`.")
+
+
+class AdaptiveSettings(_Section):
+    minimum: int = Field(1, ge=0)
+    maximum: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveSettings:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) is larger than maximum ({self.maximum})")
+        return self
+
+
+class DaskSettings(_Section):
+    scheduler_address: str | None = Field(None, description="Join this cluster instead of starting one.")
+    n_workers: int | None = Field(None, ge=1, description="Workers of the local cluster (None: one per core).")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per local worker.")
+    processes: bool = Field(True, description="Local workers are processes (True) or threads.")
+    dashboard_address: str | None = Field(":0", description="Dashboard bind address; None for no dashboard.")
+    adaptive: AdaptiveSettings | None = Field(None, description="Scale local workers between these bounds.")
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = Field(None, description="Bearer token every route but /healthz requires.")
+    max_contexts_per_request: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+
+
+class MonitoringSettings(_Section):
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Expose Prometheus metrics from `run` here.")
+    alert_error_rate: float = Field(0.1, ge=0, le=1, description="Failed share of a batch that logs an alert.")
+    alert_queue_length: int = Field(100_000, ge=0, description="Pending contexts that log an alert.")
+
+
+class Settings(_Section):
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    mongo: MongoSettings = Field(default_factory=MongoSettings)
+    engine: str | None = Field(None, description="The engine as 'module:callable'.")
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+
+def _first_problem(error: ValidationError) -> ConfigError:
+    problem = error.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"])
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        message = "unknown key"
+    return ConfigError(key, message)
+
+
+def load_config(source: str | os.PathLike[str] | dict[str, Any] | Settings | None = None) -> Settings:
+    """Settings from a YAML file, a dict, or nothing (all defaults); ConfigError names the bad key."""
+    if isinstance(source, Settings):
+        return source
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", "the configuration must be a mapping of sections")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _first_problem(exc) from None

@@ -1,0 +1,69 @@
+"""The exceptions users of ctxbatch catch; one hierarchy under CtxbatchError."""
+
+from __future__ import annotations
+
+
+class CtxbatchError(Exception):
+    """Raised for any failure ctxbatch can explain in one line to a user."""
+
+
+class ConfigError(CtxbatchError):
+    """Raised when a configuration value is unknown, of the wrong type, or out of range."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class SubmitError(CtxbatchError):
+    """Raised when a submission is refused; nothing of it was stored."""
+
+    def __init__(self, index: int | None, field: str | None, message: str) -> None:
+        where = "" if index is None else f"record {index}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")
+        self.index = index
+        self.field = field
+        self.message = message
+
+
+class InputError(CtxbatchError):
+    """Raised when an input file cannot be read or parsed; names the file and line."""
+
+
+class BatchNotFound(CtxbatchError):
+    """Raised when a batch id names no batch."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch with id {batch_id!r}")
+        self.batch_id = batch_id
+
+
+class ContextNotFound(CtxbatchError):
+    """Raised when a context id names no context."""
+
+    def __init__(self, context_id: str) -> None:
+        super().__init__(f"no context with id {context_id!r}")
+        self.context_id = context_id
+
+
+class LeaseLost(CtxbatchError):
+    """Raised when a fenced write finds that another owner now holds some contexts."""
+
+    def __init__(self, token: str, lost: list[str]) -> None:
+        super().__init__(f"lease {token} no longer holds {len(lost)} context(s)")
+        self.token = token
+        self.lost = lost
+
+
+class DatabaseUnavailable(CtxbatchError):
+    """Raised when MongoDB (or the embedded server) cannot be reached or started."""
+
+
+class EngineError(CtxbatchError):
+    """Raised when an engine cannot be resolved or imported."""
+
+
+class CriticalError(CtxbatchError):
+    """Raised by an engine to stop the whole batch: its contexts are released and it is retried."""

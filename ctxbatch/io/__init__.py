@@ -1,0 +1,18 @@
+"""Everything that talks to MongoDB."""
+
+from ctxbatch.io.claims import Claim, WriteReport
+from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
+from ctxbatch.io.store import ContextStore, connect, derive_status, mask_uri
+
+__all__ = [
+    "Claim",
+    "ContextRequest",
+    "ContextStore",
+    "Status",
+    "WriteReport",
+    "connect",
+    "derive_status",
+    "error_record",
+    "mask_uri",
+    "utcnow",
+]

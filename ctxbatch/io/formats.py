@@ -1,0 +1,119 @@
+"""Reading submissions from files: JSON Lines, a JSON array, CSV with a `payload` column, Parquet.
+
+Each reader returns the records and where each came from ("contexts.jsonl:17"), so a refused
+record is reported at the user's line, not at an index they would have to count to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctxbatch.errors import InputError
+
+
+@dataclass(frozen=True)
+class Submission:
+    records: list[Any]
+    locate: Callable[[int], str]
+
+
+def _json_lines(text: str, name: str) -> Submission:
+    records, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name}:{number}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        lines.append(number)
+    return Submission(records, lambda i: f"{name}:{lines[i]}")
+
+
+def _json_array(text: str, name: str) -> Submission:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(records, list):
+        raise InputError(f"{name}: expected a JSON array of contexts, got a JSON {type(records).__name__}")
+    return Submission(records, lambda i: f"{name}: item {i}")
+
+
+def _csv(text: str, name: str) -> Submission:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "payload" not in reader.fieldnames:
+        raise InputError(f"{name}:1: a CSV submission needs a 'payload' column of JSON objects")
+    records = []
+    for row in reader:
+        line = reader.line_num
+        record: dict[str, Any] = {}
+        for column, value in row.items():
+            if value in (None, "") and column != "payload":
+                continue
+            if column == "payload":
+                try:
+                    record["payload"] = json.loads(value or "")
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{name}:{line}: payload is not valid JSON: {exc.msg}") from None
+            elif column == "priority":
+                try:
+                    record["priority"] = int(value)
+                except ValueError:
+                    raise InputError(f"{name}:{line}: priority must be an integer, got {value!r}") from None
+            else:
+                record[str(column)] = value
+        records.append(record)
+    return Submission(records, lambda i: f"{name}:{i + 2}")
+
+
+def _parquet(path: Path, name: str) -> Submission:
+    import pandas as pd
+    import pyarrow
+
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
+    if "payload" not in frame.columns:
+        raise InputError(f"{name}: a Parquet submission needs a 'payload' column")
+    records = []
+    for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
+        record = {k: v for k, v in row.items() if v is not None}
+        if isinstance(record.get("payload"), str):
+            try:
+                record["payload"] = json.loads(record["payload"])
+            except json.JSONDecodeError:
+                pass  # left as a string; validation names it
+        records.append(record)
+    return Submission(records, lambda i: f"{name}: row {i}")
+
+
+def read_submission(source: str) -> Submission:
+    """Records from a file path, or from standard input when `source` is '-'."""
+    if source == "-":
+        text = sys.stdin.read()
+        name = "<stdin>"
+        return _json_array(text, name) if text.lstrip().startswith("[") else _json_lines(text, name)
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return _parquet(path, source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{source}: cannot read: {exc}") from None
+    if suffix == ".csv":
+        return _csv(text, source)
+    if suffix == ".json" or text.lstrip().startswith("["):
+        return _json_array(text, source)
+    return _json_lines(text, source)

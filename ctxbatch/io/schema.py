@@ -1,0 +1,132 @@
+"""Document shapes, status values, indexes, and validation of context requests.
+
+nx-27017 note: a bare-value filter such as `{"status": "pending"}` carries array-containment
+semantics there and scans the collection, while `{"status": {"$eq": "pending"}}` uses the
+compound index; so every filter in `io/` is written with explicit operators.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import bson
+from bson.errors import InvalidDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from ctxbatch.errors import SubmitError
+
+DEFAULT_PRIORITY = 50
+MAX_KEY_LENGTH = 256
+MAX_BSON_BYTES = 16 * 1024 * 1024
+REQUEST_FIELDS = frozenset({"payload", "priority", "key"})
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+CONTEXT_INDEXES = [
+    # claim: status + priority order + oldest first, sort included (also serves the reaper).
+    IndexModel([("status", ASCENDING), ("priority", ASCENDING), ("created_at", ASCENDING)], name="claim"),
+    # claim with priorities disabled: oldest first.
+    IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="claim_fifo"),
+    IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)], name="batch_status"),
+    IndexModel([("lease.token", ASCENDING)], name="lease_token"),
+]
+BATCH_INDEXES = [IndexModel([("created_at", DESCENDING)], name="newest")]
+
+
+def utcnow() -> dt.datetime:
+    # MongoDB keeps milliseconds; truncating here keeps in-memory and stored values equal.
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRequest:
+    """One validated context of a submission."""
+
+    payload: dict[str, Any]
+    priority: int
+    key: str | None = None
+
+
+def _is_priority(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
+
+
+def validate_priority(value: Any, field: str = "priority") -> int:
+    if not _is_priority(value):
+        raise SubmitError(None, field, f"must be an integer from 0 to 100, got {value!r}")
+    return int(value)
+
+
+def validate_request(index: int, record: Any, default_priority: int) -> ContextRequest:
+    """One record -> ContextRequest, or SubmitError naming the record and field."""
+    if not isinstance(record, Mapping):
+        raise SubmitError(index, None, f"must be an object with a 'payload', got {type(record).__name__}")
+    unknown = set(record) - REQUEST_FIELDS
+    if unknown:
+        raise SubmitError(index, sorted(map(str, unknown))[0], "unknown field (expected payload, priority, key)")
+    if "payload" not in record:
+        raise SubmitError(index, "payload", "is missing")
+    payload = record["payload"]
+    if not isinstance(payload, Mapping):
+        raise SubmitError(index, "payload", f"must be a JSON object, got {type(payload).__name__}")
+    priority = record.get("priority", default_priority)
+    if not _is_priority(priority):
+        raise SubmitError(index, "priority", f"must be an integer from 0 to 100, got {priority!r}")
+    key = record.get("key")
+    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH):
+        raise SubmitError(index, "key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+    try:
+        size = len(bson.encode(payload))
+    except (InvalidDocument, TypeError, OverflowError) as exc:
+        raise SubmitError(index, "payload", f"cannot be stored: {exc}") from None
+    if size > MAX_BSON_BYTES - 64 * 1024:
+        raise SubmitError(index, "payload", f"is {size} bytes; the limit is about 16 MB")
+    return ContextRequest(dict(payload), int(priority), key)
+
+
+def validate_requests(records: Iterable[Any], default_priority: int | None = None) -> list[ContextRequest]:
+    """Validate a whole submission before anything is written; the first problem is raised."""
+    default = DEFAULT_PRIORITY if default_priority is None else validate_priority(default_priority)
+    requests: list[ContextRequest] = []
+    seen_keys: dict[str, int] = {}
+    for index, record in enumerate(records):
+        request = validate_request(index, record, default)
+        if request.key is not None:
+            first = seen_keys.setdefault(request.key, index)
+            if first != index:
+                raise SubmitError(index, "key", f"{request.key!r} repeats record {first}'s key")
+        requests.append(request)
+    if not requests:
+        raise SubmitError(None, None, "the submission holds no contexts")
+    return requests
+
+
+def context_document(request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "_id": context_id,
+        "batch_id": batch_id,
+        "priority": request.priority,
+        "status": Status.PENDING.value,
+        "payload": request.payload,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        **({"key": request.key} if request.key is not None else {}),
+    }
+
+
+def error_record(exc: BaseException, traceback_text: str = "") -> dict[str, str]:
+    """The `error` field of a context: {type, message, traceback}."""
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
