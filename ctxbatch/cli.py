@@ -13,8 +13,7 @@ from pymongo.errors import PyMongoError
 
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import CtxbatchError, InputError, SubmitError
-from ctxbatch.io import ContextStore, connect, mask_uri
-from ctxbatch.io import embedded
+from ctxbatch.io import ContextStore, connect, embedded, mask_uri
 from ctxbatch.io.formats import read_submission
 
 

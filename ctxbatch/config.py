@@ -105,7 +105,9 @@ class WorkerSettings(_Section):
     engine_concurrency: int = Field(16, ge=1, description="Payloads an async engine runs at once per partition.")
     target_batch_seconds: float = Field(10, gt=0, description="Batch duration the dynamic sizer aims for.")
     memory_high_fraction: float = Field(0.8, gt=0, le=1, description="Worker memory use that makes batches shrink.")
-    sizer: str | None = Field(None, description="'fixed', 'dynamic' or 'module:callable'; None follows dynamic_batch_sizing.")
+    sizer: str | None = Field(
+        None, description="'fixed', 'dynamic' or 'module:callable'; None follows dynamic_batch_sizing."
+    )
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 

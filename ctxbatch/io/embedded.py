@@ -135,9 +135,7 @@ def start(announce: Callable[[str], None] | None = None) -> ServerState:
             "--log-file", str(home() / "server.log"), "--pid-file", str(home() / "nx-27017.pid"),
         ]  # fmt: skip
         # A new session, so Ctrl-C in the terminal that started it does not stop the server.
-        process = subprocess.Popen(
-            command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         _wait_until_answering(uri, process)
         _record_path().write_text(json.dumps({"pid": process.pid, "port": port, "uri": uri}))

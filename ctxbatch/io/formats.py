@@ -6,6 +6,7 @@ record is reported at the user's line, not at an index they would have to count 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -88,10 +89,9 @@ def _parquet(path: Path, name: str) -> Submission:
     for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
         record = {k: v for k, v in row.items() if v is not None}
         if isinstance(record.get("payload"), str):
-            try:
+            # Not JSON: left as a string, which validation then names.
+            with contextlib.suppress(json.JSONDecodeError):
                 record["payload"] = json.loads(record["payload"])
-            except json.JSONDecodeError:
-                pass  # left as a string; validation names it
         records.append(record)
     return Submission(records, lambda i: f"{name}: row {i}")
 

@@ -148,8 +148,7 @@ class ContextStore:
             for start in range(0, len(requests), INSERT_CHUNK):
                 chunk = requests[start : start + INSERT_CHUNK]
                 documents = [
-                    context_document(r, r.key if r.key is not None else str(ObjectId()), batch_id, now)
-                    for r in chunk
+                    context_document(r, r.key if r.key is not None else str(ObjectId()), batch_id, now) for r in chunk
                 ]
                 try:
                     self.contexts.insert_many(documents, ordered=False)
@@ -177,9 +176,7 @@ class ContextStore:
 
     # -- claim and settle -----------------------------------------------------------------
 
-    def claim(
-        self, n: int, owner: str, lease_seconds: float = 300, *, by_priority: bool = True
-    ) -> Claim:
+    def claim(self, n: int, owner: str, lease_seconds: float = 300, *, by_priority: bool = True) -> Claim:
         """Take up to n claimable contexts, most urgent then oldest first, under a fresh lease."""
         token = uuid.uuid4().hex
         now = utcnow()
