@@ -70,6 +70,10 @@ def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
     return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": _epoch_ms(expires_at)}
 
 
+def _claimable(now: dt.datetime) -> dict[str, Any]:
+    return {"status": _eq(Status.PENDING.value), "next_attempt_at": {"$lte": now}}
+
+
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
     """`$currentDate` for these fields (see the module's note on datetimes)."""
     return {"$currentDate": dict.fromkeys(fields, True)}
@@ -182,7 +186,7 @@ class ContextStore:
         now = utcnow()
         expires_at = now + dt.timedelta(seconds=lease_seconds)
         order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
-        claimable = {"status": _eq(Status.PENDING.value), "next_attempt_at": {"$lte": now}}
+        claimable = _claimable(now)
         lease = _lease(owner, token, expires_at)
         won = 0
         for _ in range(CLAIM_ROUNDS):
@@ -300,6 +304,15 @@ class ContextStore:
         """Give contexts back unchanged (all of the claim by default), fenced."""
         return self.settle(claim, release=claim.ids if ids is None else ids)
 
+    def claimable(self, limit: int) -> int:
+        """How many contexts could be claimed now, counting no further than `limit` (index-backed)."""
+        return len(list(self.contexts.find(_claimable(utcnow()), {"_id": 1}).limit(limit)))
+
+    def held(self, claim: Claim) -> Claim:
+        """The part of a claim its lease still holds, in claim order."""
+        still = {d["_id"] for d in self.contexts.find({"lease.token": _eq(claim.token)}, {"_id": 1})}
+        return claim.subset([cid for cid in claim.ids if cid in still])
+
     def renew(self, claim: Claim, lease_seconds: float = 300) -> int:
         """Extend the lease; returns how many contexts it still holds."""
         expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
@@ -371,14 +384,16 @@ class ContextStore:
         return found
 
     def counts(self, batch_id: str) -> dict[str, int]:
-        # An aggregate, not count_documents: the latter takes seconds on nx-27017 at 100k.
-        grouped = self.contexts.aggregate(
-            [{"$match": {"batch_id": _eq(batch_id)}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
-        )
-        counts = {s.value: 0 for s in Status}
-        for row in grouped:
-            counts[row["_id"]] = row["n"]
+        counts = self._count_by_status({"batch_id": _eq(batch_id)})
         return {"total": sum(counts.values()), **counts}
+
+    def _count_by_status(self, match: dict[str, Any] | None = None) -> dict[str, int]:
+        # An aggregate, not count_documents: the latter takes seconds on nx-27017 at 100k.
+        stages: list[dict[str, Any]] = [{"$match": match}] if match else []
+        counts = {s.value: 0 for s in Status}
+        for row in self.contexts.aggregate([*stages, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
+            counts[row["_id"]] = row["n"]
+        return counts
 
     def batch_status(self, batch_id: str) -> dict[str, Any]:
         """The batch status JSON of DESIGN.md."""
@@ -409,6 +424,10 @@ class ContextStore:
         if found is None:
             raise ContextNotFound(str(context_id))
         return context_view(found)
+
+    def status_counts(self) -> dict[str, int]:
+        """Contexts of every batch by status."""
+        return self._count_by_status()
 
     def queue_length(self, status: Status | str = Status.PENDING) -> dict[str, int]:
         """How many contexts have this status, by priority level."""
