@@ -1,0 +1,177 @@
+"""Engines: what a partition's rows are processed with, and how a name becomes one.
+
+Three kinds (issue 3):
+- row: a plain `fn(payload: dict) -> result`, called once per context;
+- async: an `async def fn(payload)`, many payloads at once per partition, at most `engine_concurrency`;
+- batch: marked with `@batch_engine`, `fn(frame) -> one result per row`, where `frame` is one partition's
+  pandas DataFrame (`id`, `payload`, `priority`, `attempts`).
+
+Names resolve the way rq resolves serializers: an Engine passes through, a callable is wrapped, a short
+alias names a built-in, "module:callable" is imported with the current directory on sys.path (as uvicorn
+does), and anything else is refused with an EngineError that says what was expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from ctxbatch.engines import BUILTIN_ENGINES
+from ctxbatch.errors import CriticalError, EngineError
+
+Kind = Literal["row", "async", "batch"]
+KINDS: tuple[Kind, ...] = ("row", "async", "batch")
+BATCH_MARK = "__ctxbatch_batch_engine__"
+EXPECTED = (
+    f"expected a callable, a built-in engine ({', '.join(BUILTIN_ENGINES)}) or 'module:callable' "
+    "(e.g. 'my_engines:score', importable from the current directory)"
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def batch_engine(fn: F) -> F:
+    """Mark `fn` as a batch engine: it takes a partition's DataFrame and returns one result per row.
+
+    When it raises, the partition is bisected until the bad rows are found, so the good rows still complete.
+    """
+    if not callable(fn):
+        raise EngineError(f"@batch_engine decorates a callable, not a {type(fn).__name__}")
+    try:
+        setattr(fn, BATCH_MARK, True)
+    except (AttributeError, TypeError):
+        raise EngineError(f"cannot mark {fn!r} as a batch engine; decorate the function it calls instead") from None
+    return fn
+
+
+def is_batch_engine(fn: Any) -> bool:
+    return bool(getattr(fn, BATCH_MARK, False))
+
+
+def kind_of(fn: Callable[..., Any]) -> Kind:
+    """The kind of a callable: batch if marked, async if a coroutine function (or has an async __call__), else row."""
+    if is_batch_engine(fn):
+        return "batch"
+    # An instance whose class defines `async def __call__` is an async engine too (an API client object).
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        return "async"
+    return "row"
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}:{qualname}" if module else qualname
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A resolved engine: the callable, its kind, and a name for logs and metrics.
+
+    Dask ships it to the workers. One imported from "module:callable" pickles as that name and the directory
+    it was found from, so a worker re-imports it even when the module lives in the user's current directory.
+    """
+
+    fn: Callable[..., Any]
+    kind: Kind
+    name: str
+    spec: str | None = None
+    search_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise EngineError(f"engine kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not callable(self.fn):
+            raise EngineError(f"engine {self.name!r} is a {type(self.fn).__name__}, not a callable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.spec is None:
+            return (Engine, (self.fn, self.kind, self.name))
+        return (_import_engine, (self.name, self.spec, self.search_path))
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.name} kind={self.kind}>"
+
+
+def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:
+    """An Engine from an Engine, a callable, a built-in alias or "module:callable"; EngineError otherwise."""
+    if isinstance(spec, Engine):
+        return spec
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in BUILTIN_ENGINES:
+            return _import_engine(text, BUILTIN_ENGINES[text], None)
+        # Resolved once, in the process that reads the config; the workers get the absolute directory.
+        return _import_engine(text, text, os.getcwd())
+    if spec is None:
+        raise EngineError(f"no engine given: pass --engine or set `engine:` in the config; {EXPECTED}")
+    if callable(spec):
+        return Engine(spec, kind_of(spec), _name_of(spec))
+    raise EngineError(f"cannot use a {type(spec).__name__} as an engine; {EXPECTED}")
+
+
+def _import_engine(name: str, spec: str, search_path: str | None) -> Engine:
+    fn = import_callable(spec, search_path)
+    return Engine(fn, kind_of(fn), name, spec, search_path)
+
+
+def import_callable(spec: str, search_path: str | None = None) -> Callable[..., Any]:
+    """Import "module:callable" (dotted attributes allowed), with `search_path` first on sys.path if given."""
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path or spec.count(":") != 1:
+        raise EngineError(f"unknown engine {spec!r}; {EXPECTED}")
+    if search_path and search_path not in sys.path:
+        sys.path.insert(0, search_path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(f"{missing}."):
+            where = f"the current directory ({search_path}) or " if search_path else ""
+            raise EngineError(
+                f"engine {spec!r}: no module named {missing!r} in {where}the installed packages"
+            ) from None
+        raise EngineError(f"engine {spec!r}: importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        # The user's module raised while importing: one line here, the traceback stays on the cause.
+        raise EngineError(f"engine {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise EngineError(f"engine {spec!r}: module {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise EngineError(f"engine {spec!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+_setup_lock = threading.Lock()
+_setup_done: set[str] = set()
+
+
+def ensure_setup(engine: Engine) -> None:
+    """Call the engine's optional `setup()` once in this process (so once per Dask worker) before its first rows.
+
+    An engine that needs a model or an HTTP session loaded per worker gives itself a `setup` attribute.
+    A setup that raises stops the batch (CriticalError): no row could succeed, so no row should be blamed.
+    """
+    setup = getattr(engine.fn, "setup", None)
+    if not callable(setup) or engine.name in _setup_done:
+        return
+    with _setup_lock:
+        if engine.name in _setup_done:
+            return
+        try:
+            setup()
+        except CriticalError:
+            raise
+        except Exception as exc:
+            raise CriticalError(f"engine {engine.name}: setup() failed: {type(exc).__name__}: {exc}") from exc
+        _setup_done.add(engine.name)

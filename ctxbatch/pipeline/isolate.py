@@ -1,0 +1,267 @@
+"""Per-row error isolation inside one partition: one bad row never sinks its partition (issue 3).
+
+A row's exception becomes that row's error record `{type, message, traceback}` and the partition goes on;
+so does a result that cannot be stored (not BSON-encodable, or too big for a 16 MB document), because a
+bulk write that refuses one document would otherwise lose the whole partition's write. What stops the
+whole batch propagates unchanged instead: `CriticalError` from the engine, and losing the database or the
+Dask cluster (the scheduler releases the batch and retries it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import bson
+import numpy as np
+import pandas as pd
+from distributed.comm.core import CommClosedError
+from pymongo.errors import ConnectionFailure
+
+from ctxbatch.errors import CriticalError, DatabaseUnavailable
+from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
+from ctxbatch.pipeline.engine import Engine, ensure_setup, resolve_engine
+
+log = logging.getLogger(__name__)
+
+# Not a row's fault: these stop the batch, whichever row raised them.
+STOPS_THE_BATCH: tuple[type[BaseException], ...] = (
+    CriticalError,
+    DatabaseUnavailable,
+    ConnectionFailure,
+    CommClosedError,
+)
+# Room for the context's own fields next to its payload and result (ids, lease, dates, error).
+RESULT_HEADROOM = 64 * 1024
+# A failing batch writes one record per row: keep each small.
+TRACEBACK_FRAMES = 8
+TRACEBACK_CHARS = 8_000
+MESSAGE_CHARS = 2_000
+
+T = TypeVar("T")
+
+
+class UnstorableResult(Exception):
+    """Named in a row's error record when the engine's result cannot be stored in MongoDB."""
+
+
+class BatchResultMismatch(Exception):
+    """Named in a row's error record when a batch engine did not return one result per row."""
+
+
+@dataclass
+class PartitionOutcome:
+    """What one partition came to: stored results and error records by context id."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"<PartitionOutcome completed={len(self.results)} failed={len(self.errors)} seconds={self.seconds:.3f}>"
+
+    def add(self, context_id: str, value: Any, payload: Any) -> None:
+        try:
+            self.results[context_id] = storable(value, payload)
+        except UnstorableResult as exc:
+            self.fail(context_id, exc)
+
+    def fail(self, context_id: str, exc: BaseException) -> None:
+        log.debug("context %s failed: %s: %s", context_id, type(exc).__name__, exc)
+        self.errors[context_id] = row_error(exc)
+
+
+def run_partition(
+    engine: Engine | str | Callable[..., Any], frame: pd.DataFrame, concurrency: int = 16
+) -> PartitionOutcome:
+    """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
+
+    Raises what stops the batch (STOPS_THE_BATCH) unchanged; every other failure is some row's error record.
+    """
+    engine = resolve_engine(engine)
+    ids = [str(cid) for cid in frame["id"].tolist()]
+    payloads = frame["payload"].tolist()
+    outcome = PartitionOutcome()
+    if not ids:
+        return outcome
+    ensure_setup(engine)
+    started = time.perf_counter()
+    if engine.kind == "batch":
+        _bisect(engine, frame, ids, payloads, outcome)
+    elif engine.kind == "async":
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome)
+    else:
+        _run_rows(engine.fn, ids, payloads, outcome)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _run_rows(fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], outcome: PartitionOutcome) -> None:
+    for cid, payload in zip(ids, payloads, strict=True):
+        try:
+            value = fn(payload)
+        except STOPS_THE_BATCH:
+            raise
+        except Exception as exc:
+            outcome.fail(cid, exc)
+            continue
+        outcome.add(cid, value, payload)
+
+
+def _run_async(
+    fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], concurrency: int, outcome: PartitionOutcome
+) -> None:
+    values: dict[str, Any] = {}
+    failures: dict[str, dict[str, str]] = {}
+
+    async def one(cid: str, payload: Any, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            try:
+                values[cid] = await fn(payload)
+            except STOPS_THE_BATCH:
+                raise
+            except Exception as exc:
+                log.debug("context %s failed: %s: %s", cid, type(exc).__name__, exc)
+                failures[cid] = row_error(exc)
+
+    async def run_all() -> None:
+        gate = asyncio.Semaphore(concurrency)
+        tasks = [asyncio.ensure_future(one(cid, payload, gate)) for cid, payload in zip(ids, payloads, strict=True)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One row stopped the batch: the others' results would be thrown away, so stop their calls too.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    run_coroutine(run_all())
+    # Results are checked after the loop so BSON encoding never holds up calls in flight.
+    for cid, payload in zip(ids, payloads, strict=True):
+        if cid in failures:
+            outcome.errors[cid] = failures[cid]
+        else:
+            outcome.add(cid, values[cid], payload)
+
+
+def _bisect(
+    engine: Engine, frame: pd.DataFrame, ids: list[str], payloads: list[Any], outcome: PartitionOutcome
+) -> None:
+    """Call the batch engine on `frame`; when it raises, split in halves down to the single rows that raise.
+
+    With b bad rows among n this costs at most 1 + 2·b·log2(n) calls, and exactly the bad rows fail.
+    """
+    values: list[Any] | None = None
+    try:
+        values = _call_batch(engine, frame)
+    except STOPS_THE_BATCH:
+        raise
+    except Exception as exc:
+        if len(ids) == 1:
+            outcome.fail(ids[0], exc)
+            return
+        log.debug("batch engine %s raised on %d rows (%s); bisecting", engine.name, len(ids), type(exc).__name__)
+    if values is None:
+        mid = len(ids) // 2
+        _bisect(engine, frame.iloc[:mid], ids[:mid], payloads[:mid], outcome)
+        _bisect(engine, frame.iloc[mid:], ids[mid:], payloads[mid:], outcome)
+        return
+    for cid, value, payload in zip(ids, values, payloads, strict=True):
+        outcome.add(cid, value, payload)
+
+
+def _call_batch(engine: Engine, frame: pd.DataFrame) -> list[Any]:
+    returned = engine.fn(frame)
+    if asyncio.iscoroutine(returned):
+        returned = run_coroutine(returned)
+    values = _one_per_row(returned)
+    if values is None or len(values) != len(frame):
+        got = f"{len(values)} results" if values is not None else f"a {type(returned).__name__}"
+        raise BatchResultMismatch(f"batch engine {engine.name} returned {got} for {len(frame)} rows")
+    return values
+
+
+def _one_per_row(returned: Any) -> list[Any] | None:
+    """A batch engine's return value as a list, one item per row; None when it is no sequence of results."""
+    if isinstance(returned, pd.DataFrame):
+        return returned.to_dict("records")
+    if isinstance(returned, pd.Series | np.ndarray):
+        return list(returned)
+    if isinstance(returned, str | bytes | Mapping) or not hasattr(returned, "__iter__"):
+        return None
+    return list(returned)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh event loop, also when called from inside a running one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # A notebook, or a thread that already runs a loop: asyncio.run refuses there, so run beside it.
+    with ThreadPoolExecutor(1, thread_name_prefix="ctxbatch-engine") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def to_plain(value: Any) -> Any:
+    """Numpy and pandas values -> plain Python (NA, NaT and NaN -> None), recursively through dicts and lists."""
+    if value is None or (isinstance(value, str | bool | int) and not isinstance(value, np.generic)):
+        return value
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, Mapping):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return to_plain(value.tolist())
+    if isinstance(value, pd.Series):
+        return to_plain(value.to_dict())
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        return to_plain(value.item())
+    return value
+
+
+def storable(value: Any, payload: Any) -> Any:
+    """The result as stored (plain Python); UnstorableResult when MongoDB would refuse the context holding it."""
+    try:
+        plain = to_plain(value)
+        # One encode per row, payload included: the stored document holds both.
+        size = len(bson.encode({"payload": payload, "result": plain}))
+    except Exception as exc:  # bson raises InvalidDocument, TypeError, OverflowError; deep nesting RecursionError
+        raise UnstorableResult(f"the engine returned a {type(value).__name__} that BSON cannot store: {exc}") from None
+    if size > MAX_BSON_BYTES - RESULT_HEADROOM:
+        raise UnstorableResult(
+            f"the result and its payload take {size} bytes; a stored context must stay under 16 MB"
+        ) from None
+    return plain
+
+
+def row_error(exc: BaseException) -> dict[str, str]:
+    """The error record of a row, with the traceback's innermost frames only, so a bad batch stays small."""
+    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
+    if len(text) > TRACEBACK_CHARS:
+        text = "...\n" + text[-TRACEBACK_CHARS:]
+    try:
+        record = error_record(exc, text)
+    except Exception:  # an exception whose __str__ raises
+        record = {"type": type(exc).__name__, "message": "<unprintable message>", "traceback": text}
+    limits = {"message": MESSAGE_CHARS, "traceback": TRACEBACK_CHARS + 4}
+    return {key: _clip(value, limits.get(key, MESSAGE_CHARS)) for key, value in record.items()}
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    # BSON strings must be valid UTF-8; a message may carry lone surrogates.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

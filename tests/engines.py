@@ -1,0 +1,77 @@
+"""Test engines at module level, so Dask can pickle them by reference (STYLE.md: Tests).
+
+Engines that must remember something across worker processes (a first attempt, a critical error
+raised once) keep it in marker files, created with O_EXCL so exactly one call wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import pandas as pd
+
+from ctxbatch.errors import CriticalError
+from ctxbatch.pipeline.engine import batch_engine
+
+
+def echo(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"echo": payload}
+
+
+def fail_when_flagged(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload.get("bad"):
+        raise ValueError(f"bad row {payload.get('i')}")
+    return {"i": payload.get("i")}
+
+
+async def async_fail_when_flagged(payload: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.001)
+    if payload.get("bad"):
+        raise ValueError(f"bad row {payload.get('i')}")
+    return {"i": payload.get("i")}
+
+
+@batch_engine
+def batch_fail_when_flagged(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    bad = [p.get("i") for p in frame.payload if p.get("bad")]
+    if bad:
+        raise ValueError(f"bad rows {bad}")
+    return [{"i": p.get("i")} for p in frame.payload]
+
+
+def record_call(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload.get("sleep"):
+        time.sleep(payload["sleep"])
+    # One write per call in append mode, so concurrent workers' lines never interleave.
+    with open(payload["calls_file"], "a") as calls:
+        calls.write(f"{payload['i']}\n")
+    return {"i": payload["i"]}
+
+
+def _first_time(marker_dir: str, name: str) -> bool:
+    """True exactly once per marker, across threads and processes."""
+    try:
+        fd = os.open(os.path.join(marker_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def fail_first_attempt(payload: dict[str, Any]) -> dict[str, Any]:
+    if _first_time(payload["marker_dir"], f"attempt-{payload['i']}"):
+        raise RuntimeError(f"first attempt at row {payload['i']} fails")
+    return {"i": payload["i"]}
+
+
+def critical_first_time(payload: dict[str, Any]) -> dict[str, Any]:
+    if _first_time(payload["marker_dir"], "critical"):
+        raise CriticalError("the engine lost its backend (first time only)")
+    return {"i": payload.get("i")}
+
+
+def unstorable(payload: dict[str, Any]) -> Any:
+    return {"i": payload.get("i"), "tags": {"a", "b"}}
