@@ -101,6 +101,30 @@ def test_a_batch_engine_may_return_a_dataframe_one_record_per_row() -> None:
     assert run_partition(scored, rows(2)).results == {"c0": {"score": 100}, "c1": {"score": 100}}
 
 
+def test_an_async_batch_engine_is_awaited() -> None:
+    @batch_engine
+    async def engine(frame: pd.DataFrame) -> list[Any]:
+        await asyncio.sleep(0)
+        return list(frame["priority"])
+
+    assert run_partition(engine, rows(2)).results == {"c0": 50, "c1": 50}
+
+
+def test_a_row_engine_returning_a_coroutine_fails_its_rows_with_advice() -> None:
+    async def call(payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    def engine(payload: dict[str, Any]) -> Any:
+        return call(payload)
+
+    error = run_partition(engine, rows(1)).errors["c0"]
+
+    assert (error["type"], error["message"]) == (
+        "UnstorableResult",
+        "the engine returned a coroutine; declare it `async def` so that it is awaited",
+    )
+
+
 def test_the_async_engine_honours_the_concurrency_bound() -> None:
     in_flight = peak = 0
 

@@ -234,6 +234,9 @@ def to_plain(value: Any) -> Any:
 
 def storable(value: Any, payload: Any) -> Any:
     """The result as stored (plain Python); UnstorableResult when MongoDB would refuse the context holding it."""
+    if asyncio.iscoroutine(value):
+        value.close()  # never awaited: close it rather than leave a RuntimeWarning per row
+        raise UnstorableResult("the engine returned a coroutine; declare it `async def` so that it is awaited")
     try:
         plain = to_plain(value)
         # One encode per row, payload included: the stored document holds both.
