@@ -14,6 +14,7 @@ from ctxbatch.errors import (
     SubmitError,
 )
 from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
+from ctxbatch.pipeline.engine import batch_engine
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,6 @@ __all__ = [
     "Status",
     "WriteReport",
     "connect",
+    # Engines
+    "batch_engine",
 ]
