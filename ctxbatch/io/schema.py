@@ -122,6 +122,8 @@ def context_document(request: ContextRequest, context_id: str, batch_id: str, no
         "payload": request.payload,
         "attempts": 0,
         "next_attempt_at": now,
+        # What the claim compares: nx-27017 compares a date in Python, row by row (see store.py).
+        "next_attempt_ms": int(now.timestamp() * 1000),
         "created_at": now,
         **({"key": request.key} if request.key is not None else {}),
     }

@@ -9,6 +9,9 @@ server's clock, right on both servers), and the one future time we write (a retr
 `next_attempt_at`) goes in with a fenced replace of the whole document. A datetime inside a
 subdocument is stored as a date but does not compare in `find` there, so the lease also
 carries its expiry as epoch milliseconds (`lease.expires_ms`), which the reaper queries.
+A top-level date does compare, but in Python, row by row over every pending context (a claim
+took 10x longer at 100k pending than at 10k), so the claim compares `next_attempt_ms`, the
+same moment as a number, which the server compares in SQL.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ RESULT_COLUMNS = [
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
 DEFAULT_LEVELS = {"high": (0, 10), "medium": (11, 50), "low": (51, 100)}
+INTERNAL_FIELDS = ("_id", "lease", "settled_by", "next_attempt_ms")
 
 
 def mask_uri(uri: str) -> str:
@@ -71,7 +75,7 @@ def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
 
 
 def _claimable(now: dt.datetime) -> dict[str, Any]:
-    return {"status": _eq(Status.PENDING.value), "next_attempt_at": {"$lte": now}}
+    return {"status": _eq(Status.PENDING.value), "next_attempt_ms": {"$lte": _epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -86,7 +90,12 @@ def as_records(source: Iterable[Any] | pd.DataFrame) -> list[Any]:
     if "payload" not in source.columns:
         raise SubmitError(None, "payload", "the DataFrame has no 'payload' column")
     frame = source.astype(object).where(source.notna(), None)
-    return [{k: v for k, v in row.items() if v is not None} for row in frame.to_dict("records")]
+    rows = [{k: v for k, v in row.items() if v is not None} for row in frame.to_dict("records")]
+    for row in rows:
+        # A gap (a row without priority) makes pandas hold the column as floats: 3.0 is priority 3.
+        if isinstance(row.get("priority"), float) and row["priority"].is_integer():
+            row["priority"] = int(row["priority"])
+    return rows
 
 
 class ContextStore:
@@ -190,20 +199,25 @@ class ContextStore:
         lease = _lease(owner, token, expires_at)
         won = 0
         for _ in range(CLAIM_ROUNDS):
-            ids = [d["_id"] for d in self.contexts.find(claimable, {"_id": 1}).sort(order).limit(n - won)]
+            # batch_size: the whole answer in one reply, not one getMore per 101 documents.
+            found = self.contexts.find(claimable, {"_id": 1}).sort(order).limit(n - won).batch_size(n - won)
+            ids = [d["_id"] for d in found]
             if not ids:
                 break
             # The status condition makes this the one conditional update: a context another
-            # loop took between the find and here is simply not matched.
+            # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
+            # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
             won += self.contexts.update_many(
-                {"_id": {"$in": ids}, "status": _eq(Status.PENDING.value)},
+                {"_id": {"$in": ids}, "status": {"$in": [Status.PENDING.value]}},
                 {"$set": {"status": Status.PROCESSING.value, "lease": lease},
                  "$unset": {"settled_by": ""}, "$inc": {"attempts": 1}, **_stamp("started_at")},
             ).modified_count  # fmt: skip
             if won >= n:
                 break
         held = list(
-            self.contexts.find({"lease.token": _eq(token)}, {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1})
+            self.contexts.find(
+                {"lease.token": _eq(token)}, {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
+            ).batch_size(max(won, 1))
         )
         if by_priority:
             held.sort(key=lambda d: d["priority"])
@@ -282,7 +296,7 @@ class ContextStore:
             if when is None:
                 doc.update(status=Status.FAILED.value, finished_at=now)
             else:
-                doc.update(status=Status.PENDING.value, next_attempt_at=when)
+                doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=_epoch_ms(when))
             doc.update(error=dict(errors[cid]), **done)
             ops.append(ReplaceOne({"_id": cid, **fence}, doc))
         return ops
@@ -342,7 +356,11 @@ class ContextStore:
             ).modified_count  # fmt: skip
         reaped += self.contexts.update_many(
             expired,
-            {"$set": {"status": Status.PENDING.value}, "$unset": {"lease": ""}, **_stamp("next_attempt_at")},
+            {
+                "$set": {"status": Status.PENDING.value, "next_attempt_ms": _epoch_ms(utcnow())},
+                "$unset": {"lease": ""},
+                **_stamp("next_attempt_at"),
+            },
         ).modified_count
         return reaped
 
@@ -367,8 +385,8 @@ class ContextStore:
         self._batch(batch_id)
         changed = self.contexts.update_many(
             {"batch_id": _eq(batch_id), "status": _eq(Status.FAILED.value)},
-            {"$set": {"status": Status.PENDING.value, "attempts": 0}, "$unset": {"finished_at": ""},
-             **_stamp("next_attempt_at")},
+            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": _epoch_ms(utcnow())},
+             "$unset": {"finished_at": ""}, **_stamp("next_attempt_at")},
         ).modified_count  # fmt: skip
         self._touch([batch_id])
         return changed
@@ -458,8 +476,8 @@ def derive_status(counts: Mapping[str, int]) -> str:
 
 
 def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored context as users see it: `_id` is `id`, the lease is internal."""
-    view = {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id", "lease")}}
+    """A stored context as users see it: `_id` is `id`; the lease and the store's bookkeeping are internal."""
+    view = {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in INTERNAL_FIELDS}}
     for column in RESULT_COLUMNS:
         view.setdefault(column, None)
     return view
