@@ -27,7 +27,8 @@ class Submission:
 
 def _json_lines(text: str, name: str) -> Submission:
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: splitlines() also breaks at U+2028 and the like, legal inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -52,9 +53,13 @@ def _csv(text: str, name: str) -> Submission:
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "payload" not in reader.fieldnames:
         raise InputError(f"{name}:1: a CSV submission needs a 'payload' column of JSON objects")
-    records = []
+    records: list[Any] = []
+    lines: list[int] = []
+    last = reader.line_num  # the header's last line
     for row in reader:
-        line = reader.line_num
+        # A quoted field may span lines: a record starts on the line after the previous one ended.
+        line, last = last + 1, reader.line_num
+        lines.append(line)
         record: dict[str, Any] = {}
         for column, value in row.items():
             if value in (None, "") and column != "payload":
@@ -72,21 +77,23 @@ def _csv(text: str, name: str) -> Submission:
             else:
                 record[str(column)] = value
         records.append(record)
-    return Submission(records, lambda i: f"{name}:{i + 2}")
+    return Submission(records, lambda i: f"{name}:{lines[i]}")
 
 
 def _parquet(path: Path, name: str) -> Submission:
-    import pandas as pd
     import pyarrow
+    import pyarrow.parquet
 
     try:
-        frame = pd.read_parquet(path)
+        table = pyarrow.parquet.read_table(path)
     except (OSError, pyarrow.ArrowException) as exc:
         raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
-    if "payload" not in frame.columns:
+    if "payload" not in table.column_names:
         raise InputError(f"{name}: a Parquet submission needs a 'payload' column")
     records = []
-    for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
+    # Straight to Python values: through pandas, an int column with a gap (or a struct field
+    # some rows lack) comes back as floats, and a priority of 3.0 is refused.
+    for row in table.to_pylist():
         record = {k: v for k, v in row.items() if v is not None}
         if isinstance(record.get("payload"), str):
             # Not JSON: left as a string, which validation then names.
