@@ -160,3 +160,14 @@ def test_stdin_takes_json_lines_or_a_json_array(monkeypatch: pytest.MonkeyPatch,
     submission = read_submission("-")
     assert submission.records == RECORDS
     assert submission.locate(0).startswith("<stdin>")
+
+
+def test_csv_priorities_written_as_floats_by_pandas_are_integers(tmp_path: Path) -> None:
+    source = write(tmp_path, "in.csv", 'payload,priority\n"{}",5.0\n"{}",\n')
+    assert read_submission(source).records == [{"payload": {}, "priority": 5}, {"payload": {}}]
+
+
+def test_csv_with_a_fractional_priority_names_the_line(tmp_path: Path) -> None:
+    source = write(tmp_path, "in.csv", 'payload,priority\n"{}",5.5\n')
+    with pytest.raises(InputError, match=rf"^{re.escape(source)}:2: priority must be an integer, got '5.5'"):
+        read_submission(source)

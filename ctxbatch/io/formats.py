@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,14 +71,22 @@ def _csv(text: str, name: str) -> Submission:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{name}:{line}: payload is not valid JSON: {exc.msg}") from None
             elif column == "priority":
-                try:
-                    record["priority"] = int(value)
-                except ValueError:
-                    raise InputError(f"{name}:{line}: priority must be an integer, got {value!r}") from None
+                record["priority"] = _csv_integer(value, f"{name}:{line}: priority")
             else:
                 record[str(column)] = value
         records.append(record)
     return Submission(records, lambda i: f"{name}:{lines[i]}")
+
+
+def _csv_integer(value: str, where: str) -> int:
+    # Read as a float: pandas writes an int column with a gap as floats, and "5.0" is 5.
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():
+        raise InputError(f"{where} must be an integer, got {value!r}")
+    return int(number)
 
 
 def _parquet(path: Path, name: str) -> Submission:
