@@ -29,6 +29,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CtxbatchError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            _say("interrupted")
+            ctx.exit(130)
         except PyMongoError as exc:
             uri = ctx.obj.uri if isinstance(ctx.obj, _State) and ctx.obj.uri else "the database"
             raise click.ClickException(f"cannot talk to MongoDB at {mask_uri(uri)}: {exc}") from None
@@ -149,6 +152,82 @@ def _to_parquet(frame: Any, path: Path) -> None:
     _json_columns(frame).to_parquet(path, index=False)
 
 
+@main.command()
+@click.argument("batch_id")
+@pass_state
+def cancel(state: _State, batch_id: str) -> None:
+    """Cancel a batch's pending contexts."""
+    _say(f"cancelled {state.store.cancel(batch_id)} pending contexts of {batch_id}")
+
+
+@main.command()
+@click.argument("batch_id")
+@pass_state
+def retry(state: _State, batch_id: str) -> None:
+    """Send a batch's failed contexts back to the queue with attempts reset."""
+    _say(f"{state.store.retry(batch_id)} failed contexts of {batch_id} are pending again")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo).")
+@click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
+@click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
+@click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
+@click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
+@pass_state
+def run(
+    state: _State,
+    config_path: str | None,
+    engine: str | None,
+    workers: int | None,
+    scheduler_address: str | None,
+    until_empty: bool,
+    max_contexts: int | None,
+) -> None:
+    """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
+    if config_path:
+        state.config_path = config_path
+    settings = state.config
+    if workers is not None:
+        settings.dask.n_workers = workers
+    if scheduler_address:
+        settings.dask.scheduler_address = scheduler_address
+    engine = engine or settings.engine
+    if not engine:
+        raise click.UsageError("no engine: pass --engine module:callable or set `engine:` in the config")
+    _run_pipeline(state, settings, engine, until_empty=until_empty, max_contexts=max_contexts)
+
+
+def _run_pipeline(
+    state: _State, settings: Settings, engine: str, until_empty: bool, max_contexts: int | None = None
+) -> None:
+    from ctxbatch.pipeline import Pipeline
+    from ctxbatch.pipeline.progress import Progress
+
+    loop = Pipeline(engine, settings, state.store, announce=_say)
+    with Progress(lambda: loop.report, state.store, sys.stderr):
+        report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
+    _say(report.summary_line())
+
+
+@main.command()
+@click.option("--count", type=click.IntRange(min=1), default=3000, show_default=True, help="Sample contexts.")
+@pass_state
+def demo(state: _State, count: int) -> None:
+    """Submit sample contexts (a few bound to fail) and process them with the built-in text engine."""
+    from ctxbatch.demo import DEMO_CONFIG, sample_contexts
+
+    # A database of its own, so the demo neither processes nor mixes with a real queue.
+    state.database = state.database or "ctxbatch_demo"
+    settings = load_config(DEMO_CONFIG)
+    batch_id = state.store.submit(sample_contexts(count), name="demo")
+    _say(f"submitted {count} sample contexts as batch {batch_id}")
+    _run_pipeline(state, settings, "text", until_empty=True)
+    click.echo(json.dumps(state.store.batch_status(batch_id)))
+    _say(f"see the results with: ctxbatch results {batch_id}")
+
+
 @main.group()
 def db() -> None:
     """Manage the embedded database (nx-27017) used when no MongoDB URI is given."""
@@ -182,3 +261,8 @@ def db_status(as_json: bool) -> None:
     else:
         click.echo(f"not running; data in {current.data_dir}")
         sys.exit(3)
+
+
+from ctxbatch.service.cli import serve  # noqa: E402
+
+main.add_command(serve)

@@ -1,0 +1,72 @@
+"""The Dask cluster a run uses: the one it is given, an existing scheduler, or a LocalCluster of its own."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from distributed import Client, LocalCluster
+
+from ctxbatch.config import DaskSettings
+from ctxbatch.errors import CtxbatchError
+
+CONNECT_TIMEOUT = "20s"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_reachable(mongo_uri: str, scheduler_address: str) -> None:
+    """Refuse a database bound to loopback when the workers may run on other hosts."""
+    db_host = urlsplit(mongo_uri).hostname
+    scheduler_host = urlsplit(
+        scheduler_address if "://" in scheduler_address else f"tcp://{scheduler_address}"
+    ).hostname
+    if _is_loopback(db_host) and not _is_loopback(scheduler_host):
+        raise CtxbatchError(
+            f"the Dask workers at {scheduler_address} cannot reach a database on {db_host}; "
+            "pass a --mongo-uri (or mongo.uri) that the workers can reach"
+        )
+
+
+@contextmanager
+def dask_client(
+    settings: DaskSettings,
+    mongo_uri: str,
+    given: Client | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> Iterator[tuple[Client, LocalCluster | None]]:
+    """A client for the run's lifetime; a cluster started here is closed when the run ends."""
+    if given is not None:
+        yield given, None
+        return
+    cluster: LocalCluster | None = None
+    if settings.scheduler_address:
+        check_reachable(mongo_uri, settings.scheduler_address)
+        client = Client(settings.scheduler_address, timeout=CONNECT_TIMEOUT)
+    else:
+        cluster = LocalCluster(
+            n_workers=settings.n_workers,
+            threads_per_worker=settings.threads_per_worker,
+            processes=settings.processes,
+            dashboard_address=settings.dashboard_address,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    try:
+        if announce and settings.dashboard_address is not None:
+            announce(f"Dask dashboard: {client.dashboard_link}")
+        yield client, cluster
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,68 @@
+"""Live progress of a run: a bar on a terminal, plain periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.report import RunReport
+
+BAR_WIDTH = 28
+
+
+def progress_line(report: RunReport, waiting: int) -> str:
+    """`[#####.....] 1200/3000 done  812.5/s  failed 12  retried 30`, where 3000 is done + waiting."""
+    done = report.completed + report.failed
+    total = done + waiting
+    filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
+    return (
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} done  {report.rate:.1f}/s  "
+        f"failed {report.failed}  retried {report.retried}"
+    )
+
+
+class Progress:
+    """Ticks in a thread while a run goes on: `with Progress(lambda: pipeline.report, store, stream):`."""
+
+    def __init__(
+        self,
+        report: Callable[[], RunReport],
+        store: ContextStore,
+        stream: TextIO,
+        interactive: bool | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self._report = report
+        self._store = store
+        self._stream = stream
+        self._interactive = stream.isatty() if interactive is None else interactive
+        self._interval = interval or (0.5 if self._interactive else 10.0)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick_until_done, name="ctxbatch-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self._show()
+        if self._interactive:
+            self._stream.write("\n")
+            self._stream.flush()
+
+    def _tick_until_done(self) -> None:
+        while not self._done.wait(self._interval):
+            self._show()
+
+    def _show(self) -> None:
+        try:
+            counts = self._store.status_counts()
+        except Exception:  # a progress line is never worth stopping a run for
+            return
+        line = progress_line(self._report(), counts["pending"] + counts["processing"])
+        self._stream.write(f"\r{line}\x1b[K" if self._interactive else f"{line}\n")
+        self._stream.flush()

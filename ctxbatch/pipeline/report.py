@@ -1,0 +1,49 @@
+"""RunReport: what a run did, kept up to date while it runs (progress bars read it)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunReport:
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost: int = 0
+    critical: int = 0
+    batches: int = 0
+    claimed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    stopped_by: str | None = None
+    dashboard_link: str | None = None
+    decisions: list[Any] = field(default_factory=list)
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Contexts settled (completed or failed for good) per second."""
+        return (self.completed + self.failed) / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def add(self, summary: dict[str, Any]) -> None:
+        for name in ("completed", "failed", "retried", "lost"):
+            setattr(self, name, getattr(self, name) + int(summary.get(name, 0)))
+
+    def summary_line(self) -> str:
+        return (
+            f"completed {self.completed}, failed {self.failed}, retried {self.retried}, "
+            f"batches {self.batches}, {self.wall_seconds:.1f} s, {self.rate:.1f} contexts/s"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RunReport completed={self.completed} failed={self.failed} retried={self.retried} "
+            f"lost={self.lost} critical={self.critical} batches={self.batches} "
+            f"wall={self.wall_seconds:.1f}s rate={self.rate:.1f}/s>"
+        )

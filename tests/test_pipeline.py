@@ -1,0 +1,199 @@
+"""The scheduler loop against the real embedded server and a real LocalCluster."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client, LocalCluster, get_task_stream
+from pymongo import MongoClient, monitoring
+
+from ctxbatch import ContextStore, CtxbatchError
+from ctxbatch.pipeline import Pipeline
+from ctxbatch.pipeline.cluster import check_reachable
+
+FAST: dict[str, Any] = {
+    "worker": {
+        "batch_size": 10,
+        "dynamic_batch_sizing": False,
+        "max_parallel_batches": 2,
+        "batch_timeout_seconds": 0,
+        "lease_seconds": 30,
+        "retry": {"batch_retries": 2, "backoff_seconds": [0], "context_retries": 0},
+    },
+    "dask": {"dashboard_address": None},
+}
+
+
+def config(**worker: Any) -> dict[str, Any]:
+    settings = copy.deepcopy(FAST)
+    retry = worker.pop("retry", {})
+    settings["worker"].update(worker)
+    settings["worker"]["retry"].update(retry)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as connected,
+    ):
+        yield connected
+
+
+def submit_numbered(store: ContextStore, count: int, **payload: Any) -> str:
+    return store.submit([{"payload": {"i": i, **payload}} for i in range(count)])
+
+
+def test_row_errors_are_isolated_to_their_rows(store: ContextStore, client: Client) -> None:
+    # Given 20 contexts of which 3 make the engine raise, and no retries
+    records = [{"payload": {"i": i, "bad": i in (3, 7, 11)}} for i in range(20)]
+    batch_id = store.submit(records)
+    # When the loop runs until the queue is empty
+    report = Pipeline("tests.engines:fail_when_flagged", config(), store, client).run(until_empty=True)
+    # Then the good rows completed and exactly the bad rows failed, each with its own error
+    frame = store.results(batch_id)
+    frame["i"] = frame.payload.map(lambda p: p["i"])
+    failed = frame[frame.status == "failed"]
+    assert sorted(failed.i) == [3, 7, 11]
+    assert {e["type"] for e in failed.error} == {"ValueError"}
+    assert all(f"bad row {i}" in e["message"] for i, e in zip(failed.i, failed.error, strict=True))
+    assert (frame[frame.status == "completed"].attempts == 1).all()
+    assert (report.completed, report.failed) == (17, 3)
+
+
+@pytest.mark.parametrize("engine", ["tests.engines:async_fail_when_flagged", "tests.engines:batch_fail_when_flagged"])
+def test_async_and_batch_engines_isolate_bad_rows(store: ContextStore, client: Client, engine: str) -> None:
+    records = [{"payload": {"i": i, "bad": i % 6 == 0}} for i in range(24)]
+    batch_id = store.submit(records)
+    Pipeline(engine, config(batch_size=12), store, client).run(until_empty=True)
+    frame = store.results(batch_id)
+    bad = frame.payload.map(lambda p: p["bad"])
+    assert (frame[bad].status == "failed").all()
+    assert (frame[~bad].status == "completed").all()
+    assert list(frame[~bad].result.map(lambda r: r["i"])) == list(frame[~bad].payload.map(lambda p: p["i"]))
+
+
+def test_contexts_are_processed_most_urgent_first(store: ContextStore, client: Client, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    priorities = [50, 0, 100, 10, 5, 80, 0, 30]
+    store.submit([{"payload": {"i": p, "calls_file": str(calls)}, "priority": p} for p in priorities])
+    Pipeline("tests.engines:record_call", config(batch_size=1, max_parallel_batches=1), store, client).run(
+        until_empty=True
+    )
+    assert [int(line) for line in calls.read_text().split()] == sorted(priorities)
+
+
+def test_a_failed_row_is_retried_and_then_completes(store: ContextStore, client: Client, tmp_path: Path) -> None:
+    batch_id = submit_numbered(store, 5, marker_dir=str(tmp_path))
+    report = Pipeline("tests.engines:fail_first_attempt", config(retry={"context_retries": 2}), store, client).run(
+        until_empty=True
+    )
+    frame = store.results(batch_id)
+    assert (frame.status == "completed").all()
+    assert (frame.attempts == 2).all()
+    assert frame.error.isna().all()
+    assert (report.retried, report.completed) == (5, 5)
+
+
+def test_a_row_fails_for_good_once_its_retries_are_spent(store: ContextStore, client: Client) -> None:
+    batch_id = store.submit([{"payload": {"i": 1, "bad": True}}])
+    Pipeline("tests.engines:fail_when_flagged", config(retry={"context_retries": 2}), store, client).run(
+        until_empty=True
+    )
+    row = store.results(batch_id).iloc[0]
+    assert row.status == "failed"
+    assert row.attempts == 3
+    assert row.error["type"] == "ValueError"
+
+
+def test_a_critical_error_retries_the_batch_which_then_completes(
+    store: ContextStore, client: Client, tmp_path: Path
+) -> None:
+    batch_id = submit_numbered(store, 8, marker_dir=str(tmp_path))
+    report = Pipeline("tests.engines:critical_first_time", config(batch_size=8), store, client).run(until_empty=True)
+    frame = store.results(batch_id)
+    assert (frame.status == "completed").all()
+    assert report.critical == 1
+    # A batch stopped by a critical error is not a try of its rows.
+    assert (frame.attempts == 1).all()
+
+
+def test_a_result_that_cannot_be_stored_fails_only_its_row(store: ContextStore, client: Client) -> None:
+    batch_id = store.submit([{"payload": {"i": 1}}])
+    Pipeline("tests.engines:unstorable", config(), store, client).run(until_empty=True)
+    row = store.results(batch_id).iloc[0]
+    assert row.status == "failed"
+    assert row.error["type"] == "UnstorableResult"
+
+
+def test_max_contexts_stops_claiming(store: ContextStore, client: Client) -> None:
+    submit_numbered(store, 30)
+    report = Pipeline("tests.engines:echo", config(batch_size=10), store, client).run(max_contexts=15)
+    assert report.claimed == 15
+    assert store.status_counts()["completed"] == 15
+    assert store.status_counts()["pending"] == 15
+
+
+def test_cancelled_contexts_are_not_processed_and_retry_requeues_failures(store: ContextStore, client: Client) -> None:
+    cancelled = submit_numbered(store, 5)
+    failing = store.submit([{"payload": {"i": i, "bad": True}} for i in range(3)])
+    assert store.cancel(cancelled) == 5
+    pipeline = Pipeline("tests.engines:fail_when_flagged", config(), store, client)
+    pipeline.run(until_empty=True)
+    assert store.batch_status(cancelled)["status"] == "cancelled"
+    assert store.batch_status(failing)["counts"]["failed"] == 3
+    assert store.retry(failing) == 3
+    assert store.batch_status(failing)["counts"]["pending"] == 3
+    assert set(store.results(failing).attempts) == {0}
+
+
+def test_partition_tasks_are_named_for_the_dashboard(store: ContextStore, client: Client) -> None:
+    submit_numbered(store, 20)
+    with get_task_stream(client) as stream:
+        Pipeline("tests.engines:echo", config(batch_size=20), store, client).run(until_empty=True)
+    names = {task["key"][0] if isinstance(task["key"], tuple) else task["key"] for task in stream.data}
+    assert any(name.startswith("ctxbatch-") and "-partition" in name for name in names)
+
+
+class _Finds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.projections: list[Any] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == "contexts":
+            self.projections.append(event.command.get("projection"))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_payloads_do_not_travel_through_the_loop(mongo_uri: str, database: str, client: Client) -> None:
+    # Given a loop whose own MongoClient is watched (workers open their own clients)
+    listener = _Finds()
+    watched = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    store = ContextStore(mongo_uri, database, client=watched)
+    try:
+        submit_numbered(store, 30, text="x" * 100)
+        Pipeline("tests.engines:echo", config(batch_size=10), store, client).run(until_empty=True)
+        assert store.status_counts()["completed"] == 30
+    finally:
+        watched.drop_database(database)
+        watched.close()
+    # Then every find the loop issued projected ids and bookkeeping only, never payloads
+    assert listener.projections
+    assert all(p is not None and "payload" not in p for p in listener.projections)
+
+
+def test_a_loopback_database_is_refused_for_a_remote_cluster() -> None:
+    with pytest.raises(CtxbatchError, match="cannot reach"):
+        check_reachable("mongodb://127.0.0.1:27017", "tcp://10.1.2.3:8786")
+    check_reachable("mongodb://127.0.0.1:27017", "tcp://127.0.0.1:8786")
+    check_reachable("mongodb://db.internal:27017", "tcp://10.1.2.3:8786")

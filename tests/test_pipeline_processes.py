@@ -1,0 +1,120 @@
+"""Loops in real processes: several side by side, one killed with SIGKILL, one stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ctxbatch import ContextStore
+from ctxbatch.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(path: Path, **worker: Any) -> Path:
+    settings = {
+        "worker": {
+            "batch_size": 5,
+            "dynamic_batch_sizing": False,
+            "max_parallel_batches": 1,
+            "batch_timeout_seconds": 0,
+            "lease_seconds": 30,
+            "retry": {"batch_retries": 1, "backoff_seconds": [0], "context_retries": 2},
+            **worker,
+        },
+        # Threads, not processes: three loops with process clusters would crowd two cores.
+        "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2, "dashboard_address": None},
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture
+def loops(mongo_uri: str, database: str) -> Iterator[Any]:
+    """Starts `ctxbatch run` processes in their own process groups; kills whatever is left at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config: Path, *args: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", mongo_uri, "--database", database]
+        command += ["run", "--config", str(config), "--engine", "tests.engines:record_call", *args]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_calls(calls: Path, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if calls.exists() and len(calls.read_text().split()) >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} engine calls after {timeout} s")
+
+
+def submit_calls(store: ContextStore, calls: Path, count: int, sleep: float = 0.0) -> str:
+    return store.submit([{"payload": {"i": i, "calls_file": str(calls), "sleep": sleep}} for i in range(count)])
+
+
+def test_three_loops_process_every_context_exactly_once(store: ContextStore, loops: Any, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    batch_id = submit_calls(store, calls, 90, sleep=0.01)
+    config = write_config(tmp_path / "config.yaml")
+    processes = [loops(config, "--until-empty") for _ in range(3)]
+    for process in processes:
+        _, err = process.communicate(timeout=110)
+        assert process.returncode == 0, err.decode()
+    assert sorted(int(i) for i in calls.read_text().split()) == list(range(90))
+    assert store.batch_status(batch_id)["counts"]["completed"] == 90
+
+
+def test_a_killed_loop_loses_nothing(store: ContextStore, loops: Any, tmp_path: Path) -> None:
+    # Given a loop that is killed with SIGKILL in the middle of a batch
+    calls = tmp_path / "calls"
+    batch_id = submit_calls(store, calls, 20, sleep=0.2)
+    victim = loops(write_config(tmp_path / "config.yaml", lease_seconds=2))
+    wait_for_calls(calls, 2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert store.status_counts()["processing"] > 0
+    # When a second loop runs once the lease has expired
+    Pipeline("tests.engines:record_call", write_config(tmp_path / "second.yaml", lease_seconds=2), store).run(
+        until_empty=True
+    )
+    # Then every context completed; only the killed batch ran twice
+    counts = store.batch_status(batch_id)["counts"]
+    assert counts["completed"] == 20
+    seen = [int(i) for i in calls.read_text().split()]
+    assert set(seen) == set(range(20))
+    assert len(seen) - 20 <= 5  # at most one batch (batch_size 5) re-ran
+
+
+def test_sigterm_drains_in_flight_batches_and_exits_zero(store: ContextStore, loops: Any, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    submit_calls(store, calls, 40, sleep=0.1)
+    process = loops(write_config(tmp_path / "config.yaml"))
+    wait_for_calls(calls, 1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err.decode()
+    counts = store.status_counts()
+    assert counts["processing"] == 0
+    assert counts["completed"] >= 5
+    assert counts["completed"] + counts["pending"] == 40
+    assert "Traceback" not in err.decode()
