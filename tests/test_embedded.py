@@ -1,0 +1,186 @@
+"""The embedded server (nx-27017) and `ctxbatch db`: each test in a CTXBATCH_HOME of its own.
+
+Every server a test starts is stopped by the `home` fixture, and the fixture checks that no
+server process for that home is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ctxbatch.cli import main
+from ctxbatch.io import ContextStore, embedded
+
+CTXBATCH = Path(sys.executable).with_name("ctxbatch")
+
+
+def servers_for(home: Path) -> list[int]:
+    """Pids of the live nx-27017 processes serving this home's data."""
+    data_dir = str(home / "db")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "status").read_text()
+        except OSError:
+            continue
+        if b"nx_27017.nx_27017" in command and data_dir.encode() in command and "\nState:\tZ" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """CTXBATCH_HOME for this test alone; whatever server runs there is stopped afterwards."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("CTXBATCH_HOME", str(path))
+    monkeypatch.delenv("CTXBATCH_MONGO_URI", raising=False)
+    try:
+        yield path
+    finally:
+        embedded.stop()
+        assert servers_for(path) == []
+
+
+def ctxbatch(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def record(home: Path) -> dict[str, object]:
+    result: dict[str, object] = json.loads((home / "server.json").read_text())
+    return result
+
+
+def test_db_start_starts_a_server_and_records_it(home: Path) -> None:
+    result = ctxbatch("db", "start")
+    assert result.exit_code == 0
+    saved = record(home)
+    assert set(saved) == {"pid", "port", "uri"}
+    assert servers_for(home) == [saved["pid"]]
+    assert ContextStore(str(saved["uri"]), "probe").ping() > 0
+    assert f"at {saved['uri']}" in result.stderr and "ctxbatch db stop" in result.stderr
+
+
+def test_db_status_json_says_where_it_runs(home: Path) -> None:
+    ctxbatch("db", "start")
+    result = ctxbatch("db", "status", "--json")
+    assert result.exit_code == 0
+    saved = record(home)
+    assert json.loads(result.stdout) == {
+        "running": True,
+        "uri": saved["uri"],
+        "pid": saved["pid"],
+        "data_dir": str(home / "db"),
+    }
+
+
+def test_db_status_json_says_when_nothing_runs(home: Path) -> None:
+    result = ctxbatch("db", "status", "--json")
+    assert json.loads(result.stdout) == {"running": False, "uri": None, "pid": None, "data_dir": str(home / "db")}
+
+
+def test_db_status_exits_3_when_nothing_runs(home: Path) -> None:
+    result = ctxbatch("db", "status")
+    assert result.exit_code == 3
+    assert result.stdout.startswith("not running")
+
+
+def test_a_second_start_reuses_the_running_server(home: Path) -> None:
+    ctxbatch("db", "start")
+    first = record(home)
+    result = ctxbatch("db", "start")
+    assert result.exit_code == 0
+    assert "already running" in result.stderr
+    assert record(home) == first
+    assert servers_for(home) == [first["pid"]]
+
+
+def test_a_stale_record_is_replaced(home: Path) -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    home.mkdir()
+    (home / "server.json").write_text(json.dumps({"pid": finished.pid, "port": 1, "uri": "mongodb://127.0.0.1:1/"}))
+    assert embedded.status().running is False
+    assert ctxbatch("db", "start").exit_code == 0
+    saved = record(home)
+    assert saved["pid"] != finished.pid
+    assert servers_for(home) == [saved["pid"]]
+
+
+def test_db_stop_stops_the_server_and_forgets_it(home: Path) -> None:
+    ctxbatch("db", "start")
+    result = ctxbatch("db", "stop")
+    assert result.exit_code == 0
+    assert "stopped" in result.stderr
+    assert servers_for(home) == []
+    assert not (home / "server.json").exists()
+
+
+def test_db_stop_when_nothing_runs_says_so(home: Path) -> None:
+    result = ctxbatch("db", "stop")
+    assert result.exit_code == 0
+    assert "not running" in result.stderr
+
+
+def test_data_survives_a_stop_and_a_start(home: Path) -> None:
+    uri = embedded.start().uri
+    assert uri is not None
+    before = ContextStore(uri, "kept")
+    batch_id = before.submit([{"payload": {"n": 1}}, {"payload": {"n": 2}}])
+    before.close()
+    embedded.stop()
+    uri = embedded.start().uri
+    assert uri is not None
+    after = ContextStore(uri, "kept")
+    assert after.batch_status(batch_id)["counts"]["pending"] == 2
+    after.close()
+
+
+def test_a_command_that_needs_the_database_starts_it_and_says_so(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"payload": {"n": 1}}\n')
+    result = ctxbatch("submit", str(source))
+    assert result.exit_code == 0, result.stderr
+    assert "started the embedded database" in result.stderr
+    assert servers_for(home) == [record(home)["pid"]]
+    status = ctxbatch("status", result.stdout.strip())
+    assert status.exit_code == 0
+    assert status.stderr == ""  # already running: nothing to announce
+
+
+def test_with_a_mongo_uri_nothing_is_started(home: Path, mongo_uri: str, store: ContextStore, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"payload": {"n": 1}}\n')
+    result = ctxbatch("--mongo-uri", mongo_uri, "--database", store.database_name, "submit", str(source))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    assert not (home / "server.json").exists()
+    assert servers_for(home) == []
+
+
+def test_two_starts_at_once_make_one_server(home: Path) -> None:
+    environment = {**os.environ, "CTXBATCH_HOME": str(home)}
+    starts = [
+        subprocess.Popen([str(CTXBATCH), "db", "start"], env=environment, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        announcements = [start.communicate(timeout=60)[1] for start in starts]
+    finally:
+        for start in starts:
+            if start.poll() is None:
+                start.kill()
+                start.wait()
+    assert [start.returncode for start in starts] == [0, 0]
+    assert sum("started the embedded database" in text for text in announcements) == 1
+    assert servers_for(home) == [record(home)["pid"]]
