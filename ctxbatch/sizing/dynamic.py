@@ -1,0 +1,399 @@
+"""The dynamic sizer: the seed's "Dynamic Batch Sizing" and its performance feedback loop.
+
+The model. A batch of n contexts takes about F + c*n seconds: F is what every batch pays (the
+claim, Dask's `compute`, a per-partition call to an external service), c what each context
+costs. Throughput n / (F + c*n) grows with n and saturates at 1/c; past some size it may fall
+again (memory, spilling, a service that slows under large requests). Batches must also stay
+short, so that leases, cancellation and priorities stay responsive: about
+`worker.target_batch_seconds`, which caps n at target / c.
+
+The controller, deterministic given the same observations (no clock inside):
+
+- **Search.** From the start size it steps x2 (`Tuning.step`) while the throughput measured at
+  the new size (the mean of `min_samples` full batches, then a moving average) beats the
+  previous size's by more than the dead band. When a step gains nothing, the search ends at the
+  peak of a parabola fitted through the best size and its two neighbours (log size against log
+  throughput); a x2 grid alone could miss the best size by 40%.
+- **Hold.** Inside the dead band (+-10%) differences are noise: the size stays put.
+- **Probe.** After `probe_every` held batches it tries one step up (or down, alternately). A
+  probe that gains more than the dead band becomes a new search in that direction; one that
+  does not goes back and doubles the interval (up to `max_probe_every`), so a flat curve sees
+  a move every few dozen batches at most, not oscillation.
+- **Cap.** No step goes past target / (smoothed seconds per context); when the smoothed cost
+  says the current size would take longer than the target (beyond the dead band), the size
+  drops to the cap at once. The cost is wall time per context, fixed share included, so the
+  cap errs short. A cost that jumps (3x either way, beyond any noise) replaces the average
+  instead of creeping into it, and restarts the search.
+- **Back-off.** A critical failure, an error rate above `error_rate_high` and above twice the
+  usual, or worker memory above `worker.memory_high_fraction` halves the size (TCP-like
+  multiplicative decrease), at most once per round: signals from batches planned before the
+  last back-off are not counted again. Memory is judged on the readings given to `plan()`,
+  the freshest ones. Afterwards the size holds `recovery_batches` batches and then probes up
+  again; back-offs that keep coming double that wait. A search step up that gains nothing
+  while CPU is saturated (> `cpu_high`) ends on the smaller size, not the larger.
+- **Short batches.** A batch that held fewer contexts than planned (the queue ran dry, or the
+  run's budget ended) says nothing about its size; it is not measured.
+
+Measurements belong to the size a batch was planned at, not the current one: with
+`max_parallel_batches` in flight, a batch finishing after a move measures the old size.
+
+Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory 0.86 > 0.8
+-> halve to 150"), and its inputs the numbers behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+
+from ctxbatch.config import WorkerSettings
+from ctxbatch.sizing.base import Inputs, Observation, Readings, Sizer
+from ctxbatch.sizing.cost import DurationModel, jumped
+
+MAX_LEVELS = 32
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The controller's constants; the defaults are what the benchmarks were run with."""
+
+    dead_band: float = 0.1  # throughput changes within +-10% are noise: hold
+    step: float = 2.0  # search and probe step: x2 up, /2 down
+    min_samples: int = 2  # full batches measured at a size before it is compared
+    level_alpha: float = 0.25  # a size's throughput: mean of its first 4 batches, then this weight on the newest
+    backoff: float = 0.5  # multiplicative decrease on trouble
+    error_rate_high: float = 0.1  # failed share of a batch that backs off (when also twice the usual)
+    error_alpha: float = 0.2  # weight of the newest batch in the usual error rate
+    cpu_high: float = 0.9  # CPU fraction that counts as saturated
+    short_fraction: float = 0.9  # a batch holding less than this share of its plan is not measured
+    cost_jump: float = 3.0  # a cost this many times the smoothed one (or 1/this) is a jump, not noise
+    probe_every: int = 20  # full batches held before probing a neighbour
+    max_probe_every: int = 160  # the interval doubles after each failed probe, up to this
+    recovery_batches: int = 3  # full batches held after a back-off before probing up
+
+
+class Phase(Enum):
+    SEARCH = "search"
+    PROBE = "probe"
+    HOLD = "hold"
+
+
+@dataclass
+class _Level:
+    """The smoothed throughput and seconds per context measured at one size."""
+
+    samples: int = 0
+    throughput: float = 0.0
+    seconds_per_context: float = 0.0
+
+    def add(self, throughput: float, seconds_per_context: float, alpha: float) -> None:
+        self.samples += 1
+        weight = max(1 / self.samples, alpha)
+        self.throughput += weight * (throughput - self.throughput)
+        self.seconds_per_context += weight * (seconds_per_context - self.seconds_per_context)
+
+
+class DynamicSizer(Sizer):
+    """Sizes batches from throughput history, target duration, errors and resource readings."""
+
+    name = "dynamic"
+
+    def __init__(self, settings: WorkerSettings, tuning: Tuning | None = None) -> None:
+        super().__init__(settings)
+        self.tuning = tuning or Tuning()
+        low, high = self.bounds
+        self.size = min(max(settings.batch_size, low), high)
+        self.phase = Phase.SEARCH
+        self.duration = DurationModel()  # wall seconds ~ fixed + per context * n
+        self._direction = 1
+        self._ref: int | None = None  # the size the current one is compared with
+        self._searched: list[int] = [self.size]
+        self._levels: OrderedDict[int, _Level] = OrderedDict()
+        self._held = 0
+        self._hold_for = self.tuning.probe_every
+        self._probe_every = self.tuning.probe_every
+        self._recovery = self.tuning.recovery_batches
+        self._calm = 0  # full batches since the last back-off
+        self._after_backoff = False  # the next probe up is a recovery
+        self._open = True  # a back-off may happen (see the module's note on rounds)
+        self._usual_error_rate = 0.0
+        self._readings: Readings | None = None
+        self._note = f"start at {self.size}"
+        self._move_note: str | None = f"start at {self.size} (batch_size {settings.batch_size})"
+
+    def __repr__(self) -> str:
+        return f"<DynamicSizer size={self.size} phase={self.phase.value} observed={self.batches_observed}>"
+
+    # -- the template's hooks -------------------------------------------------------------
+
+    def _next_size(self, readings: Readings) -> int:
+        self._readings = readings
+        memory, high = readings.memory_fraction, self.settings.memory_high_fraction
+        if memory is not None and memory > high:
+            self._back_off(f"memory {memory:.2f} > {high:g}")
+        return self.size
+
+    def _reason(self) -> str:
+        reason, self._move_note = self._move_note or self._note, None
+        return reason
+
+    def _inputs(self) -> Inputs:
+        level = self._levels.get(self.size)
+        ref = self._levels.get(self._ref) if self._ref is not None else None
+        fit = self.duration.fit()
+        return {
+            "throughput": level.throughput if level and level.samples else None,
+            "ref_size": self._ref,
+            "ref_throughput": ref.throughput if ref and ref.samples else None,
+            "fixed_seconds": fit[0] if fit else None,
+            "seconds_per_context": fit[1] if fit else None,
+            "predicted_seconds": self.duration.predict(self.size),
+            "target_seconds": self.settings.target_batch_seconds,
+            "usual_error_rate": self._usual_error_rate,
+        }
+
+    def _observe(self, observation: Observation) -> None:
+        if observation.planned <= self.size:
+            self._open = True  # a batch planned since the last back-off: its signals are new
+        trouble = self._trouble(observation)
+        if not observation.critical and observation.contexts:
+            rate = observation.error_rate
+            self._usual_error_rate += self.tuning.error_alpha * (rate - self._usual_error_rate)
+        if trouble:
+            self._back_off(trouble)
+            return
+        throughput = observation.throughput
+        if throughput is None or observation.contexts < self.tuning.short_fraction * observation.planned:
+            self._say(f"batch held {observation.contexts} of {observation.planned} planned -> hold {self.size}")
+            return
+        level = self._level(observation.planned)
+        jump = self._learn_cost(observation, level)
+        level.add(throughput, observation.wall_seconds / observation.contexts, self.tuning.level_alpha)
+        self._calm += 1
+        if self._calm >= self.tuning.probe_every:
+            self._recovery = self.tuning.recovery_batches
+        if self._cap_if_over_target():
+            return
+        if jump is not None:
+            word = "rose" if jump > 1 else "fell"
+            factor = jump if jump > 1 else 1 / jump
+            self._search_from(self.size, f"seconds per context {word} {factor:.1f}x -> search again from {self.size}")
+            return
+        if observation.planned != self.size:
+            self._say(f"a batch of {observation.planned} from before the move finished -> hold {self.size}")
+            return
+        {Phase.SEARCH: self._search_step, Phase.PROBE: self._probe_step, Phase.HOLD: self._hold_step}[self.phase]()
+
+    # -- trouble and back-off -------------------------------------------------------------
+
+    def _trouble(self, observation: Observation) -> str | None:
+        if observation.critical:
+            return "critical failure"
+        rate = observation.error_rate
+        limit = max(self.tuning.error_rate_high, 2 * self._usual_error_rate)
+        if observation.contexts and rate > limit:
+            return f"errors {rate:.0%} of the batch > {limit:.0%}"
+        return None
+
+    def _back_off(self, why: str) -> None:
+        if not self._open:
+            self._say(f"{why}, already backed off; waiting for a batch of {self.size} -> hold {self.size}")
+            return
+        self._open = False
+        low = self.bounds[0]
+        new = max(low, math.floor(self.size * self.tuning.backoff))
+        verb = "halve" if self.tuning.backoff == 0.5 else "back off"
+        self._searched = []
+        self._levels.clear()
+        self._settle(new, f"{why} -> {verb} to {new}" if new < self.size else f"{why} -> stay at minimum {new}")
+        self._direction = 1
+        self._hold_for, self._calm, self._after_backoff = self._recovery, 0, True
+
+    # -- cost and the target duration -----------------------------------------------------
+
+    def _learn_cost(self, observation: Observation, level: _Level) -> float | None:
+        """Feed the duration model; the ratio new/usual when the cost per context jumped, else None.
+
+        A jump is judged against earlier batches of the same size only: across sizes the
+        fixed share makes the cost per context differ by the size ratio, which is no jump.
+        """
+        sample = observation.wall_seconds / observation.contexts
+        jump = jumped(sample, level.seconds_per_context, self.tuning.cost_jump) if level.samples else None
+        if jump is not None:
+            self.duration.reset()  # the workload changed: start the line from this batch
+        self.duration.add(observation.contexts, observation.wall_seconds)
+        return jump
+
+    def _cap(self) -> int | None:
+        """The largest size predicted to fit the target duration, if the model knows any batch."""
+        return self.duration.largest_within(self.settings.target_batch_seconds)
+
+    def _cap_if_over_target(self) -> bool:
+        cap, predicted, target = self._cap(), self.duration.predict(self.size), self.settings.target_batch_seconds
+        if cap is None or predicted is None:
+            return False
+        new = max(self.bounds[0], cap)
+        if predicted <= target * (1 + self.tuning.dead_band) or new >= self.size:
+            return False
+        self._searched = []
+        self._levels.clear()
+        self._settle(new, f"batch would take ~{predicted:.1f} s > target {target:g} s -> cap at {new}")
+        self._direction = -1
+        return True
+
+    # -- search, hold, probe --------------------------------------------------------------
+
+    def _search_step(self) -> None:
+        level = self._levels[self.size]
+        if level.samples < self.tuning.min_samples:
+            self._say(f"measuring {self.size} ({level.samples} of {self.tuning.min_samples} batches)")
+            return
+        ref = self._levels.get(self._ref) if self._ref is not None else None
+        if ref is None or not ref.samples:
+            self._step(f"{level.throughput:.0f}/s at {self.size}")
+            return
+        gain = level.throughput / ref.throughput - 1
+        if gain > self.tuning.dead_band:
+            self._step(f"throughput up {gain:.0%}")
+            return
+        cpu = self._readings.cpu_fraction if self._readings else None
+        smaller = self._ref
+        flat = gain >= -self.tuning.dead_band
+        if self._direction > 0 and flat and smaller is not None and cpu is not None and cpu > self.tuning.cpu_high:
+            self._settle(smaller, f"cpu {cpu:.2f} saturated and throughput flat ({gain:+.0%}) -> back to {smaller}")
+            return
+        best, how = self._peak()
+        trend = "down" if gain < -self.tuning.dead_band else "flat"
+        self._settle(best, f"throughput {trend} ({gain:+.0%}) -> {how}")
+
+    def _step(self, why: str) -> None:
+        """Take the next search step in the current direction, or settle if a bound blocks it."""
+        nxt, blocked = self._neighbour(self._direction)
+        if nxt is None:
+            self._settle(self.size, f"{why}, {blocked} -> hold {self.size}")
+            return
+        self._ref = self.size
+        self._move(nxt)
+        self._searched.append(nxt)
+        self._say(f"{why} -> {'climb' if self._direction > 0 else 'descend'} to {nxt}", moved=True)
+
+    def _hold_step(self) -> None:
+        self._held += 1
+        level = self._levels[self.size]
+        if self._held < self._hold_for:
+            left = self._hold_for - self._held
+            self._say(f"hold {self.size} ({level.throughput:.0f}/s; next probe in {left} batches)")
+            return
+        self._held = 0
+        if self._after_backoff:  # back-offs that come back after each recovery wait longer each time
+            self._recovery = min(2 * self._recovery, self.tuning.max_probe_every)
+            self._after_backoff = False
+        for direction in (self._direction, -self._direction):
+            nxt, _ = self._neighbour(direction)
+            if nxt is not None:
+                break
+        else:
+            self._say(f"no other size within bounds and target -> hold {self.size}")
+            return
+        held, way = self.size, "up" if direction > 0 else "down"
+        self._direction, self._ref, self.phase = direction, held, Phase.PROBE
+        self._move(nxt)
+        self._say(f"held {held} for {self._hold_for} batches -> probe {way} to {nxt}", moved=True)
+
+    def _probe_step(self) -> None:
+        level = self._levels[self.size]
+        if level.samples < self.tuning.min_samples:
+            self._say(f"probing {self.size} ({level.samples} of {self.tuning.min_samples} batches)")
+            return
+        held = self._ref
+        ref = self._levels.get(held) if held is not None else None
+        if held is None or ref is None or not ref.samples:
+            self._settle(self.size, f"nothing to compare the probe with -> hold {self.size}")
+            return
+        gain = level.throughput / ref.throughput - 1
+        if gain > self.tuning.dead_band:
+            self._probe_every = self.tuning.probe_every
+            self.phase, self._searched = Phase.SEARCH, [held, self.size]
+            self._step(f"probe of {self.size} gained {gain:.0%}")
+            return
+        self._probe_every = min(2 * self._probe_every, self.tuning.max_probe_every)
+        self._settle(held, f"probe of {self.size}: throughput {gain:+.0%} -> back to {held}")
+        self._direction = -self._direction
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _search_from(self, size: int, why: str) -> None:
+        self._levels.clear()
+        self.phase, self._ref, self._searched, self._direction = Phase.SEARCH, None, [size], 1
+        self._move(size, fresh=True)
+        self._say(why, moved=True)
+
+    def _settle(self, size: int, why: str) -> None:
+        """Hold `size` (its measurements kept) for the probe interval."""
+        self.phase, self._held, self._hold_for = Phase.HOLD, 0, self._probe_every
+        self._move(size, fresh=False)
+        self._say(why, moved=True)
+
+    def _move(self, size: int, fresh: bool = True) -> None:
+        if fresh:
+            self._levels.pop(size, None)  # measure it anew, under today's conditions
+        self.size = size
+
+    def _neighbour(self, direction: int) -> tuple[int | None, str]:
+        """The next size one step away, and why there is none when a bound or the cap blocks it."""
+        low, high = self.bounds
+        if direction < 0:
+            down = max(low, min(self.size - 1, math.floor(self.size / self.tuning.step)))
+            return (down, "") if down < self.size else (None, f"at minimum {low}")
+        up = min(high, max(self.size + 1, math.ceil(self.size * self.tuning.step)))
+        cap = self._cap()
+        if cap is not None and cap < up:
+            up = cap
+            if up <= self.size:
+                return None, f"a bigger batch would take > target {self.settings.target_batch_seconds:g} s"
+        return (up, "") if up > self.size else (None, f"at maximum {high}")
+
+    def _peak(self) -> tuple[int, str]:
+        """The best size of this search: a parabola's peak through the best and its neighbours."""
+        measured = sorted({s for s in self._searched if s in self._levels and self._levels[s].samples})
+        if not measured:
+            return self.size, f"hold {self.size}"
+        best = max(measured, key=lambda s: self._levels[s].throughput)
+        i = measured.index(best)
+        if i == 0 or i == len(measured) - 1:
+            return best, f"best measured {best}"
+        trio = measured[i - 1 : i + 2]
+        x = [math.log(s) for s in trio]
+        y = [math.log(self._levels[s].throughput) for s in trio]
+        peak = _vertex(x, y)
+        if peak is None:
+            return best, f"best measured {best}"
+        size = round(math.exp(min(max(peak, x[0]), x[2])))
+        return size, f"peak near {size} (fit through {trio[0]}, {trio[1]}, {trio[2]})"
+
+    def _level(self, size: int) -> _Level:
+        level = self._levels.get(size)
+        if level is None:
+            level = self._levels[size] = _Level()
+            while len(self._levels) > MAX_LEVELS:
+                self._levels.popitem(last=False)
+        return level
+
+    def _say(self, reason: str, moved: bool = False) -> None:
+        """Note why; a move's reason is kept (and joined with later moves') until a plan reports it."""
+        if moved:
+            self._move_note = f"{self._move_note}; {reason}" if self._move_note else reason
+        self._note = reason
+
+
+def _vertex(x: list[float], y: list[float]) -> float | None:
+    """The x of the peak of the parabola through three points, or None if it opens upward."""
+    (x0, x1, x2), (y0, y1, y2) = x, y
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    if denom == 0:
+        return None
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    return -b / (2 * a) if a < 0 else None
