@@ -1,5 +1,7 @@
 """ctxbatch: bulk processing of prioritised JSON contexts over MongoDB and Dask."""
 
+from typing import TYPE_CHECKING
+
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import (
     BatchNotFound,
@@ -14,7 +16,19 @@ from ctxbatch.errors import (
     SubmitError,
 )
 from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
-from ctxbatch.pipeline.engine import batch_engine
+
+# The pipeline's names load on first use: importing Dask and distributed costs about half a
+# second, which `ctxbatch status` and `ctxbatch submit` should not pay.
+_PIPELINE_NAMES = {"Pipeline", "RunReport", "batch_engine"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _PIPELINE_NAMES:
+        import ctxbatch.pipeline
+
+        return getattr(ctxbatch.pipeline, name)
+    raise AttributeError(f"module 'ctxbatch' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -39,6 +53,11 @@ __all__ = [
     "Status",
     "WriteReport",
     "connect",
-    # Engines
+    # The pipeline
+    "Pipeline",
+    "RunReport",
     "batch_engine",
 ]
+
+if TYPE_CHECKING:
+    from ctxbatch.pipeline import Pipeline, RunReport, batch_engine
