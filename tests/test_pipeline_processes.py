@@ -118,3 +118,21 @@ def test_sigterm_drains_in_flight_batches_and_exits_zero(store: ContextStore, lo
     assert counts["completed"] >= 5
     assert counts["completed"] + counts["pending"] == 40
     assert "Traceback" not in err.decode()
+
+
+def test_a_second_sigterm_releases_batches_at_once(store: ContextStore, loops: Any, tmp_path: Path) -> None:
+    # Given a loop in the middle of a slow batch (5 contexts of 2 s each)
+    calls = tmp_path / "calls"
+    submit_calls(store, calls, 10, sleep=2.0)
+    process = loops(write_config(tmp_path / "config.yaml"))
+    wait_for_calls(calls, 1)
+    # When it gets SIGTERM twice
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    # Then it exits 0 without waiting for the batch, which is back in the queue
+    assert process.returncode == 0, err.decode()
+    counts = store.status_counts()
+    assert counts["processing"] == 0
+    assert counts["pending"] >= 5
