@@ -67,3 +67,11 @@ class EngineError(CtxbatchError):
 
 class CriticalError(CtxbatchError):
     """Raised by an engine to stop the whole batch: its contexts are released and it is retried."""
+
+
+class InvalidCursor(CtxbatchError):
+    """Raised when a page cursor is not one that ContextStore.results_page handed out."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"{cursor[:40]!r} is not a cursor of this batch's results")
+        self.cursor = cursor

@@ -8,7 +8,7 @@ compound index; so every filter in `io/` is written with explicit operators.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -21,6 +21,7 @@ from ctxbatch.errors import SubmitError
 
 DEFAULT_PRIORITY = 50
 MAX_KEY_LENGTH = 256
+MAX_NAME_LENGTH = 256
 MAX_BSON_BYTES = 16 * 1024 * 1024
 REQUEST_FIELDS = frozenset({"payload", "priority", "key"})
 
@@ -59,6 +60,15 @@ class ContextRequest:
     key: str | None = None
 
 
+def _encodable(text: str) -> bool:
+    # A lone surrogate (JSON "\\ud800") has no UTF-8 form, so BSON cannot store it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_priority(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
 
@@ -67,6 +77,13 @@ def validate_priority(value: Any, field: str = "priority") -> int:
     if not _is_priority(value):
         raise SubmitError(None, field, f"must be an integer from 0 to 100, got {value!r}")
     return int(value)
+
+
+def validate_name(name: Any) -> str | None:
+    """A batch's optional name: a string of at most MAX_NAME_LENGTH characters, or SubmitError."""
+    if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _encodable(name)):
+        raise SubmitError(None, "name", f"must be a string of at most {MAX_NAME_LENGTH} characters")
+    return name
 
 
 def validate_request(index: int, record: Any, default_priority: int) -> ContextRequest:
@@ -85,32 +102,67 @@ def validate_request(index: int, record: Any, default_priority: int) -> ContextR
     if not _is_priority(priority):
         raise SubmitError(index, "priority", f"must be an integer from 0 to 100, got {priority!r}")
     key = record.get("key")
-    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH):
+    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _encodable(key)):
         raise SubmitError(index, "key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
     try:
         size = len(bson.encode(payload))
-    except (InvalidDocument, TypeError, OverflowError) as exc:
+    # ValueError: a string with a lone surrogate (JSON "\\ud800") has no UTF-8 form.
+    except (InvalidDocument, TypeError, OverflowError, ValueError) as exc:
         raise SubmitError(index, "payload", f"cannot be stored: {exc}") from None
     if size > MAX_BSON_BYTES - 64 * 1024:
         raise SubmitError(index, "payload", f"is {size} bytes; the limit is about 16 MB")
     return ContextRequest(dict(payload), int(priority), key)
 
 
+def _checked(records: Iterable[Any], default: int) -> Iterator[ContextRequest | SubmitError]:
+    """Each record as a ContextRequest or the problem with it (a repeated key included)."""
+    seen_keys: dict[str, int] = {}
+    for index, record in enumerate(records):
+        try:
+            request = validate_request(index, record, default)
+        except SubmitError as exc:
+            yield exc
+            continue
+        if request.key is not None:
+            first = seen_keys.setdefault(request.key, index)
+            if first != index:
+                yield SubmitError(index, "key", f"{request.key!r} repeats record {first}'s key")
+                continue
+        yield request
+
+
 def validate_requests(records: Iterable[Any], default_priority: int | None = None) -> list[ContextRequest]:
     """Validate a whole submission before anything is written; the first problem is raised."""
     default = DEFAULT_PRIORITY if default_priority is None else validate_priority(default_priority)
     requests: list[ContextRequest] = []
-    seen_keys: dict[str, int] = {}
-    for index, record in enumerate(records):
-        request = validate_request(index, record, default)
-        if request.key is not None:
-            first = seen_keys.setdefault(request.key, index)
-            if first != index:
-                raise SubmitError(index, "key", f"{request.key!r} repeats record {first}'s key")
-        requests.append(request)
+    for checked in _checked(records, default):
+        if isinstance(checked, SubmitError):
+            raise checked
+        requests.append(checked)
     if not requests:
         raise SubmitError(None, None, "the submission holds no contexts")
     return requests
+
+
+def collect_problems(
+    records: Iterable[Any], default_priority: int | None = None, limit: int | None = 20
+) -> list[SubmitError]:
+    """Every problem of a submission in record order, the first `limit` of them; [] if it is valid.
+
+    The same checks as validate_requests, for callers (the HTTP API) that report all problems at once.
+    """
+    default = DEFAULT_PRIORITY if default_priority is None else validate_priority(default_priority)
+    problems: list[SubmitError] = []
+    seen = 0
+    for checked in _checked(records, default):
+        seen += 1
+        if isinstance(checked, SubmitError):
+            problems.append(checked)
+            if limit is not None and len(problems) >= limit:
+                break
+    if not seen:
+        problems.append(SubmitError(None, None, "the submission holds no contexts"))
+    return problems
 
 
 def context_document(request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime) -> dict[str, Any]:

@@ -16,6 +16,8 @@ same moment as a number, which the server compares in SQL.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
 import time
@@ -26,11 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from ctxbatch.errors import BatchNotFound, ContextNotFound, SubmitError
+from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor, SubmitError
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import (
     BATCH_INDEXES,
@@ -39,6 +41,7 @@ from ctxbatch.io.schema import (
     Status,
     context_document,
     utcnow,
+    validate_name,
     validate_requests,
 )
 
@@ -51,6 +54,7 @@ RESULT_COLUMNS = [
 ]  # fmt: skip
 DEFAULT_LEVELS = {"high": (0, 10), "medium": (11, 50), "low": (51, 100)}
 INTERNAL_FIELDS = ("_id", "lease", "settled_by", "next_attempt_ms")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def mask_uri(uri: str) -> str:
@@ -152,6 +156,7 @@ class ContextStore:
         name: str | None = None,
     ) -> str:
         """Store a whole submission as one batch and return its id; all of it or nothing."""
+        name = validate_name(name)
         requests = validate_requests(as_records(records), priority)
         self.ensure_indexes()
         self._refuse_known_keys(requests)
@@ -463,6 +468,64 @@ class ContextStore:
             if low <= priority <= high:
                 return name
         raise ValueError(f"priority {priority} is in no level")
+
+    # -- listing and pages ----------------------------------------------------------------
+
+    def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest batches first, as batch_status() JSON; only those with `status` if given.
+
+        A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        wanted = None if status is None else Status(status).value
+        # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
+        newest = self.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort("created_at", DESCENDING)
+        if wanted is None:
+            newest = newest.limit(limit)
+        found: list[dict[str, Any]] = []
+        for batch in newest:
+            view = self.batch_status(batch["_id"])
+            if wanted is None or view["status"] == wanted:
+                found.append(view)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def results_page(
+        self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
+
+        The cursor is opaque; it holds an offset. That is stable because a batch's contexts never
+        change after submit, and it is what nx-27017 serves from an index: `{"_id": {"$gt": ...}}`
+        is evaluated in Python over the whole collection there, and `_id` cannot join an index.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._batch(batch_id)
+        offset = 0 if cursor is None else self._cursor_offset(cursor)
+        projection = None if payload else {"payload": 0}
+        found = list(
+            self.contexts.find({"batch_id": _eq(batch_id)}, projection)
+            .sort("_id", ASCENDING).skip(offset).limit(limit + 1).batch_size(limit + 1)
+        )  # fmt: skip
+        following = self._page_cursor(offset + limit) if len(found) > limit else None
+        return [context_view(doc) for doc in found[:limit]], following
+
+    @staticmethod
+    def _page_cursor(offset: int) -> str:
+        return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
+
+    @staticmethod
+    def _cursor_offset(cursor: str) -> int:
+        try:
+            text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        except (binascii.Error, UnicodeError, ValueError):
+            raise InvalidCursor(cursor) from None
+        if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
+            raise InvalidCursor(cursor)
+        return int(text[1:])
 
 
 def derive_status(counts: Mapping[str, int]) -> str:

@@ -1,0 +1,143 @@
+"""How the HTTP API answers: JSON rendering, the error body, and ctxbatch's errors as statuses.
+
+Every error, whatever raised it, leaves as `{"error": "...", "problems": [...]}` (models.ErrorBody),
+so a client parses one shape and never meets a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WaitQueueTimeoutError
+from starlette.exceptions import HTTPException
+
+from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, InvalidCursor, SubmitError
+from ctxbatch.io.store import RESULT_COLUMNS
+
+log = logging.getLogger("ctxbatch.service")
+
+NDJSON = "application/x-ndjson"
+# What a context looks like over HTTP: the columns of store.results(), nothing internal.
+CONTEXT_FIELDS = tuple(RESULT_COLUMNS)
+UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WaitQueueTimeoutError)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(content: Any) -> bytes:
+    # ASCII escapes: any string Python holds can be sent, even one UTF-8 cannot encode.
+    return json.dumps(content, separators=(",", ":"), default=_jsonable).encode()
+
+
+class JSONAnswer(JSONResponse):
+    """JSON with datetimes as ISO 8601 text, like the CLI's output."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def public_context(view: Mapping[str, Any]) -> dict[str, Any]:
+    """A store context view with only its public fields, times as ISO 8601 text."""
+    out = {}
+    for field in CONTEXT_FIELDS:
+        value = view.get(field)
+        out[field] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+def ndjson_lines(rows: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
+    for row in rows:
+        yield dumps(public_context(row)) + b"\n"
+
+
+def problem(index: int | None, field: str | None, message: str) -> dict[str, Any]:
+    return {"index": index, "field": field, "message": message}
+
+
+class ApiError(Exception):
+    """Raised inside the service to answer with this status and error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        problems: Iterable[dict[str, Any]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = list(problems)
+        self.headers = dict(headers or {})
+
+
+def error_answer(
+    status: int, message: str, problems: Iterable[dict[str, Any]] = (), headers: Mapping[str, str] | None = None
+) -> JSONAnswer:
+    return JSONAnswer({"error": message, "problems": list(problems)}, status_code=status, headers=headers)
+
+
+def submit_problems(errors: Iterable[SubmitError]) -> list[dict[str, Any]]:
+    return [problem(e.index, e.field, e.message) for e in errors]
+
+
+def _field(location: tuple[Any, ...]) -> str:
+    # ("query", "limit") -> "limit": where it was sent is clear from the route.
+    return ".".join(str(part) for part in location[1:]) or str(location[0])
+
+
+def install_error_answers(app: FastAPI) -> None:
+    """Map every error the routes can meet to its status and the one error body."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONAnswer:
+        assert isinstance(exc, ApiError)
+        return error_answer(exc.status, exc.message, exc.problems, exc.headers)
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONAnswer:
+        assert isinstance(exc, RequestValidationError)
+        problems = [problem(None, _field(tuple(e["loc"])), e["msg"]) for e in exc.errors()[:20]]
+        return error_answer(422, "the request is not valid", problems)
+
+    async def http_error(_: Request, exc: Exception) -> JSONAnswer:
+        assert isinstance(exc, HTTPException)
+        return error_answer(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    async def not_found(_: Request, exc: Exception) -> JSONAnswer:
+        return error_answer(404, str(exc))
+
+    async def bad_cursor(_: Request, exc: Exception) -> JSONAnswer:
+        return error_answer(422, str(exc), [problem(None, "cursor", str(exc))])
+
+    async def refused(_: Request, exc: Exception) -> JSONAnswer:
+        return error_answer(400, str(exc))
+
+    async def database_error(_: Request, exc: Exception) -> JSONAnswer:
+        if isinstance(exc, UNAVAILABLE):
+            return error_answer(503, f"the database is unavailable: {exc}")
+        log.error("database error", exc_info=exc)
+        return error_answer(500, f"the database refused the operation: {exc}")
+
+    async def internal(_: Request, exc: Exception) -> JSONAnswer:
+        log.error("unexpected error", exc_info=exc)
+        return error_answer(500, "internal error; the server log has the details")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(BatchNotFound, not_found)
+    app.add_exception_handler(ContextNotFound, not_found)
+    app.add_exception_handler(InvalidCursor, bad_cursor)
+    app.add_exception_handler(CtxbatchError, refused)
+    app.add_exception_handler(PyMongoError, database_error)
+    app.add_exception_handler(Exception, internal)

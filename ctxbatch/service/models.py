@@ -1,0 +1,120 @@
+"""The shapes of the HTTP API's bodies, for its OpenAPI document and its responses.
+
+The bulk body is described here but validated by the store (`ctxbatch.io.schema`), the one
+definition of a valid context; these models must say the same thing it checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
+
+from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
+
+# Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
+IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContextIn(_Strict):
+    """One context to submit."""
+
+    payload: dict[str, Any] = Field(description="The JSON object the engine receives, stored as given.")
+    priority: int = Field(DEFAULT_PRIORITY, ge=0, le=100, description="0 is the most urgent.")
+    key: str | None = Field(
+        None, min_length=1, max_length=MAX_KEY_LENGTH, description="Becomes the context's id; unique."
+    )
+
+
+class BulkEnvelope(_Strict):
+    """The contexts with an optional name for the batch."""
+
+    contexts: list[ContextIn] = Field(min_length=1)
+    name: str | None = Field(None, max_length=MAX_NAME_LENGTH)
+
+
+class BulkSubmission(RootModel[list[ContextIn] | BulkEnvelope]):
+    """A JSON array of contexts, or an object holding them."""
+
+    root: Annotated[list[ContextIn], Field(min_length=1)] | BulkEnvelope
+
+
+class Accepted(BaseModel):
+    batch_id: str
+    count: int
+
+
+class Problem(BaseModel):
+    index: int | None = Field(description="The context's position in the submission, when the problem is in one.")
+    field: str | None = Field(description="The field at fault, when one is.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a one-line message and, for a refused body, its problems."""
+
+    error: str
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class Counts(BaseModel):
+    total: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class BatchStatus(BaseModel):
+    batch_id: str
+    name: str | None = None
+    status: Status
+    counts: Counts
+    created_at: IsoTime
+    updated_at: IsoTime
+
+
+class BatchList(BaseModel):
+    batches: list[BatchStatus]
+
+
+class ContextOut(BaseModel):
+    id: str
+    batch_id: str
+    key: str | None = None
+    status: Status
+    priority: int
+    payload: dict[str, Any] | None = Field(None, description="Absent from results asked with payload=false.")
+    result: Any = Field(None, description="What the engine returned, once completed.")
+    error: dict[str, Any] | None = Field(None, description="{type, message, traceback} of the last failure.")
+    attempts: int
+    next_attempt_at: IsoTime | None = None
+    created_at: IsoTime | None = None
+    started_at: IsoTime | None = None
+    finished_at: IsoTime | None = None
+
+
+class ResultsPage(BaseModel):
+    batch_id: str
+    contexts: list[ContextOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class Cancelled(BaseModel):
+    batch_id: str
+    cancelled: int = Field(description="Pending contexts that were cancelled.")
+
+
+class Retried(BaseModel):
+    batch_id: str
+    retried: int = Field(description="Failed contexts sent back to the queue.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database_seconds: float = Field(description="Round trip of a ping to the database.")

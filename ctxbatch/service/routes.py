@@ -1,0 +1,148 @@
+"""The routes: each one a call of a ContextStore method, so the CLI and Python API can do the same.
+
+pymongo blocks, so routes are plain `def` (FastAPI runs them in its threadpool); the bulk route
+is `async` only to stream its body in, and hands parsing and storing to the threadpool.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any
+
+import pymongo
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pymongo.errors import PyMongoError
+from starlette.concurrency import run_in_threadpool
+
+from ctxbatch.config import Settings
+from ctxbatch.io import ContextStore, Status
+from ctxbatch.service import bulk
+from ctxbatch.service.answers import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
+from ctxbatch.service.metrics import ServiceMetrics
+from ctxbatch.service.models import (
+    Accepted,
+    BatchList,
+    BatchStatus,
+    Cancelled,
+    ContextOut,
+    ErrorBody,
+    Health,
+    ResultsPage,
+    Retried,
+)
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+MAX_PAGE = 10_000
+MAX_BATCH_LIST = 1_000
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+# Every /api route may meet these: no or a wrong token, a bad parameter, the database gone.
+COMMON = _errors(401, 422, 503)
+BULK_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkSubmission"}}},
+}
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Contexts per page.")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+Payload = Annotated[bool, Query(description="Include each context's payload.")]
+
+
+def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/api/contexts/bulk",
+        status_code=202,
+        response_model=Accepted,
+        responses={**COMMON, **_errors(400, 409, 413)},
+        openapi_extra={"requestBody": BULK_BODY},
+        summary="Submit contexts as one batch",
+    )
+    async def submit_contexts(request: Request) -> JSONAnswer:
+        """Store the contexts as one batch, all or nothing; poll the `Location` for its status."""
+        body = await bulk.read_body(request, settings.api.max_body_bytes)
+        batch_id, count = await run_in_threadpool(bulk.accept, store, body, settings.api.max_contexts_per_request)
+        metrics.submitted.inc(count)
+        location = f"/api/batches/{batch_id}"
+        return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})
+
+    @router.get("/api/batches", response_model=BatchList, responses=COMMON)
+    def list_batches(
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH_LIST)] = 100,
+    ) -> dict[str, Any]:
+        """The newest batches first, only those with `status` if given."""
+        return {"batches": store.list_batches(status, limit)}
+
+    @router.get("/api/batches/{batch_id}", response_model=BatchStatus, responses={**COMMON, **_errors(404)})
+    def batch_status(batch_id: str) -> dict[str, Any]:
+        """A batch's status and its contexts' counts."""
+        return store.batch_status(batch_id)
+
+    @router.get(
+        "/api/batches/{batch_id}/results",
+        response_model=None,
+        responses={
+            200: {
+                "model": ResultsPage,
+                "description": f"A page of contexts; all of them, one per line, with `Accept: {NDJSON}`.",
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            },
+            **COMMON,
+            **_errors(404),
+        },
+    )
+    def batch_results(
+        batch_id: str, request: Request, limit: Limit = 1000, cursor: Cursor = None, payload: Payload = True
+    ) -> Response:
+        """A batch's contexts with status, result, error and attempts, page by page or as JSON Lines."""
+        if NDJSON in request.headers.get("accept", ""):
+            rows = store.iter_results(batch_id, payload=payload)
+            # The first row is read now so an unknown batch is a 404, not a broken stream.
+            first = list(itertools.islice(rows, 1))
+            return StreamingResponse(ndjson_lines(itertools.chain(first, rows)), media_type=NDJSON)
+        page, following = store.results_page(batch_id, limit, cursor, payload=payload)
+        contexts = [public_context(view) for view in page]
+        return JSONAnswer({"batch_id": batch_id, "contexts": contexts, "next_cursor": following})
+
+    @router.get("/api/contexts/{context_id}", response_model=ContextOut, responses={**COMMON, **_errors(404)})
+    def get_context(context_id: str) -> dict[str, Any]:
+        """One context with its status, result and error."""
+        return public_context(store.get_context(context_id))
+
+    @router.post("/api/batches/{batch_id}/cancel", response_model=Cancelled, responses={**COMMON, **_errors(404)})
+    def cancel_batch(batch_id: str) -> dict[str, Any]:
+        """Cancel the batch's pending contexts."""
+        return {"batch_id": batch_id, "cancelled": store.cancel(batch_id)}
+
+    @router.post("/api/batches/{batch_id}/retry", response_model=Retried, responses={**COMMON, **_errors(404)})
+    def retry_batch(batch_id: str) -> dict[str, Any]:
+        """Send the batch's failed contexts back to the queue with attempts reset."""
+        return {"batch_id": batch_id, "retried": store.retry(batch_id)}
+
+    @router.get("/healthz", response_model=Health, responses=_errors(503))
+    def healthz() -> dict[str, Any]:
+        """Whether the database answers; needs no token."""
+        try:
+            with pymongo.timeout(HEALTH_TIMEOUT_SECONDS):
+                seconds = store.ping()
+        except PyMongoError as exc:
+            raise ApiError(503, f"the database does not answer: {exc}") from None
+        return {"status": "ok", "database_seconds": seconds}
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(401)},
+    )
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: queue lengths, submissions, HTTP requests and latencies."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

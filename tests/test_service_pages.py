@@ -1,0 +1,138 @@
+"""The store's listing and paging methods the HTTP API stands on (and the CLI and Python API may use)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient, monitoring
+
+from ctxbatch.errors import InvalidCursor
+from ctxbatch.io import ContextStore
+
+
+class Finds(monitoring.CommandListener):
+    """The find commands a client sent, as they went over the wire."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def watched(mongo_uri: str, database: str, store: ContextStore) -> Iterator[tuple[ContextStore, Finds]]:
+    """A second store on the test's database whose find commands are recorded."""
+    finds = Finds()
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[finds])
+    yield ContextStore(mongo_uri, database, client=client), finds
+    client.close()
+
+
+def _plan(store: ContextStore, command: dict[str, Any]) -> str:
+    collection = store.db[command["find"]]
+    cursor = collection.find(command.get("filter", {})).sort(list(command.get("sort", {}).items()))
+    return json.dumps(cursor.explain(), default=str)
+
+
+def _assert_index_backed(plan: str) -> None:
+    # COLLSCAN on MongoDB; "SCAN <collection>" (not "SEARCH ... USING INDEX") on nx-27017.
+    assert "COLLSCAN" not in plan
+    assert "SCAN contexts" not in plan and "SCAN batches" not in plan
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def test_results_pages_cover_the_batch_in_iter_results_order(store: ContextStore) -> None:
+    batch_id = store.submit([{"payload": {"i": i}} for i in range(10)])
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = store.results_page(batch_id, limit=4, cursor=cursor)
+        ids += [row["id"] for row in page]
+        if cursor is None:
+            break
+
+    assert ids == [row["id"] for row in store.iter_results(batch_id)]
+
+
+def test_a_page_that_ends_the_batch_has_no_cursor(store: ContextStore) -> None:
+    batch_id = store.submit([{"payload": {}}] * 4)
+
+    page, cursor = store.results_page(batch_id, limit=4)
+
+    assert (len(page), cursor) == (4, None)
+
+
+def test_the_results_page_query_uses_an_index(watched: tuple[ContextStore, Finds]) -> None:
+    store, finds = watched
+    batch_id = store.submit([{"payload": {}}] * 5)
+    _, cursor = store.results_page(batch_id, limit=2)
+    finds.commands.clear()
+
+    store.results_page(batch_id, limit=2, cursor=cursor)
+
+    (command,) = [c for c in finds.commands if c["find"] == "contexts"]
+    _assert_index_backed(_plan(store, command))
+
+
+@pytest.mark.parametrize("cursor", ["", "!!!", _cursor("x5"), _cursor("o-1"), _cursor("o\u00b2"), _cursor("o1e3")])
+def test_a_cursor_the_store_did_not_make_is_refused(store: ContextStore, cursor: str) -> None:
+    batch_id = store.submit([{"payload": {}}])
+
+    with pytest.raises(InvalidCursor):
+        store.results_page(batch_id, cursor=cursor)
+
+
+def test_a_page_needs_a_positive_limit(store: ContextStore) -> None:
+    batch_id = store.submit([{"payload": {}}])
+
+    with pytest.raises(ValueError, match="limit"):
+        store.results_page(batch_id, limit=0)
+
+
+def test_batches_are_listed_newest_first_up_to_the_limit(store: ContextStore) -> None:
+    ids = [store.submit([{"payload": {}}]) for _ in range(4)]
+
+    listed = store.list_batches(limit=3)
+
+    assert [b["batch_id"] for b in listed] == ids[::-1][:3]
+    assert listed[0] == store.batch_status(ids[-1])
+
+
+def test_batches_are_listed_by_status(store: ContextStore) -> None:
+    kept, cancelled = store.submit([{"payload": {}}]), store.submit([{"payload": {}}])
+    store.cancel(cancelled)
+
+    assert [b["batch_id"] for b in store.list_batches("pending")] == [kept]
+    assert [b["batch_id"] for b in store.list_batches("cancelled")] == [cancelled]
+    assert store.list_batches("completed") == []
+
+
+def test_listing_batches_uses_an_index(watched: tuple[ContextStore, Finds]) -> None:
+    store, finds = watched
+    store.submit([{"payload": {}}])
+    finds.commands.clear()
+
+    store.list_batches(limit=5)
+
+    command = next(c for c in finds.commands if c["find"] == "batches" and "sort" in c)
+    _assert_index_backed(_plan(store, command))
+
+
+def test_an_unknown_status_is_refused(store: ContextStore) -> None:
+    with pytest.raises(ValueError):
+        store.list_batches("done")
