@@ -24,6 +24,7 @@ from ctxbatch.io.store import RESULT_COLUMNS
 log = logging.getLogger("ctxbatch.service")
 
 NDJSON = "application/x-ndjson"
+NDJSON_ROWS_PER_CHUNK = 500
 # What a context looks like over HTTP: the columns of store.results(), nothing internal.
 CONTEXT_FIELDS = tuple(RESULT_COLUMNS)
 UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WaitQueueTimeoutError)
@@ -56,9 +57,16 @@ def public_context(view: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ndjson_lines(rows: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
+def ndjson_lines(rows: Iterable[Mapping[str, Any]], per_chunk: int = NDJSON_ROWS_PER_CHUNK) -> Iterator[bytes]:
+    """JSON Lines in chunks of rows: each chunk is one hop to the threadpool, not each row."""
+    lines: list[bytes] = []
     for row in rows:
-        yield dumps(public_context(row)) + b"\n"
+        lines.append(dumps(public_context(row)) + b"\n")
+        if len(lines) >= per_chunk:
+            yield b"".join(lines)
+            lines = []
+    if lines:
+        yield b"".join(lines)
 
 
 def problem(index: int | None, field: str | None, message: str) -> dict[str, Any]:
