@@ -32,6 +32,7 @@ from ctxbatch.sizing import (
     wanted_workers,
 )
 from ctxbatch.sizing.cost import DurationModel
+from ctxbatch.sizing.history import History
 
 Curve = Callable[[int, int], float]  # (size, batch index) -> wall seconds
 
@@ -530,6 +531,28 @@ def test_duration_model_at_one_size_uses_the_average() -> None:
         model.add(100, 3.0)
 
     assert model.fit() == (0.0, pytest.approx(0.03))
+
+
+# -- the throughput history ---------------------------------------------------------------
+
+
+def test_history_places_the_peak_between_the_measured_sizes() -> None:
+    history = History(alpha=0.25)
+    for size in (160, 320, 640, 1280):
+        history.level(size).add(size, peaked(size, 0), alpha=0.25)
+
+    size, how = history.peak([160, 320, 640, 1280]) or (0, "")
+
+    assert abs(size - BEST) <= 0.1 * BEST
+    assert how.startswith("peak near")
+
+
+def test_history_peak_at_the_edge_is_the_best_measured() -> None:
+    history = History(alpha=0.25)
+    for size in (10, 20, 40):
+        history.level(size).add(size, peaked(size, 0), alpha=0.25)
+
+    assert history.peak([10, 20, 40]) == (40, "best measured 40")
 
 
 # -- worker scaling -----------------------------------------------------------------------

@@ -5,25 +5,28 @@ claim, Dask's `compute`, a per-partition call to an external service), c what ea
 costs. Throughput n / (F + c*n) grows with n and saturates at 1/c; past some size it may fall
 again (memory, spilling, a service that slows under large requests). Batches must also stay
 short, so that leases, cancellation and priorities stay responsive: about
-`worker.target_batch_seconds`, which caps n at target / c.
+`worker.target_batch_seconds`, which caps n at (target - F) / c.
 
 The controller, deterministic given the same observations (no clock inside):
 
-- **Search.** From the start size it steps x2 (`Tuning.step`) while the throughput measured at
-  the new size (the mean of `min_samples` full batches, then a moving average) beats the
-  previous size's by more than the dead band. When a step gains nothing, the search ends at the
-  peak of a parabola fitted through the best size and its two neighbours (log size against log
-  throughput); a x2 grid alone could miss the best size by 40%.
+- **Search.** From the start size it steps x2 (`Tuning.step`) while the throughput measured
+  at the new size beats the previous size's by more than the dead band; after a gain past
+  `leap_gain` it steps x4, since the curve is still far from saturated. A size is judged on
+  `min_samples` full batches and at least `min_seconds` of them (short batches are noisy; a
+  gain past `decisive_gain` needs no more), then followed by a moving average. When a step
+  gains nothing (after a x4 leap, once the size in between is measured too), the search ends
+  at the peak of a parabola through the best size and its two neighbours (`history.py`); a x2
+  grid alone could miss the best size by 40%.
 - **Hold.** Inside the dead band (+-10%) differences are noise: the size stays put.
 - **Probe.** After `probe_every` held batches it tries one step up (or down, alternately). A
   probe that gains more than the dead band becomes a new search in that direction; one that
   does not goes back and doubles the interval (up to `max_probe_every`), so a flat curve sees
   a move every few dozen batches at most, not oscillation.
-- **Cap.** No step goes past target / (smoothed seconds per context); when the smoothed cost
-  says the current size would take longer than the target (beyond the dead band), the size
-  drops to the cap at once. The cost is wall time per context, fixed share included, so the
-  cap errs short. A cost that jumps (3x either way, beyond any noise) replaces the average
-  instead of creeping into it, and restarts the search.
+- **Cap.** No step goes past the size the duration model (`cost.py`: wall = fixed + per
+  context * n, fitted to recent batches) predicts to take the target; when it predicts the
+  current size runs past the target (beyond the dead band), the size drops to that cap at once.
+  A cost per context that jumps (3x either way against earlier batches of the same size: the
+  workload changed) restarts the model and the search.
 - **Back-off.** A critical failure, an error rate above `error_rate_high` and above twice the
   usual, or worker memory above `worker.memory_high_fraction` halves the size (TCP-like
   multiplicative decrease), at most once per round: signals from batches planned before the
@@ -32,10 +35,9 @@ The controller, deterministic given the same observations (no clock inside):
   again; back-offs that keep coming double that wait. A search step up that gains nothing
   while CPU is saturated (> `cpu_high`) ends on the smaller size, not the larger.
 - **Short batches.** A batch that held fewer contexts than planned (the queue ran dry, or the
-  run's budget ended) says nothing about its size; it is not measured.
-
-Measurements belong to the size a batch was planned at, not the current one: with
-`max_parallel_batches` in flight, a batch finishing after a move measures the old size.
+  run's budget ended) says nothing about its size; it is not measured. Measurements belong to
+  the size a batch was planned at: with batches in flight, one finishing after a move
+  measures the old size.
 
 Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory 0.86 > 0.8
 -> halve to 150"), and its inputs the numbers behind it.
@@ -44,15 +46,13 @@ Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
 from ctxbatch.config import WorkerSettings
 from ctxbatch.sizing.base import Inputs, Observation, Readings, Sizer
 from ctxbatch.sizing.cost import DurationModel, jumped
-
-MAX_LEVELS = 32
+from ctxbatch.sizing.history import History, Level
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class Tuning:
     dead_band: float = 0.1  # throughput changes within +-10% are noise: hold
     step: float = 2.0  # search and probe step: x2 up, /2 down
     min_samples: int = 2  # full batches measured at a size before it is compared
+    min_seconds: float = 1.0  # ... and their wall seconds in all (up to 4x min_samples batches)
+    decisive_gain: float = 0.3  # a gain this big needs no min_seconds: noise does not make it
+    leap_gain: float = 0.5  # a gain this big on one step takes the next two steps at once
     level_alpha: float = 0.25  # a size's throughput: mean of its first 4 batches, then this weight on the newest
     backoff: float = 0.5  # multiplicative decrease on trouble
     error_rate_high: float = 0.1  # failed share of a batch that backs off (when also twice the usual)
@@ -76,23 +79,9 @@ class Tuning:
 
 class Phase(Enum):
     SEARCH = "search"
+    REFINE = "refine"
     PROBE = "probe"
     HOLD = "hold"
-
-
-@dataclass
-class _Level:
-    """The smoothed throughput and seconds per context measured at one size."""
-
-    samples: int = 0
-    throughput: float = 0.0
-    seconds_per_context: float = 0.0
-
-    def add(self, throughput: float, seconds_per_context: float, alpha: float) -> None:
-        self.samples += 1
-        weight = max(1 / self.samples, alpha)
-        self.throughput += weight * (throughput - self.throughput)
-        self.seconds_per_context += weight * (seconds_per_context - self.seconds_per_context)
 
 
 class DynamicSizer(Sizer):
@@ -110,7 +99,7 @@ class DynamicSizer(Sizer):
         self._direction = 1
         self._ref: int | None = None  # the size the current one is compared with
         self._searched: list[int] = [self.size]
-        self._levels: OrderedDict[int, _Level] = OrderedDict()
+        self.history = History(self.tuning.level_alpha)
         self._held = 0
         self._hold_for = self.tuning.probe_every
         self._probe_every = self.tuning.probe_every
@@ -136,17 +125,19 @@ class DynamicSizer(Sizer):
         return self.size
 
     def _reason(self) -> str:
-        reason, self._move_note = self._move_note or self._note, None
+        if self._move_note is None:
+            return self._note
+        # A move is reported once; until the next batch is observed, later plans just wait.
+        reason, self._move_note, self._note = self._move_note, None, f"measuring {self.size}"
         return reason
 
     def _inputs(self) -> Inputs:
-        level = self._levels.get(self.size)
-        ref = self._levels.get(self._ref) if self._ref is not None else None
+        level, ref = self.history.get(self.size), self.history.get(self._ref)
         fit = self.duration.fit()
         return {
-            "throughput": level.throughput if level and level.samples else None,
+            "throughput": level.throughput if level else None,
             "ref_size": self._ref,
-            "ref_throughput": ref.throughput if ref and ref.samples else None,
+            "ref_throughput": ref.throughput if ref else None,
             "fixed_seconds": fit[0] if fit else None,
             "seconds_per_context": fit[1] if fit else None,
             "predicted_seconds": self.duration.predict(self.size),
@@ -159,8 +150,7 @@ class DynamicSizer(Sizer):
             self._open = True  # a batch planned since the last back-off: its signals are new
         trouble = self._trouble(observation)
         if not observation.critical and observation.contexts:
-            rate = observation.error_rate
-            self._usual_error_rate += self.tuning.error_alpha * (rate - self._usual_error_rate)
+            self._usual_error_rate += self.tuning.error_alpha * (observation.error_rate - self._usual_error_rate)
         if trouble:
             self._back_off(trouble)
             return
@@ -168,23 +158,23 @@ class DynamicSizer(Sizer):
         if throughput is None or observation.contexts < self.tuning.short_fraction * observation.planned:
             self._say(f"batch held {observation.contexts} of {observation.planned} planned -> hold {self.size}")
             return
-        level = self._level(observation.planned)
+        level = self.history.level(observation.planned)
         jump = self._learn_cost(observation, level)
-        level.add(throughput, observation.wall_seconds / observation.contexts, self.tuning.level_alpha)
+        level.add(observation.contexts, observation.wall_seconds, self.tuning.level_alpha)
         self._calm += 1
         if self._calm >= self.tuning.probe_every:
             self._recovery = self.tuning.recovery_batches
         if self._cap_if_over_target():
             return
         if jump is not None:
-            word = "rose" if jump > 1 else "fell"
-            factor = jump if jump > 1 else 1 / jump
-            self._search_from(self.size, f"seconds per context {word} {factor:.1f}x -> search again from {self.size}")
+            change = f"rose {jump:.1f}x" if jump > 1 else f"fell {1 / jump:.1f}x"
+            self._search_from(self.size, f"seconds per context {change} -> search again from {self.size}")
             return
         if observation.planned != self.size:
             self._say(f"a batch of {observation.planned} from before the move finished -> hold {self.size}")
             return
-        {Phase.SEARCH: self._search_step, Phase.PROBE: self._probe_step, Phase.HOLD: self._hold_step}[self.phase]()
+        steps = {Phase.SEARCH: self._search_step, Phase.REFINE: self._refine_step, Phase.PROBE: self._probe_step}
+        steps.get(self.phase, self._hold_step)()
 
     # -- trouble and back-off -------------------------------------------------------------
 
@@ -206,14 +196,14 @@ class DynamicSizer(Sizer):
         new = max(low, math.floor(self.size * self.tuning.backoff))
         verb = "halve" if self.tuning.backoff == 0.5 else "back off"
         self._searched = []
-        self._levels.clear()
+        self.history.forget()
         self._settle(new, f"{why} -> {verb} to {new}" if new < self.size else f"{why} -> stay at minimum {new}")
         self._direction = 1
         self._hold_for, self._calm, self._after_backoff = self._recovery, 0, True
 
     # -- cost and the target duration -----------------------------------------------------
 
-    def _learn_cost(self, observation: Observation, level: _Level) -> float | None:
+    def _learn_cost(self, observation: Observation, level: Level) -> float | None:
         """Feed the duration model; the ratio new/usual when the cost per context jumped, else None.
 
         A jump is judged against earlier batches of the same size only: across sizes the
@@ -237,26 +227,29 @@ class DynamicSizer(Sizer):
         new = max(self.bounds[0], cap)
         if predicted <= target * (1 + self.tuning.dead_band) or new >= self.size:
             return False
-        self._searched = []
-        self._levels.clear()
-        self._settle(new, f"batch would take ~{predicted:.1f} s > target {target:g} s -> cap at {new}")
+        # Mid-search, the best size measured so far may lie below the cap: end the search there.
+        peak = self.history.peak(self._searched) if self.phase is not Phase.HOLD else None
+        over = f"batch would take ~{predicted:.1f} s > target {target:g} s"
+        if peak is not None and peak[0] < new:
+            self._settle(peak[0], f"{over} -> {peak[1]}")
+        else:
+            self._settle(new, f"{over} -> cap at {new}")
         self._direction = -1
         return True
 
     # -- search, hold, probe --------------------------------------------------------------
 
     def _search_step(self) -> None:
-        level = self._levels[self.size]
-        if level.samples < self.tuning.min_samples:
-            self._say(f"measuring {self.size} ({level.samples} of {self.tuning.min_samples} batches)")
+        level, ref = self.history.level(self.size), self.history.get(self._ref)
+        gain = level.throughput / ref.throughput - 1 if ref and level.samples else None
+        if not self._measured(level, gain):
+            self._say(f"measuring {self.size} ({level.samples} batches, {level.seconds:.1f} s)")
             return
-        ref = self._levels.get(self._ref) if self._ref is not None else None
-        if ref is None or not ref.samples:
+        if gain is None:
             self._step(f"{level.throughput:.0f}/s at {self.size}")
             return
-        gain = level.throughput / ref.throughput - 1
         if gain > self.tuning.dead_band:
-            self._step(f"throughput up {gain:.0%}")
+            self._step(f"throughput up {gain:.0%}", leap=self._steep(gain, self._ref))
             return
         cpu = self._readings.cpu_fraction if self._readings else None
         smaller = self._ref
@@ -264,13 +257,31 @@ class DynamicSizer(Sizer):
         if self._direction > 0 and flat and smaller is not None and cpu is not None and cpu > self.tuning.cpu_high:
             self._settle(smaller, f"cpu {cpu:.2f} saturated and throughput flat ({gain:+.0%}) -> back to {smaller}")
             return
-        best, how = self._peak()
         trend = "down" if gain < -self.tuning.dead_band else "flat"
-        self._settle(best, f"throughput {trend} ({gain:+.0%}) -> {how}")
+        if smaller is not None and max(smaller, self.size) > self.tuning.step * 1.01 * min(smaller, self.size):
+            # After a leap the peak may lie between the two sizes: measure one in between first.
+            middle = round(math.sqrt(smaller * self.size))
+            self.phase = Phase.REFINE
+            self._move(middle)
+            self._searched.append(middle)
+            self._say(f"throughput {trend} ({gain:+.0%}) after a leap -> try {middle} in between", moved=True)
+            return
+        self._settle_at_peak(f"throughput {trend} ({gain:+.0%})")
 
-    def _step(self, why: str) -> None:
-        """Take the next search step in the current direction, or settle if a bound blocks it."""
-        nxt, blocked = self._neighbour(self._direction)
+    def _refine_step(self) -> None:
+        level = self.history.level(self.size)
+        if not self._measured(level):
+            self._say(f"measuring {self.size} ({level.samples} batches, {level.seconds:.1f} s)")
+            return
+        self._settle_at_peak(f"{level.throughput:.0f}/s at {self.size}")
+
+    def _settle_at_peak(self, why: str) -> None:
+        best, how = self.history.peak(self._searched) or (self.size, f"hold {self.size}")
+        self._settle(best, f"{why} -> {how}")
+
+    def _step(self, why: str, leap: bool = False) -> None:
+        """Take the next search step in the current direction (two at once to `leap`), or settle if blocked."""
+        nxt, blocked = self._neighbour(self._direction, self.tuning.step ** (2 if leap else 1))
         if nxt is None:
             self._settle(self.size, f"{why}, {blocked} -> hold {self.size}")
             return
@@ -281,7 +292,7 @@ class DynamicSizer(Sizer):
 
     def _hold_step(self) -> None:
         self._held += 1
-        level = self._levels[self.size]
+        level = self.history.level(self.size)
         if self._held < self._hold_for:
             left = self._hold_for - self._held
             self._say(f"hold {self.size} ({level.throughput:.0f}/s; next probe in {left} batches)")
@@ -303,20 +314,19 @@ class DynamicSizer(Sizer):
         self._say(f"held {held} for {self._hold_for} batches -> probe {way} to {nxt}", moved=True)
 
     def _probe_step(self) -> None:
-        level = self._levels[self.size]
-        if level.samples < self.tuning.min_samples:
-            self._say(f"probing {self.size} ({level.samples} of {self.tuning.min_samples} batches)")
-            return
         held = self._ref
-        ref = self._levels.get(held) if held is not None else None
-        if held is None or ref is None or not ref.samples:
+        level, ref = self.history.level(self.size), self.history.get(held)
+        if held is None or ref is None:
             self._settle(self.size, f"nothing to compare the probe with -> hold {self.size}")
             return
-        gain = level.throughput / ref.throughput - 1
+        gain = level.throughput / ref.throughput - 1 if level.samples else None
+        if gain is None or not self._measured(level, gain):
+            self._say(f"probing {self.size} ({level.samples} batches, {level.seconds:.1f} s)")
+            return
         if gain > self.tuning.dead_band:
             self._probe_every = self.tuning.probe_every
             self.phase, self._searched = Phase.SEARCH, [held, self.size]
-            self._step(f"probe of {self.size} gained {gain:.0%}")
+            self._step(f"probe of {self.size} gained {gain:.0%}", leap=self._steep(gain, held))
             return
         self._probe_every = min(2 * self._probe_every, self.tuning.max_probe_every)
         self._settle(held, f"probe of {self.size}: throughput {gain:+.0%} -> back to {held}")
@@ -325,7 +335,7 @@ class DynamicSizer(Sizer):
     # -- helpers --------------------------------------------------------------------------
 
     def _search_from(self, size: int, why: str) -> None:
-        self._levels.clear()
+        self.history.forget()
         self.phase, self._ref, self._searched, self._direction = Phase.SEARCH, None, [size], 1
         self._move(size, fresh=True)
         self._say(why, moved=True)
@@ -338,16 +348,17 @@ class DynamicSizer(Sizer):
 
     def _move(self, size: int, fresh: bool = True) -> None:
         if fresh:
-            self._levels.pop(size, None)  # measure it anew, under today's conditions
+            self.history.forget(size)  # measure it anew, under today's conditions
         self.size = size
 
-    def _neighbour(self, direction: int) -> tuple[int | None, str]:
-        """The next size one step away, and why there is none when a bound or the cap blocks it."""
+    def _neighbour(self, direction: int, stride: float | None = None) -> tuple[int | None, str]:
+        """The size a stride away (one step by default), or None and why, when a bound or the cap blocks it."""
         low, high = self.bounds
+        stride = stride or self.tuning.step
         if direction < 0:
-            down = max(low, min(self.size - 1, math.floor(self.size / self.tuning.step)))
+            down = max(low, min(self.size - 1, math.floor(self.size / stride)))
             return (down, "") if down < self.size else (None, f"at minimum {low}")
-        up = min(high, max(self.size + 1, math.ceil(self.size * self.tuning.step)))
+        up = min(high, max(self.size + 1, math.ceil(self.size * stride)))
         cap = self._cap()
         if cap is not None and cap < up:
             up = cap
@@ -355,45 +366,22 @@ class DynamicSizer(Sizer):
                 return None, f"a bigger batch would take > target {self.settings.target_batch_seconds:g} s"
         return (up, "") if up > self.size else (None, f"at maximum {high}")
 
-    def _peak(self) -> tuple[int, str]:
-        """The best size of this search: a parabola's peak through the best and its neighbours."""
-        measured = sorted({s for s in self._searched if s in self._levels and self._levels[s].samples})
-        if not measured:
-            return self.size, f"hold {self.size}"
-        best = max(measured, key=lambda s: self._levels[s].throughput)
-        i = measured.index(best)
-        if i == 0 or i == len(measured) - 1:
-            return best, f"best measured {best}"
-        trio = measured[i - 1 : i + 2]
-        x = [math.log(s) for s in trio]
-        y = [math.log(self._levels[s].throughput) for s in trio]
-        peak = _vertex(x, y)
-        if peak is None:
-            return best, f"best measured {best}"
-        size = round(math.exp(min(max(peak, x[0]), x[2])))
-        return size, f"peak near {size} (fit through {trio[0]}, {trio[1]}, {trio[2]})"
+    def _steep(self, gain: float, ref: int | None) -> bool:
+        """Whether throughput grows with size as fast as `leap_gain` per step (scaled to the step taken)."""
+        if ref is None or ref == self.size:
+            return False
+        elasticity = math.log1p(gain) / abs(math.log(self.size / ref))
+        return elasticity > math.log1p(self.tuning.leap_gain) / math.log(self.tuning.step)
 
-    def _level(self, size: int) -> _Level:
-        level = self._levels.get(size)
-        if level is None:
-            level = self._levels[size] = _Level()
-            while len(self._levels) > MAX_LEVELS:
-                self._levels.popitem(last=False)
-        return level
+    def _measured(self, level: Level, gain: float | None = None) -> bool:
+        """Enough batches at this size to judge it: min_samples, and min_seconds unless they are many
+        or the gain is beyond doubt."""
+        t = self.tuning
+        enough = level.seconds >= t.min_seconds or level.samples >= 4 * t.min_samples
+        return level.samples >= t.min_samples and (enough or (gain is not None and gain > t.decisive_gain))
 
     def _say(self, reason: str, moved: bool = False) -> None:
         """Note why; a move's reason is kept (and joined with later moves') until a plan reports it."""
         if moved:
             self._move_note = f"{self._move_note}; {reason}" if self._move_note else reason
         self._note = reason
-
-
-def _vertex(x: list[float], y: list[float]) -> float | None:
-    """The x of the peak of the parabola through three points, or None if it opens upward."""
-    (x0, x1, x2), (y0, y1, y2) = x, y
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    if denom == 0:
-        return None
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
-    return -b / (2 * a) if a < 0 else None
