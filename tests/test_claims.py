@@ -115,10 +115,12 @@ def test_fail_without_retry_fails_the_context_for_good(store: ContextStore) -> N
 def test_fail_with_a_retry_time_holds_the_context_back_until_then(store: ContextStore) -> None:
     submit(store, 1)
     claim = store.claim(1, "loop")
-    store.fail(claim, {claim.ids[0]: ERROR}, retry_at=utcnow() + dt.timedelta(seconds=0.5))
-    assert store.get_context(claim.ids[0])["status"] == "pending"
+    retry_at = utcnow() + dt.timedelta(seconds=1)
+    store.fail(claim, {claim.ids[0]: ERROR}, retry_at=retry_at)
+    context = store.get_context(claim.ids[0])
+    assert (context["status"], context["next_attempt_at"]) == ("pending", retry_at)
     assert len(store.claim(1, "loop")) == 0
-    time.sleep(0.6)
+    time.sleep(max(0.0, (retry_at - utcnow()).total_seconds()) + 0.05)
     again = store.claim(1, "loop")
     assert again.ids == claim.ids
     assert again.attempts[claim.ids[0]] == 2

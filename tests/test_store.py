@@ -130,6 +130,12 @@ def test_a_bad_record_is_refused_naming_its_position_and_problem(
     assert str(refused.value).startswith("record 2: ")
 
 
+def test_the_first_of_several_bad_records_is_named(store: ContextStore) -> None:
+    with pytest.raises(SubmitError) as refused:
+        store.submit([*records(1), {"payload": {}, "priority": 500}, *records(1), {"payload": "x"}])
+    assert (refused.value.index, refused.value.field) == (1, "priority")
+
+
 @pytest.mark.parametrize(("bad", "field", "problem"), BAD_RECORDS[:3])
 def test_a_refused_submission_leaves_nothing_behind(store: ContextStore, bad: Any, field: str, problem: str) -> None:
     store.submit(records(3))
