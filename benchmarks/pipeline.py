@@ -67,6 +67,7 @@ def hand_written(uri: str, database: str) -> dict[str, float]:
             for d in contexts.find({"status": {"$eq": "pending"}}, {"_id": 1})
             .sort([("priority", 1), ("created_at", 1)])
             .limit(1000)
+            .batch_size(1000)
         ]
         if not ids:
             break
@@ -75,7 +76,8 @@ def hand_written(uri: str, database: str) -> dict[str, float]:
             {"_id": {"$in": ids}, "status": {"$eq": "pending"}},
             {"$set": {"status": "processing", "lease": {"token": token}}, "$inc": {"attempts": 1}},
         )
-        claimed = list(contexts.find({"lease.token": {"$eq": token}}, {"payload": 1}))
+        # batch_size: one reply for the whole claim (a getMore per 101 documents is slow on nx-27017).
+        claimed = list(contexts.find({"lease.token": {"$eq": token}}, {"payload": 1}).batch_size(len(ids)))
         results = [(d["_id"], echo(d["payload"])) for d in claimed]
         contexts.bulk_write(
             [

@@ -75,3 +75,13 @@ def critical_first_time(payload: dict[str, Any]) -> dict[str, Any]:
 
 def unstorable(payload: dict[str, Any]) -> Any:
     return {"i": payload.get("i"), "tags": {"a", "b"}}
+
+
+def nap(payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleeps payload["sleep"] seconds: a row with a known cost."""
+    time.sleep(payload.get("sleep", 0))
+    return {"i": payload.get("i")}
+
+
+def always_critical(payload: dict[str, Any]) -> dict[str, Any]:
+    raise CriticalError("the service is down")

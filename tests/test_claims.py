@@ -154,7 +154,7 @@ def test_one_settle_completes_fails_and_releases_together(store: ContextStore) -
     assert [store.get_context(c)["status"] for c in claim.ids] == ["completed", "failed", "pending"]
 
 
-def test_a_claim_is_one_find_one_update_and_one_read_back(mongo_uri: str, database: str) -> None:
+def test_an_uncontended_claim_is_one_find_and_one_update(mongo_uri: str, database: str) -> None:
     commands = Commands()
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
     store = ContextStore(mongo_uri, database, client=client)
@@ -163,7 +163,8 @@ def test_a_claim_is_one_find_one_update_and_one_read_back(mongo_uri: str, databa
         commands.names.clear()
         claim = store.claim(1000, "loop")
         assert len(claim) == 1000
-        assert sorted(commands.names) == ["find", "find", "update"]
+        # The read back by lease token happens only when another loop took some in between.
+        assert sorted(commands.names) == ["find", "update"]
     finally:
         client.drop_database(database)
         client.close()

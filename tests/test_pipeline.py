@@ -197,3 +197,26 @@ def test_a_loopback_database_is_refused_for_a_remote_cluster() -> None:
         check_reachable("mongodb://127.0.0.1:27017", "tcp://10.1.2.3:8786")
     check_reachable("mongodb://127.0.0.1:27017", "tcp://127.0.0.1:8786")
     check_reachable("mongodb://db.internal:27017", "tcp://10.1.2.3:8786")
+
+
+def test_adaptive_scaling_asks_for_more_workers_for_a_long_queue(store: ContextStore) -> None:
+    # Given a queue that one worker would take many target durations to drain
+    submit_numbered(store, 400, sleep=0.01)
+    settings = config(batch_size=20, target_batch_seconds=0.1, max_parallel_batches=1)
+    settings["dask"].update(processes=False, n_workers=1, adaptive={"minimum": 1, "maximum": 2})
+    # When the loop runs on a LocalCluster of its own
+    pipeline = Pipeline("tests.engines:nap", settings, store)
+    report = pipeline.run(max_contexts=100)
+    # Then it asked for the most workers its bounds allow
+    assert report.wanted_workers == 2
+
+
+def test_a_batch_whose_retries_are_spent_fails_with_the_critical_error(store: ContextStore, client: Client) -> None:
+    batch_id = submit_numbered(store, 4)
+    report = Pipeline("tests.engines:always_critical", config(retry={"batch_retries": 2}), store, client).run(
+        until_empty=True
+    )
+    frame = store.results(batch_id)
+    assert (frame.status == "failed").all()
+    assert {e["type"] for e in frame.error} == {"CriticalError"}
+    assert report.critical == 3  # the first run and two retries

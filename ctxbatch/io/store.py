@@ -202,30 +202,31 @@ class ContextStore:
         order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
         claimable = _claimable(now)
         lease = _lease(owner, token, expires_at)
-        won = 0
+        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
+        held: list[dict[str, Any]] = []
         for _ in range(CLAIM_ROUNDS):
             # batch_size: the whole answer in one reply, not one getMore per 101 documents.
-            found = self.contexts.find(claimable, {"_id": 1}).sort(order).limit(n - won).batch_size(n - won)
-            ids = [d["_id"] for d in found]
-            if not ids:
+            wanted = n - len(held)
+            found = list(self.contexts.find(claimable, fields).sort(order).limit(wanted).batch_size(wanted))
+            if not found:
                 break
             # The status condition makes this the one conditional update: a context another
             # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
             # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
-            won += self.contexts.update_many(
-                {"_id": {"$in": ids}, "status": {"$in": [Status.PENDING.value]}},
+            won = self.contexts.update_many(
+                {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
                 {"$set": {"status": Status.PROCESSING.value, "lease": lease},
                  "$unset": {"settled_by": ""}, "$inc": {"attempts": 1}, **_stamp("started_at")},
             ).modified_count  # fmt: skip
-            if won >= n:
+            if won < len(found):
+                # Another loop took some in between: ask which ones this lease holds.
+                mine = {d["_id"] for d in self.contexts.find({"lease.token": _eq(token)}, {"_id": 1})}
+                found = [d for d in found if d["_id"] in mine]
+            held += [{**d, "attempts": d["attempts"] + 1} for d in found]
+            if len(held) >= n:
                 break
-        held = list(
-            self.contexts.find(
-                {"lease.token": _eq(token)}, {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
-            ).batch_size(max(won, 1))
-        )
         if by_priority:
-            held.sort(key=lambda d: d["priority"])
+            held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
         return Claim(
             token=token,
             owner=owner,

@@ -20,6 +20,7 @@ class RunReport:
     finished: float | None = None
     stopped_by: str | None = None
     dashboard_link: str | None = None
+    wanted_workers: int | None = None  # with `dask.adaptive`: the worker count the queue calls for
     decisions: list[Any] = field(default_factory=list)
 
     @property

@@ -31,7 +31,7 @@ from ctxbatch.pipeline.cluster import dask_client
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 from ctxbatch.pipeline.report import RunReport
 from ctxbatch.pipeline.tasks import SUMMARY_META, RetryPolicy, process_partition
-from ctxbatch.sizing import Observation, Plan, Readings, Sizer, resolve_sizer, resources
+from ctxbatch.sizing import Observation, Plan, Readings, Sizer, WorkerScaler, resolve_sizer, resources
 
 log = logging.getLogger("ctxbatch.pipeline")
 
@@ -88,6 +88,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._stop_now = threading.Event()
         worker = self.settings.worker
+        adaptive = self.settings.dask.adaptive
+        self.scaler = (
+            WorkerScaler(adaptive.minimum, adaptive.maximum, worker.target_batch_seconds) if adaptive else None
+        )
+        self._cluster: Any = None
         self._policy = RetryPolicy(worker.retry.context_retries, tuple(worker.retry.backoff_seconds))
         self._maintain_every = max(0.2, min(worker.lease_seconds / 4, 10.0))
 
@@ -254,19 +259,34 @@ class Pipeline:
     def _finish(self, batch: _Batch) -> None:
         self._batches.remove(batch)
         self._observe(batch, critical=False)
+        self._scale(batch.readings.workers)
+        failed = sum(int(s["retried"]) + int(s["failed"]) for s in batch.summaries)
+        if failed > self.settings.monitoring.alert_error_rate * len(batch.claim):
+            log.warning("alert: %d of %d contexts of batch %s failed", failed, len(batch.claim), batch.label)
 
     def _observe(self, batch: _Batch, critical: bool) -> None:
-        self.sizer.observe(
-            Observation(
-                contexts=len(batch.claim),
-                planned=batch.plan.size,
-                wall_seconds=time.monotonic() - batch.started,
-                partition_seconds=[float(s["seconds"]) for s in batch.summaries],
-                errors=sum(int(s["retried"]) + int(s["failed"]) for s in batch.summaries),
-                critical=critical,
-                readings=batch.readings,
-            )
+        observation = Observation(
+            contexts=len(batch.claim),
+            planned=batch.plan.size,
+            wall_seconds=time.monotonic() - batch.started,
+            partition_seconds=[float(s["seconds"]) for s in batch.summaries],
+            errors=sum(int(s["retried"]) + int(s["failed"]) for s in batch.summaries),
+            critical=critical,
+            readings=batch.readings,
         )
+        self.sizer.observe(observation)
+        if self.scaler:
+            self.scaler.observe(observation)
+
+    def _scale(self, current: int) -> None:
+        """With `dask.adaptive`, size the owned LocalCluster from the queue; else only report the want."""
+        if self.scaler is None:
+            return
+        want = self.scaler.want(self.store.status_counts()["pending"], current)
+        self.report.wanted_workers = want
+        if want != current and self._cluster is not None:
+            log.info("scaling the local cluster from %d to %d workers", current, want)
+            self._cluster.scale(want)
 
     def _after_critical(self, batch: _Batch) -> None:
         """Hold what is left under the lease and run it again after a backoff, or fail it for good."""
