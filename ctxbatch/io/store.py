@@ -16,24 +16,23 @@ same moment as a number, which the server compares in SQL.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor, SubmitError
+from ctxbatch.errors import SubmitError
 from ctxbatch.io.claims import Claim, WriteReport
+from ctxbatch.io.reports import Reports
 from ctxbatch.io.schema import (
     BATCH_INDEXES,
     CONTEXT_INDEXES,
@@ -44,17 +43,14 @@ from ctxbatch.io.schema import (
     validate_name,
     validate_requests,
 )
+from ctxbatch.io.schema import (
+    eq as _eq,
+)
 
 INSERT_CHUNK = 10_000
 ID_LOOKUP_CHUNK = 5_000
 CLAIM_ROUNDS = 3
-RESULT_COLUMNS = [
-    "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
-    "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
-]  # fmt: skip
 DEFAULT_LEVELS = {"high": (0, 10), "medium": (11, 50), "low": (51, 100)}
-INTERNAL_FIELDS = ("_id", "lease", "settled_by", "next_attempt_ms")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def mask_uri(uri: str) -> str:
@@ -64,10 +60,6 @@ def mask_uri(uri: str) -> str:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _eq(value: Any) -> dict[str, Any]:
-    return {"$eq": value}
 
 
 def _epoch_ms(moment: dt.datetime) -> int:
@@ -102,7 +94,7 @@ def as_records(source: Iterable[Any] | pd.DataFrame) -> list[Any]:
     return rows
 
 
-class ContextStore:
+class ContextStore(Reports):
     """The queue of contexts and their batches in one MongoDB database."""
 
     def __init__(
@@ -396,155 +388,6 @@ class ContextStore:
         ).modified_count  # fmt: skip
         self._touch([batch_id])
         return changed
-
-    # -- reading --------------------------------------------------------------------------
-
-    def _batch(self, batch_id: str) -> dict[str, Any]:
-        if not isinstance(batch_id, str):
-            raise BatchNotFound(str(batch_id))
-        found = self.batches.find_one({"_id": _eq(batch_id)})
-        if found is None:
-            raise BatchNotFound(batch_id)
-        return found
-
-    def counts(self, batch_id: str) -> dict[str, int]:
-        counts = self._count_by_status({"batch_id": _eq(batch_id)})
-        return {"total": sum(counts.values()), **counts}
-
-    def _count_by_status(self, match: dict[str, Any] | None = None) -> dict[str, int]:
-        # An aggregate, not count_documents: the latter takes seconds on nx-27017 at 100k.
-        stages: list[dict[str, Any]] = [{"$match": match}] if match else []
-        counts = {s.value: 0 for s in Status}
-        for row in self.contexts.aggregate([*stages, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-            counts[row["_id"]] = row["n"]
-        return counts
-
-    def batch_status(self, batch_id: str) -> dict[str, Any]:
-        """The batch status JSON of DESIGN.md."""
-        batch = self._batch(batch_id)
-        counts = self.counts(batch_id)
-        return {
-            "batch_id": batch_id,
-            "name": batch.get("name"),
-            "status": derive_status(counts),
-            "counts": counts,
-            "created_at": batch["created_at"].isoformat(),
-            "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
-        }
-
-    def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
-        """The batch's contexts one by one, in submission order, without loading them all."""
-        self._batch(batch_id)
-        projection = None if payload else {"payload": 0}
-        for doc in self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("_id", ASCENDING):
-            yield context_view(doc)
-
-    def results(self, batch_id: str) -> pd.DataFrame:
-        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
-        return pd.DataFrame(list(self.iter_results(batch_id)), columns=RESULT_COLUMNS)
-
-    def get_context(self, context_id: str) -> dict[str, Any]:
-        found = self.contexts.find_one({"_id": _eq(context_id)}) if isinstance(context_id, str) else None
-        if found is None:
-            raise ContextNotFound(str(context_id))
-        return context_view(found)
-
-    def status_counts(self) -> dict[str, int]:
-        """Contexts of every batch by status."""
-        return self._count_by_status()
-
-    def queue_length(self, status: Status | str = Status.PENDING) -> dict[str, int]:
-        """How many contexts have this status, by priority level."""
-        # One group key only: nx-27017 does not evaluate a compound `_id` in $group.
-        grouped = self.contexts.aggregate(
-            [{"$match": {"status": _eq(str(status))}}, {"$group": {"_id": "$priority", "n": {"$sum": 1}}}]
-        )
-        lengths = dict.fromkeys(self.levels, 0)
-        for row in grouped:
-            lengths[self.level_of(row["_id"])] += row["n"]
-        return lengths
-
-    def level_of(self, priority: int) -> str:
-        for name, (low, high) in self.levels.items():
-            if low <= priority <= high:
-                return name
-        raise ValueError(f"priority {priority} is in no level")
-
-    # -- listing and pages ----------------------------------------------------------------
-
-    def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest batches first, as batch_status() JSON; only those with `status` if given.
-
-        A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
-        """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        wanted = None if status is None else Status(status).value
-        # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
-        newest = self.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort("created_at", DESCENDING)
-        if wanted is None:
-            newest = newest.limit(limit)
-        found: list[dict[str, Any]] = []
-        for batch in newest:
-            view = self.batch_status(batch["_id"])
-            if wanted is None or view["status"] == wanted:
-                found.append(view)
-                if len(found) >= limit:
-                    break
-        return found
-
-    def results_page(
-        self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
-
-        The cursor is opaque; it holds an offset. That is stable because a batch's contexts never
-        change after submit, and it is what nx-27017 serves from an index: `{"_id": {"$gt": ...}}`
-        is evaluated in Python over the whole collection there, and `_id` cannot join an index.
-        """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self._batch(batch_id)
-        offset = 0 if cursor is None else self._cursor_offset(cursor)
-        projection = None if payload else {"payload": 0}
-        found = list(
-            self.contexts.find({"batch_id": _eq(batch_id)}, projection)
-            .sort("_id", ASCENDING).skip(offset).limit(limit + 1).batch_size(limit + 1)
-        )  # fmt: skip
-        following = self._page_cursor(offset + limit) if len(found) > limit else None
-        return [context_view(doc) for doc in found[:limit]], following
-
-    @staticmethod
-    def _page_cursor(offset: int) -> str:
-        return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
-
-    @staticmethod
-    def _cursor_offset(cursor: str) -> int:
-        try:
-            text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-        except (binascii.Error, UnicodeError, ValueError):
-            raise InvalidCursor(cursor) from None
-        if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
-            raise InvalidCursor(cursor)
-        return int(text[1:])
-
-
-def derive_status(counts: Mapping[str, int]) -> str:
-    """Batch status from its contexts' counts."""
-    done = counts["completed"] + counts["failed"]
-    if counts["processing"] or (counts["pending"] and (done or counts["cancelled"])):
-        return Status.PROCESSING.value if counts["processing"] or done else Status.PENDING.value
-    if counts["pending"]:
-        return Status.PENDING.value
-    return Status.CANCELLED.value if counts["cancelled"] else Status.COMPLETED.value
-
-
-def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored context as users see it: `_id` is `id`; the lease and the store's bookkeeping are internal."""
-    view = {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in INTERNAL_FIELDS}}
-    for column in RESULT_COLUMNS:
-        view.setdefault(column, None)
-    return view
 
 
 def connect(

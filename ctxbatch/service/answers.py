@@ -19,7 +19,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, Wa
 from starlette.exceptions import HTTPException
 
 from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, InvalidCursor, SubmitError
-from ctxbatch.io.store import RESULT_COLUMNS
+from ctxbatch.io.reports import RESULT_COLUMNS
 
 log = logging.getLogger("ctxbatch.service")
 
