@@ -16,14 +16,12 @@ Target: (b)/(a) <= 2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import arguments, server  # benchmarks/ is on sys.path when run as a script
 from pymongo import MongoClient
 
-from ctxbatch.io import ContextStore, embedded
+from ctxbatch.io import ContextStore
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 
@@ -148,22 +147,9 @@ def table(times: dict[str, list[float]], count: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as workdir:
-        if args.mongo_uri:
-            print(table(measure(args.mongo_uri, args.contexts, args.repeat, Path(workdir)), args.contexts))
-            return
-        # A server of the benchmark's own, in a home of its own, stopped at the end.
-        os.environ["CTXBATCH_HOME"] = workdir
-        uri = embedded.ensure_running()
-        try:
-            print(table(measure(uri, args.contexts, args.repeat, Path(workdir)), args.contexts))
-        finally:
-            embedded.stop()
+    args = arguments(__doc__, contexts=10_000, repeat=5, argv=argv)
+    with server(args.mongo_uri) as (uri, workdir):
+        print(table(measure(uri, args.contexts, args.repeat, workdir), args.contexts))
 
 
 if __name__ == "__main__":

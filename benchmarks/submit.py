@@ -14,24 +14,22 @@ Each is repeated (--repeat), each time into a fresh database; medians are report
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import arguments, server  # benchmarks/ is on sys.path when run as a script
 from bson import ObjectId
 from pymongo import MongoClient
 
-from ctxbatch.io import ContextStore, embedded, utcnow
+from ctxbatch.io import ContextStore, utcnow
 from ctxbatch.io.schema import BATCH_INDEXES, CONTEXT_INDEXES, ContextRequest, context_document
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
@@ -143,24 +141,11 @@ def table(times: dict[str, list[float]], count: int, line_bytes: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as workdir:
-        path = Path(workdir) / "contexts.jsonl"
+    args = arguments(__doc__, contexts=100_000, repeat=3, argv=argv)
+    with server(args.mongo_uri) as (uri, workdir):
+        path = workdir / "contexts.jsonl"
         line_bytes = write_contexts(path, args.contexts)
-        if args.mongo_uri:
-            print(table(measure(args.mongo_uri, path, args.contexts, args.repeat), args.contexts, line_bytes))
-            return
-        # A server of the benchmark's own, in a home of its own, stopped at the end.
-        os.environ["CTXBATCH_HOME"] = workdir
-        uri = embedded.ensure_running()
-        try:
-            print(table(measure(uri, path, args.contexts, args.repeat), args.contexts, line_bytes))
-        finally:
-            embedded.stop()
+        print(table(measure(uri, path, args.contexts, args.repeat), args.contexts, line_bytes))
 
 
 if __name__ == "__main__":

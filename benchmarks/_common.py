@@ -1,0 +1,35 @@
+"""What every benchmark shares: its command-line options and a server of its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ctxbatch.io import embedded
+
+
+def arguments(doc: str | None, contexts: int, repeat: int, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", type=int, default=contexts)
+    parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def server(mongo_uri: str | None) -> Iterator[tuple[str, Path]]:
+    """(uri, a scratch directory): the given server, or an embedded one in a home of its own, stopped at the end."""
+    with tempfile.TemporaryDirectory() as workdir:
+        if mongo_uri:
+            yield mongo_uri, Path(workdir)
+            return
+        os.environ["CTXBATCH_HOME"] = workdir
+        uri = embedded.ensure_running()
+        try:
+            yield uri, Path(workdir)
+        finally:
+            embedded.stop()
