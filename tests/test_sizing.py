@@ -148,6 +148,16 @@ def test_dynamic_starts_at_batch_size_within_bounds() -> None:
     assert DynamicSizer(settings(batch_size=50, high=20)).plan(readings()).size == 20
 
 
+def test_dynamic_leaves_its_start_size_after_min_samples() -> None:
+    # Short batches at the start size (0.1 s each, far under min_seconds): nothing to compare them
+    # with, so min_samples of them set the reference and the search moves on.
+    work = Workload(DynamicSizer(settings()), lambda n, i: 0.09 + 0.001 * n)
+
+    work.run(3)
+
+    assert work.sizes == [10, 10, 20]
+
+
 def test_dynamic_never_leaves_its_bounds() -> None:
     rng = random.Random(4)
     for case in range(40):
@@ -498,6 +508,11 @@ def test_partitions_carry_at_least_a_tenth_of_a_second_of_work() -> None:
 
 def test_partitions_at_most_two_per_thread() -> None:
     assert partitions_for(10_000, 4, 1.0) == 8
+
+
+def test_partitions_one_per_thread_beside_other_batches_in_flight() -> None:
+    # The other batches' partitions keep a thread busy once this batch's is done.
+    assert partitions_for(10_000, 4, 1.0, in_flight=1) == 4
 
 
 def test_partitions_at_least_one() -> None:

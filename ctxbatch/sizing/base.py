@@ -197,8 +197,8 @@ class Sizer(ABC):
                 log.exception("sizer %s failed to observe a batch; ignoring it", type(self).__name__)
 
     def split(self, size: int, readings: Readings) -> int:
-        """Partitions for a batch of `size`: follows the thread count and the work per context."""
-        return partitions_for(size, readings.threads, self.work_per_context)
+        """Partitions for a batch of `size`: follows the threads, the work per context and the batches in flight."""
+        return partitions_for(size, readings.threads, self.work_per_context, readings.in_flight_claims)
 
     # -- what subclasses implement --------------------------------------------------------
 

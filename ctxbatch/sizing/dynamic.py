@@ -13,10 +13,11 @@ The controller, deterministic given the same observations (no clock inside):
   at the new size beats the previous size's by more than the dead band; after a gain past
   `leap_gain` it steps x4, since the curve is still far from saturated. A size is judged on
   `min_samples` full batches and at least `min_seconds` of them (short batches are noisy; a
-  gain past `decisive_gain` needs no more), then followed by a moving average. When a step
-  gains nothing (after a x4 leap, once the size in between is measured too), the search ends
-  at the peak of a parabola through the best size and its two neighbours (`history.py`); a x2
-  grid alone could miss the best size by 40%.
+  gain past `decisive_gain` needs no more; the first size, compared with nothing, needs only
+  `min_samples`), then followed by a moving average. When a step gains nothing (after a x4
+  leap, once the size in between is measured too), the search ends at the peak of a parabola
+  through the best size and its two neighbours (`history.py`); a x2 grid alone could miss the
+  best size by 40%.
 - **Hold.** Inside the dead band (+-10%) differences are noise: the size stays put.
 - **Probe.** After `probe_every` held batches it tries one step up (or down, alternately). A
   probe that gains more than the dead band becomes a new search in that direction; one that
@@ -242,7 +243,11 @@ class DynamicSizer(Sizer):
     def _search_step(self) -> None:
         level, ref = self.history.level(self.size), self.history.get(self._ref)
         gain = level.throughput / ref.throughput - 1 if ref and level.samples else None
-        if not self._measured(level, gain):
+        # The first size of a search is compared with nothing: its batches only set the reference the
+        # next size is judged against (which waits for min_seconds itself), so min_samples do. Waiting
+        # for min_seconds here too cost the real loop ~8 short batches at its start size.
+        ready = level.samples >= self.tuning.min_samples if gain is None else self._measured(level, gain)
+        if not ready:
             self._say(f"measuring {self.size} ({level.samples} batches, {level.seconds:.1f} s)")
             return
         if gain is None:

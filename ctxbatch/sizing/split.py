@@ -10,6 +10,11 @@ the other threads idle while one worker holds the whole batch. So:
 - no more than `PARTITIONS_PER_THREAD` partitions per thread: two per thread let a fast thread
   take a second partition while a slow one finishes (rows are rarely equal), and more only adds
   tasks;
+- but only one per thread while other batches are in flight: their partitions fill a thread that
+  finishes early, and every extra partition costs a thread its own load, write and engine call.
+  On the real loop (2 threads, 2 batches in flight, a batch engine paying 50 ms per call, as in
+  benchmarks/sizing.py) two per thread cost fixed sizes 200 and 1,000 18% and 5% of their
+  throughput, and misled the dynamic sizer's search, which saw sizes at varying splits;
 - never more partitions than contexts;
 - with the cost not yet known (the first batch), one partition per thread.
 """
@@ -23,8 +28,9 @@ MIN_PARTITION_SECONDS = 0.1
 PARTITIONS_PER_THREAD = 2
 
 
-def partitions_for(size: int, threads: int, per_context_seconds: float | None) -> int:
-    """Partitions for `size` contexts on `threads` threads, given the engine seconds per context.
+def partitions_for(size: int, threads: int, per_context_seconds: float | None, in_flight: int = 0) -> int:
+    """Partitions for `size` contexts on `threads` threads, given the engine seconds per context and
+    the number of other batches in flight.
 
     >>> partitions_for(1000, 4, None)   # cost unknown: one per thread
     4
@@ -32,6 +38,8 @@ def partitions_for(size: int, threads: int, per_context_seconds: float | None) -
     1
     >>> partitions_for(1000, 4, 0.01)    # 10 s of work: two per thread
     8
+    >>> partitions_for(1000, 4, 0.01, in_flight=1)  # ... one per thread beside another batch
+    4
     """
     if size < 1:
         raise ValueError(f"a batch holds at least one context, got {size}")
@@ -40,5 +48,6 @@ def partitions_for(size: int, threads: int, per_context_seconds: float | None) -
         wanted = threads
     else:
         work = size * max(per_context_seconds, 0.0)
-        wanted = min(int(work / MIN_PARTITION_SECONDS), PARTITIONS_PER_THREAD * threads)
+        per_thread = 1 if in_flight > 0 else PARTITIONS_PER_THREAD
+        wanted = min(int(work / MIN_PARTITION_SECONDS), per_thread * threads)
     return max(1, min(wanted, size))

@@ -1,0 +1,56 @@
+"""Dynamic sizing inside a real run: the embedded server, a real LocalCluster, the scheduler loop.
+
+The synthetic-workload tests in test_sizing.py check the controller's choices; this one checks that
+the loop wires it up: it plans every batch with the sizer, measures what the batches did, and the
+size it claims follows what the sizer learned (issue 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from distributed import Client, LocalCluster
+
+from ctxbatch import ContextStore
+from ctxbatch.pipeline import Pipeline
+
+CONTEXTS = 400
+
+DYNAMIC = {
+    "worker": {
+        "dynamic_batch_sizing": True,
+        "batch_size": 10,
+        "min_batch_size": 10,
+        "max_batch_size": 200,
+        "max_parallel_batches": 1,
+        "batch_timeout_seconds": 0,
+        "lease_seconds": 30,
+        "retry": {"context_retries": 0},
+    },
+    "dask": {"dashboard_address": None},
+}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as connected,
+    ):
+        yield connected
+
+
+def test_a_dynamic_run_changes_its_batch_size_and_records_why(store: ContextStore, client: Client) -> None:
+    # Given a few hundred contexts and a cheap engine, so every batch is mostly its fixed cost
+    # (claim, Dask's compute, the write) and bigger batches are faster per context
+    store.submit([{"payload": {"i": i}} for i in range(CONTEXTS)])
+
+    # When a run with dynamic sizing starting at 10 drains the queue
+    report = Pipeline("tests.engines:echo", DYNAMIC, store, client).run(until_empty=True)
+
+    # Then it claimed batches of more than one size, and each decision says why
+    assert report.completed == CONTEXTS
+    assert report.decisions, "the run recorded no sizing decisions"
+    assert len({d.size for d in report.decisions}) > 1
+    assert all(d.reason.strip() for d in report.decisions)
