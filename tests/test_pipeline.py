@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +222,18 @@ def test_a_batch_whose_retries_are_spent_fails_with_the_critical_error(store: Co
     assert (frame.status == "failed").all()
     assert {e["type"] for e in frame.error} == {"CriticalError"}
     assert report.critical == 3  # the first run and two retries
+
+
+def test_a_loop_waits_for_a_full_batch_up_to_the_timeout(store: ContextStore, client: Client) -> None:
+    # Given 4 of the 10 contexts a batch holds, and a generous timeout to fill it
+    submit_numbered(store, 4)
+    pipeline = Pipeline("tests.engines:echo", config(batch_size=10, batch_timeout_seconds=30), store, client)
+    running = threading.Thread(target=pipeline.run, kwargs={"max_contexts": 10})
+    running.start()
+    # When the other 6 arrive while it waits
+    time.sleep(0.5)
+    submit_numbered(store, 6)
+    running.join(timeout=60)
+    # Then one full batch took all ten
+    assert not running.is_alive()
+    assert (pipeline.report.batches, pipeline.report.completed) == (1, 10)

@@ -25,6 +25,7 @@ from distributed import Client, Future, futures_of, wait
 from pymongo.errors import PyMongoError
 
 from ctxbatch.config import Settings, load_config
+from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, connect, error_record
 from ctxbatch.io.frames import claim_frame
 from ctxbatch.pipeline.cluster import dask_client
@@ -84,6 +85,8 @@ class Pipeline:
         self._on_progress = on_progress
         self._batches: list[_Batch] = []
         self._next: tuple[Plan, Readings] | None = None
+        self._fill_since: float | None = None
+        self._next_maintenance = 0.0
         self._seq = 0
         self._stop = threading.Event()
         self._stop_now = threading.Event()
@@ -116,6 +119,7 @@ class Pipeline:
         self.report = RunReport(decisions=self.sizer.decisions)
         self._stop.clear()
         self._stop_now.clear()
+        self._next, self._fill_since, self._next_maintenance = None, None, 0.0
         self.store.ensure_indexes()
         with (
             self._signals(),
@@ -135,32 +139,43 @@ class Pipeline:
         return self.report
 
     def _loop(self, client: Client, until_empty: bool, max_contexts: int | None) -> None:
-        next_maintenance = 0.0
-        fill_since: float | None = None
+        outages = 0
         while not self._stop_now.is_set():
-            self._collect(client)
-            if time.monotonic() >= next_maintenance:
-                self._maintain()
-                next_maintenance = time.monotonic() + self._maintain_every
-            budget = None if max_contexts is None else max_contexts - self.report.claimed
-            can_claim = not self._stop.is_set() and (budget is None or budget > 0)
-            started = False
-            if can_claim and len(self._batches) < self.settings.worker.max_parallel_batches:
-                fill_since = fill_since or time.monotonic()
-                started = self._start_batch(client, until_empty, budget, fill_since)
-                if started:
-                    fill_since = None
-            if not self._batches:
-                if not can_claim:
-                    self.report.stopped_by = self.report.stopped_by or (
-                        "stop" if self._stop.is_set() else "max_contexts"
-                    )
+            try:
+                if self._step(client, until_empty, max_contexts):
                     return
-                if until_empty and not started and self._queue_drained():
-                    self.report.stopped_by = "empty"
-                    return
-            if not started:
-                self._wait_a_little()
+                outages = 0
+            except (PyMongoError, DatabaseUnavailable) as exc:
+                # A database outage stops no batch by itself: their leases hold (and are fenced),
+                # so wait it out with the batch backoff, and give up only when it lasts.
+                outages += 1
+                retry = self.settings.worker.retry
+                if outages > max(retry.batch_retries, 1):
+                    raise DatabaseUnavailable(f"lost the database {outages} times in a row: {exc}") from exc
+                log.warning("the database did not answer (%s); trying again", exc)
+                self._stop_now.wait(retry.backoff(outages))
+
+    def _step(self, client: Client, until_empty: bool, max_contexts: int | None) -> bool:
+        """One turn of the loop; True when the run is over."""
+        self._collect(client)
+        if time.monotonic() >= self._next_maintenance:
+            self._maintain()
+            self._next_maintenance = time.monotonic() + self._maintain_every
+        budget = None if max_contexts is None else max_contexts - self.report.claimed
+        can_claim = not self._stop.is_set() and (budget is None or budget > 0)
+        started = False
+        if can_claim and len(self._batches) < self.settings.worker.max_parallel_batches:
+            started = self._start_batch(client, until_empty, budget)
+        if not self._batches:
+            if not can_claim:
+                self.report.stopped_by = self.report.stopped_by or ("stop" if self._stop.is_set() else "max_contexts")
+                return True
+            if until_empty and not started and self._queue_drained():
+                self.report.stopped_by = "empty"
+                return True
+        if not started:
+            self._wait_a_little()
+        return False
 
     def _wait_a_little(self) -> None:
         running = [f for b in self._batches for f in b.futures if not f.done()]
@@ -176,28 +191,27 @@ class Pipeline:
 
     # -- starting a batch -----------------------------------------------------------------
 
-    def _start_batch(self, client: Client, until_empty: bool, budget: int | None, fill_since: float) -> bool:
+    def _start_batch(self, client: Client, until_empty: bool, budget: int | None) -> bool:
         worker = self.settings.worker
         if self._next is None:
             # Plan once per batch started (a plan is a sizing decision), and only with work to plan for.
             if self.store.claimable(1) == 0:
+                self._fill_since = None  # the wait for a full batch starts with the first context
                 return False
             readings = resources.read(client, self.store, len(self._batches))
             self._next = (self.sizer.plan(readings), readings)
         plan, readings = self._next
         size = plan.size if budget is None else min(plan.size, budget)
         # Wait for a full batch, up to batch_timeout_seconds (the seed's fill rule).
-        filling = not until_empty and time.monotonic() - fill_since < worker.batch_timeout_seconds
+        self._fill_since = self._fill_since or time.monotonic()
+        filling = not until_empty and time.monotonic() - self._fill_since < worker.batch_timeout_seconds
         if filling and self.store.claimable(size) < size:
             return False
-        try:
-            claim = self.store.claim(size, self.owner, worker.lease_seconds, by_priority=worker.priorities.enabled)
-        except PyMongoError as exc:
-            log.warning("claim failed (%s); retrying", exc)
-            return False
+        claim = self.store.claim(size, self.owner, worker.lease_seconds, by_priority=worker.priorities.enabled)
         if not claim.ids:
             return False
         self._next = None
+        self._fill_since = None
         self._seq += 1
         batch = _Batch(self._seq, claim, plan, readings)
         self.report.claimed += len(claim)
@@ -321,13 +335,9 @@ class Pipeline:
 
     def _maintain(self) -> None:
         worker = self.settings.worker
-        try:
-            for batch in self._batches:
-                self.store.renew(batch.claim, worker.lease_seconds)
-            reaped = self.store.reap_expired(max_attempts=worker.retry.context_retries + 1)
-        except PyMongoError as exc:
-            log.warning("lease upkeep failed (%s); will try again", exc)
-            return
+        for batch in self._batches:
+            self.store.renew(batch.claim, worker.lease_seconds)
+        reaped = self.store.reap_expired(max_attempts=worker.retry.context_retries + 1)
         if reaped:
             log.info("returned %d contexts with expired leases to the queue", reaped)
 
