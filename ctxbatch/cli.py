@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -204,6 +205,9 @@ def _run_pipeline(
 ) -> None:
     from ctxbatch.pipeline import Pipeline
     from ctxbatch.pipeline.progress import Progress
+
+    # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
+    logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
 
     loop = Pipeline(engine, settings, state.store, announce=_say)
     with Progress(lambda: loop.report, state.store, sys.stderr):

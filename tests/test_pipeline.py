@@ -237,3 +237,14 @@ def test_a_loop_waits_for_a_full_batch_up_to_the_timeout(store: ContextStore, cl
     # Then one full batch took all ten
     assert not running.is_alive()
     assert (pipeline.report.batches, pipeline.report.completed) == (1, 10)
+
+
+def test_a_run_with_many_failures_raises_one_alert(
+    store: ContextStore, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.submit([{"payload": {"i": i, "bad": i % 2 == 0}} for i in range(200)])
+    with caplog.at_level("WARNING", logger="ctxbatch.pipeline"):
+        Pipeline("tests.engines:fail_when_flagged", config(batch_size=50), store, client).run(until_empty=True)
+    alerts = [r for r in caplog.records if r.getMessage().startswith("alert:")]
+    assert len(alerts) == 1
+    assert "tries failed" in alerts[0].getMessage()

@@ -37,6 +37,8 @@ from ctxbatch.sizing import Observation, Plan, Readings, Sizer, WorkerScaler, re
 log = logging.getLogger("ctxbatch.pipeline")
 
 POLL_SECONDS = 0.05
+# An error-rate alert needs this many tries behind it.
+ALERT_MIN_TRIES = 100
 IDLE_SECONDS = 0.25
 
 
@@ -87,6 +89,7 @@ class Pipeline:
         self._next: tuple[Plan, Readings] | None = None
         self._fill_since: float | None = None
         self._next_maintenance = 0.0
+        self._alerted = False
         self._seq = 0
         self._stop = threading.Event()
         self._stop_now = threading.Event()
@@ -120,6 +123,7 @@ class Pipeline:
         self._stop.clear()
         self._stop_now.clear()
         self._next, self._fill_since, self._next_maintenance = None, None, 0.0
+        self._alerted = False
         self.store.ensure_indexes()
         with (
             self._signals(),
@@ -274,9 +278,20 @@ class Pipeline:
         self._batches.remove(batch)
         self._observe(batch, critical=False)
         self._scale(batch.readings.workers)
-        failed = sum(int(s["retried"]) + int(s["failed"]) for s in batch.summaries)
-        if failed > self.settings.monitoring.alert_error_rate * len(batch.claim):
-            log.warning("alert: %d of %d contexts of batch %s failed", failed, len(batch.claim), batch.label)
+        self._alert_on_errors()
+
+    def _alert_on_errors(self) -> None:
+        """Warn once a run when its share of failed tries passes `monitoring.alert_error_rate`.
+
+        Over the run, not per batch: a batch of retries is often all bad rows, which is no news.
+        """
+        r = self.report
+        tries = r.completed + r.failed + r.retried
+        if self._alerted or tries < ALERT_MIN_TRIES:
+            return
+        if r.failed + r.retried > self.settings.monitoring.alert_error_rate * tries:
+            self._alerted = True
+            log.warning("alert: %d of %d tries failed so far in this run", r.failed + r.retried, tries)
 
     def _observe(self, batch: _Batch, critical: bool) -> None:
         observation = Observation(
