@@ -415,6 +415,41 @@ def test_plan_partitions_never_exceed_the_size() -> None:
     assert sizer.plan(Readings(None, None, None, None, None, 0, threads=64, workers=8)) == Plan(3, 3)
 
 
+class Sequence(Sizer):
+    """Plans the given sizes in turn."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__(settings(low=1, high=10_000))
+        self.sizes = iter(sizes)
+
+    def _next_size(self, readings: Readings) -> int:
+        return next(self.sizes)
+
+
+def test_a_batch_planned_beside_one_of_another_size_is_flagged_when_observed() -> None:
+    # Given a batch of 10 in flight when one of 20 is planned
+    sizer = Sequence([10, 20])
+    sizer.plan(readings(in_flight=0))
+    sizer.plan(readings(in_flight=1))
+    flags = []
+
+    # When both are observed
+    for planned in (10, 20):
+        sizer.observe(Observation(planned, planned, 1.0, [1.0], 0, False))
+        flags.append(sizer.ran_beside)
+
+    # Then only the second shared its threads with a batch of another size
+    assert flags == [False, True]
+
+
+def test_dynamic_does_not_measure_a_batch_that_ran_beside_another_size() -> None:
+    work = Workload(DynamicSizer(settings()), peaked, depth=2)
+
+    work.run(12)
+
+    assert any("ran beside one of another size" in d.reason for d in work.sizer.decisions)
+
+
 # -- resolve_sizer ------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -137,6 +138,11 @@ class Sizer(ABC):
         self.batches_observed = 0
         # Engine seconds per context (summed over partitions), which splitting follows.
         self.work_per_context: float | None = None
+        # Whether the batch being observed was planned while a batch of another size was in flight:
+        # they shared the threads, so its wall time says as much about that batch as about its size.
+        self.ran_beside = False
+        self._in_flight: Counter[int] = Counter()  # sizes planned and not yet observed
+        self._beside: Counter[int] = Counter()  # of those, how many per size were planned beside another
         self._last_size: int | None = None
         self._lock = threading.Lock()
 
@@ -170,6 +176,7 @@ class Sizer(ABC):
             if size != wanted:
                 reason = f"{reason}; clamped to {size} (bounds {low}..{high})"
             partitions = self.split(size, readings)
+            self._note_in_flight(size, readings.in_flight_claims)
             self.batches_planned += 1
             self._last_size = size
             inputs: Inputs = {
@@ -190,6 +197,7 @@ class Sizer(ABC):
         """Learn from a finished (or critically stopped) batch."""
         with self._lock:
             self.batches_observed += 1
+            self._settle_in_flight(observation.planned)
             self._learn_work_cost(observation)
             try:
                 self._observe(observation)
@@ -218,6 +226,24 @@ class Sizer(ABC):
         return {}
 
     # -- bookkeeping ----------------------------------------------------------------------
+
+    def _note_in_flight(self, size: int, in_flight: int) -> None:
+        if in_flight == 0:  # nothing runs: forget plans that never became batches
+            self._in_flight.clear()
+            self._beside.clear()
+        if any(other != size for other in self._in_flight):
+            self._beside[size] += 1
+        self._in_flight[size] += 1
+
+    def _settle_in_flight(self, planned: int) -> None:
+        # Batches of one size are told apart by count only: how many of them ran beside another
+        # size is what matters, not which.
+        self.ran_beside = self._beside[planned] > 0
+        for counts in (self._beside, self._in_flight):
+            if counts[planned] > 1:
+                counts[planned] -= 1
+            else:
+                counts.pop(planned, None)
 
     def _learn_work_cost(self, observation: Observation) -> None:
         if observation.critical or not observation.contexts or not observation.partition_seconds:

@@ -27,7 +27,8 @@ The controller, deterministic given the same observations (no clock inside):
   context * n, fitted to recent batches) predicts to take the target; when it predicts the
   current size runs past the target (beyond the dead band), the size drops to that cap at once.
   A cost per context that jumps (3x either way against earlier batches of the same size: the
-  workload changed) restarts the model and the search.
+  workload changed) restarts the model and the search. Where the batches measured at the
+  current size run longer than the line predicts (it lags behind a change), they set the cap.
 - **Back-off.** A critical failure, an error rate above `error_rate_high` and above twice the
   usual, or worker memory above `worker.memory_high_fraction` halves the size (TCP-like
   multiplicative decrease), at most once per round: signals from batches planned before the
@@ -35,10 +36,10 @@ The controller, deterministic given the same observations (no clock inside):
   the freshest ones. Afterwards the size holds `recovery_batches` batches and then probes up
   again; back-offs that keep coming double that wait. A search step up that gains nothing
   while CPU is saturated (> `cpu_high`) ends on the smaller size, not the larger.
-- **Short batches.** A batch that held fewer contexts than planned (the queue ran dry, or the
-  run's budget ended) says nothing about its size; it is not measured. Measurements belong to
-  the size a batch was planned at: with batches in flight, one finishing after a move
-  measures the old size.
+- **Unmeasured batches.** One that held fewer contexts than planned (the queue ran dry) says
+  nothing about its size; nor does one planned beside a batch of another size (`ran_beside`):
+  they shared the threads (on the real loop, a batch of 517 queued behind one of 1,280 put 7 s
+  of "fixed" cost into the line). A measurement belongs to the size its batch was planned at.
 
 Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory 0.86 > 0.8
 -> halve to 150"), and its inputs the numbers behind it.
@@ -155,9 +156,11 @@ class DynamicSizer(Sizer):
         if trouble:
             self._back_off(trouble)
             return
-        throughput = observation.throughput
-        if throughput is None or observation.contexts < self.tuning.short_fraction * observation.planned:
+        if observation.throughput is None or observation.contexts < self.tuning.short_fraction * observation.planned:
             self._say(f"batch held {observation.contexts} of {observation.planned} planned -> hold {self.size}")
+            return
+        if self.ran_beside:
+            self._say(f"a batch of {observation.planned} ran beside one of another size -> hold {self.size}")
             return
         level = self.history.level(observation.planned)
         jump = self._learn_cost(observation, level)
@@ -218,13 +221,19 @@ class DynamicSizer(Sizer):
         return jump
 
     def _cap(self) -> int | None:
-        """The largest size predicted to fit the target duration, if the model knows any batch."""
-        return self.duration.largest_within(self.settings.target_batch_seconds)
+        """The largest size fitting the target by the model, or by the current size's batches where longer."""
+        target = self.settings.target_batch_seconds
+        cap, wall = self.duration.largest_within(target), self.history.wall(self.size, self.tuning.min_samples)
+        if wall is not None and wall > target:
+            scaled = math.floor(self.size * target / wall)
+            cap = scaled if cap is None else min(cap, scaled)
+        return cap
 
     def _cap_if_over_target(self) -> bool:
         cap, predicted, target = self._cap(), self.duration.predict(self.size), self.settings.target_batch_seconds
         if cap is None or predicted is None:
             return False
+        predicted = max(predicted, self.history.wall(self.size, self.tuning.min_samples) or 0.0)
         new = max(self.bounds[0], cap)
         if predicted <= target * (1 + self.tuning.dead_band) or new >= self.size:
             return False
@@ -243,9 +252,8 @@ class DynamicSizer(Sizer):
     def _search_step(self) -> None:
         level, ref = self.history.level(self.size), self.history.get(self._ref)
         gain = level.throughput / ref.throughput - 1 if ref and level.samples else None
-        # The first size of a search is compared with nothing: its batches only set the reference the
-        # next size is judged against (which waits for min_seconds itself), so min_samples do. Waiting
-        # for min_seconds here too cost the real loop ~8 short batches at its start size.
+        # The first size is compared with nothing, only sets the reference: min_samples do (waiting for
+        # min_seconds too cost the real loop ~8 short batches at its start size).
         ready = level.samples >= self.tuning.min_samples if gain is None else self._measured(level, gain)
         if not ready:
             self._say(f"measuring {self.size} ({level.samples} batches, {level.seconds:.1f} s)")

@@ -63,6 +63,11 @@ class History:
                 self._levels.popitem(last=False)
         return level
 
+    def wall(self, size: int, min_samples: int) -> float | None:
+        """Seconds a batch of `size` takes by its own level's cost, once `min_samples` batches are in it."""
+        level = self.get(size)
+        return level.seconds_per_context * size if level and level.samples >= min_samples else None
+
     def forget(self, size: int | None = None) -> None:
         """Forget one size (to measure it anew) or, with None, all of them."""
         if size is None:
