@@ -201,7 +201,7 @@ def test_a_loopback_database_is_refused_for_a_remote_cluster() -> None:
     check_reachable("mongodb://db.internal:27017", "tcp://10.1.2.3:8786")
 
 
-def test_adaptive_scaling_asks_for_more_workers_for_a_long_queue(store: ContextStore) -> None:
+def test_adaptive_scaling_grows_the_owned_cluster_for_a_long_queue(store: ContextStore) -> None:
     # Given a queue that one worker would take many target durations to drain
     submit_numbered(store, 400, sleep=0.01)
     settings = config(batch_size=20, target_batch_seconds=0.1, max_parallel_batches=1)
@@ -209,8 +209,9 @@ def test_adaptive_scaling_asks_for_more_workers_for_a_long_queue(store: ContextS
     # When the loop runs on a LocalCluster of its own
     pipeline = Pipeline("tests.engines:nap", settings, store)
     report = pipeline.run(max_contexts=100)
-    # Then it asked for the most workers its bounds allow
+    # Then it asked for the most workers its bounds allow, and scaled its cluster to them
     assert report.wanted_workers == 2
+    assert report.scaled_to == 2
 
 
 def test_a_batch_whose_retries_are_spent_fails_with_the_critical_error(store: ContextStore, client: Client) -> None:

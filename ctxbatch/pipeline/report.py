@@ -21,6 +21,7 @@ class RunReport:
     stopped_by: str | None = None
     dashboard_link: str | None = None
     wanted_workers: int | None = None  # with `dask.adaptive`: the worker count the queue calls for
+    scaled_to: int | None = None  # the worker count the run last scaled its own cluster to
     decisions: list[Any] = field(default_factory=list)
 
     @property

@@ -127,18 +127,17 @@ class Pipeline:
         self.store.ensure_indexes()
         with (
             self._signals(),
-            dask_client(self.settings.dask, self.store.uri, self.client, self._announce) as (
-                client,
-                _cluster,
-            ),
+            dask_client(self.settings.dask, self.store.uri, self.client, self._announce) as (client, cluster),
         ):
             self.report.dashboard_link = client.dashboard_link if self.settings.dask.dashboard_address else None
             self.report.started = time.monotonic()  # the rate is the loop's, not the cluster's start-up
+            self._cluster = cluster  # None unless the run owns it: only then does it scale it
             try:
                 self._loop(client, until_empty, max_contexts)
             finally:
                 self._release_all()
                 self.report.finished = time.monotonic()
+                self._cluster = None
         log.info("run finished: %s", self.report.summary_line())
         return self.report
 
@@ -316,6 +315,7 @@ class Pipeline:
         if want != current and self._cluster is not None:
             log.info("scaling the local cluster from %d to %d workers", current, want)
             self._cluster.scale(want)
+            self.report.scaled_to = want
 
     def _after_critical(self, batch: _Batch) -> None:
         """Hold what is left under the lease and run it again after a backoff, or fail it for good."""
