@@ -92,7 +92,10 @@ def test_complete_stores_results_and_ends_the_lease(store: ContextStore) -> None
         context = store.get_context(cid)
         assert (context["status"], context["result"]) == ("completed", {"echo": cid})
         assert context["finished_at"] is not None
-        assert "lease" not in store.contexts.find_one({"_id": cid})  # type: ignore[operator]
+        assert "lease" not in context
+    # The lease holds nothing any more: it cannot be renewed, and a second write changes nothing.
+    assert store.renew(claim) == 0
+    assert store.complete(claim, {cid: "again" for cid in claim.ids}).written == 0
 
 
 def test_a_context_completed_at_the_first_try_has_one_attempt(store: ContextStore) -> None:

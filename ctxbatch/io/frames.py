@@ -56,7 +56,8 @@ def load_partition(ids: list[str], uri: str, database: str, token: str) -> pd.Da
     store = shared_store(uri, database)
     # batch_size: the whole partition in one reply; nx-27017's getMore costs as much as a new query.
     docs = store.contexts.find(
-        {"_id": {"$in": ids}, "lease.token": {"$eq": token}}, {"payload": 1, "priority": 1, "attempts": 1}
+        {"_id": {"$in": ids}, "status": {"$eq": "processing"}, "lease.token": {"$eq": token}},
+        {"payload": 1, "priority": 1, "attempts": 1},
     ).batch_size(len(ids))
     by_id = {d["_id"]: d for d in docs}
     held = [by_id[i] for i in ids if i in by_id]  # claim order, not the server's

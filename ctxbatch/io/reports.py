@@ -24,7 +24,7 @@ RESULT_COLUMNS = [
     "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
-INTERNAL_FIELDS = ("_id", "lease", "settled_by", "next_attempt_ms")
+INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000

@@ -74,6 +74,11 @@ def _claimable(now: dt.datetime) -> dict[str, Any]:
     return {"status": _eq(Status.PENDING.value), "next_attempt_ms": {"$lte": _epoch_ms(now)}}
 
 
+def _held_by(token: str) -> dict[str, Any]:
+    """The fence of every write back: still `processing`, under this lease."""
+    return {"status": _eq(Status.PROCESSING.value), "lease.token": _eq(token)}
+
+
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
     """`$currentDate` for these fields (see the module's note on datetimes)."""
     return {"$currentDate": dict.fromkeys(fields, True)}
@@ -208,7 +213,7 @@ class ContextStore(Reports):
             won = self.contexts.update_many(
                 {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
                 {"$set": {"status": Status.PROCESSING.value, "lease": lease},
-                 "$unset": {"settled_by": ""}, "$inc": {"attempts": 1}, **_stamp("started_at")},
+                 "$inc": {"attempts": 1}, **_stamp("started_at")},
             ).modified_count  # fmt: skip
             if won < len(found):
                 # Another loop took some in between: ask which ones this lease holds.
@@ -241,25 +246,25 @@ class ContextStore(Reports):
         `retry_at` gives, per failed context (or for all), when it may run again; None fails it
         for good. Released contexts go back to `pending` as they were, their try uncounted.
         """
-        fence = {"status": _eq(Status.PROCESSING.value), "lease.token": _eq(claim.token)}
-        # `settled_by` names the lease that made the last change, which is how a partly
-        # fenced-out write finds out which contexts it lost.
-        done = {"settled_by": claim.token}
+        # A settled context keeps its last lease (users never see it): its token says which
+        # claim made the last change, so a partly fenced-out write can tell what it lost, and
+        # leaving it costs the server less than removing it. Only `processing` is held.
+        fence = _held_by(claim.token)
         ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
             UpdateOne({"_id": cid, **fence}, {
-                "$set": {"status": Status.COMPLETED.value, "result": result, **done},
-                "$unset": {"lease": "", "error": ""}, **_stamp("finished_at"),
+                "$set": {"status": Status.COMPLETED.value, "result": result},
+                "$unset": {"error": ""}, **_stamp("finished_at"),
             })
             for cid, result in (results or {}).items()
         ]  # fmt: skip
         if errors:
-            ops += self._failure_ops(claim, errors, retry_at, fence, done)
+            ops += self._failure_ops(claim, errors, retry_at, fence)
         released = list(release)
         if released:
+            # Released contexts lose the lease: nobody's claim, as if never claimed.
             ops.append(UpdateMany(
                 {"_id": {"$in": released}, **fence},
-                {"$set": {"status": Status.PENDING.value, **done}, "$unset": {"lease": ""},
-                 "$inc": {"attempts": -1}},
+                {"$set": {"status": Status.PENDING.value}, "$unset": {"lease": ""}, "$inc": {"attempts": -1}},
             ))  # fmt: skip
         ids = [*(results or {}), *(errors or {}), *released]
         if not ops:
@@ -267,9 +272,12 @@ class ContextStore(Reports):
         written = self.contexts.bulk_write(ops, ordered=False).modified_count
         lost: list[str] = []
         if written < len(ids):
+            # Lost: under another lease now, or (unless we released it) under none.
+            given_back = set(released)
             lost = sorted(
                 d["_id"]
-                for d in self.contexts.find({"_id": {"$in": ids}, "settled_by": {"$ne": claim.token}}, {"_id": 1})
+                for d in self.contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"lease": 1})
+                if d["_id"] not in given_back or "lease" in d
             )
         self._touch(claim.batch_ids)
         return WriteReport(written, lost)
@@ -280,7 +288,6 @@ class ContextStore(Reports):
         errors: Mapping[str, Mapping[str, Any]],
         retry_at: Mapping[str, dt.datetime | None] | dt.datetime | None,
         fence: dict[str, Any],
-        done: dict[str, str],
     ) -> list[ReplaceOne[dict[str, Any]]]:
         # Whole-document replaces, fenced like the rest: the only way to store a future
         # `next_attempt_at` as a date on nx-27017 (see the module's note).
@@ -289,13 +296,12 @@ class ContextStore(Reports):
         ops = []
         for doc in held:
             cid = doc.pop("_id")
-            doc.pop("lease", None)
             when = retry_at.get(cid) if isinstance(retry_at, Mapping) else retry_at
             if when is None:
                 doc.update(status=Status.FAILED.value, finished_at=now)
             else:
                 doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=_epoch_ms(when))
-            doc.update(error=dict(errors[cid]), **done)
+            doc.update(error=dict(errors[cid]))
             ops.append(ReplaceOne({"_id": cid, **fence}, doc))
         return ops
 
@@ -322,7 +328,7 @@ class ContextStore(Reports):
 
     def held(self, claim: Claim) -> Claim:
         """The part of a claim its lease still holds, in claim order."""
-        still = {d["_id"] for d in self.contexts.find({"lease.token": _eq(claim.token)}, {"_id": 1})}
+        still = {d["_id"] for d in self.contexts.find(_held_by(claim.token), {"_id": 1})}
         return claim.subset([cid for cid in claim.ids if cid in still])
 
     def renew(self, claim: Claim, lease_seconds: float = 300) -> int:
@@ -330,9 +336,7 @@ class ContextStore(Reports):
         expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
         # The whole lease is written: a dotted `$set` of a datetime is stored as a string.
         lease = _lease(claim.owner, claim.token, expires_at)
-        held = self.contexts.update_many(
-            {"lease.token": _eq(claim.token), "status": _eq(Status.PROCESSING.value)}, {"$set": {"lease": lease}}
-        ).matched_count
+        held = self.contexts.update_many(_held_by(claim.token), {"$set": {"lease": lease}}).matched_count
         claim.expires_at = expires_at
         return held
 

@@ -72,10 +72,10 @@ def process_partition(
     except CriticalError as exc:
         record = error_record(exc, "".join(traceback.format_exception(exc, limit=5)))
         return _summary(len(frame), critical=json.dumps(record))
-    attempts = dict(zip(frame["id"], frame["attempts"], strict=True))
+    attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     now = utcnow()
-    retry_at = {cid: policy.retry_at(int(attempts[cid]), now) for cid in outcome.errors}
-    part = Claim(claim.token, claim.owner, claim.expires_at, list(frame["id"]), {}, claim.batch_ids)
+    retry_at = {cid: policy.retry_at(attempts[cid], now) for cid in outcome.errors}
+    part = Claim(claim.token, claim.owner, claim.expires_at, list(attempts), attempts, claim.batch_ids)
     report = shared_store(uri, database).settle(part, outcome.results, outcome.errors, retry_at)
     lost = set(report.lost)
     return _summary(
