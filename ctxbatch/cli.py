@@ -209,8 +209,9 @@ def _run_pipeline(
     # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
     logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
 
-    loop = Pipeline(engine, settings, state.store, announce=_say)
-    with Progress(lambda: loop.report, state.store, sys.stderr):
+    progress = Progress(lambda: loop.report, state.store, sys.stderr)
+    loop = Pipeline(engine, settings, state.store, announce=progress.say)
+    with progress:
         report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
     _say(report.summary_line())
 

@@ -12,10 +12,9 @@ from ctxbatch.pipeline.report import RunReport
 BAR_WIDTH = 28
 
 
-def progress_line(report: RunReport, waiting: int) -> str:
-    """`[#####.....] 1200/3000 done  812.5/s  failed 12  retried 30`, where 3000 is done + waiting."""
+def progress_line(report: RunReport, total: int) -> str:
+    """`[#####.....] 1200/3000 done  812.5/s  failed 12  retried 30`."""
     done = report.completed + report.failed
-    total = done + waiting
     filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
     return (
         f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} done  {report.rate:.1f}/s  "
@@ -40,6 +39,8 @@ class Progress:
         self._interactive = stream.isatty() if interactive is None else interactive
         self._interval = interval or (0.5 if self._interactive else 10.0)
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._total = 0
         self._thread = threading.Thread(target=self._tick_until_done, name="ctxbatch-progress", daemon=True)
 
     def __enter__(self) -> Progress:
@@ -58,11 +59,21 @@ class Progress:
         while not self._done.wait(self._interval):
             self._show()
 
+    def say(self, message: str) -> None:
+        """A line of its own above the bar (the bar is drawn again on the next tick)."""
+        with self._lock:
+            self._stream.write(f"\r\x1b[K{message}\n" if self._interactive else f"{message}\n")
+            self._stream.flush()
+
     def _show(self) -> None:
         try:
             counts = self._store.status_counts()
         except Exception:  # a progress line is never worth stopping a run for
             return
-        line = progress_line(self._report(), counts["pending"] + counts["processing"])
-        self._stream.write(f"\r{line}\x1b[K" if self._interactive else f"{line}\n")
-        self._stream.flush()
+        report = self._report()
+        # Done plus still waiting; never shrinking, as the database runs a little ahead of the report.
+        self._total = max(self._total, report.completed + report.failed + counts["pending"] + counts["processing"])
+        line = progress_line(report, self._total)
+        with self._lock:
+            self._stream.write(f"\r{line}\x1b[K" if self._interactive else f"{line}\n")
+            self._stream.flush()
