@@ -249,3 +249,16 @@ def test_a_run_with_many_failures_raises_one_alert(
     alerts = [r for r in caplog.records if r.getMessage().startswith("alert:")]
     assert len(alerts) == 1
     assert "tries failed" in alerts[0].getMessage()
+
+
+def test_a_progress_hook_that_raises_does_not_stop_the_run(store: ContextStore, client: Client) -> None:
+    calls: list[int] = []
+
+    def hook(report: Any) -> None:
+        calls.append(report.completed)
+        raise RuntimeError("a broken hook")
+
+    submit_numbered(store, 20)
+    report = Pipeline("tests.engines:echo", config(), store, client, on_progress=hook).run(until_empty=True)
+    assert report.completed == 20
+    assert calls

@@ -271,7 +271,10 @@ class Pipeline:
                 batch.summaries.append(row)
                 self.report.add(row)
         if self._on_progress:
-            self._on_progress(self.report)
+            try:
+                self._on_progress(self.report)
+            except Exception:  # a user's hook never stops the loop
+                log.exception("the on_progress hook raised; going on")
 
     def _finish(self, batch: _Batch) -> None:
         self._batches.remove(batch)
