@@ -51,14 +51,17 @@ def split_ids(ids: list[str], partitions: int) -> list[list[str]]:
     return slices
 
 
-def load_partition(ids: list[str], uri: str, database: str, token: str) -> pd.DataFrame:
-    """The payloads of these contexts, as long as this lease still holds them."""
+def load_partition(ids: list[str], uri: str, database: str, token: str, whole: bool = False) -> pd.DataFrame:
+    """The payloads of these contexts, as long as this lease still holds them.
+
+    A partition that is the `whole` claim is read by its lease alone: a list of ids in the filter
+    costs the server about as much again.
+    """
     store = shared_store(uri, database)
-    # batch_size: the whole partition in one reply; nx-27017's getMore costs as much as a new query.
-    docs = store.contexts.find(
-        {"_id": {"$in": ids}, "status": {"$eq": "processing"}, "lease.token": {"$eq": token}},
-        {"payload": 1, "priority": 1, "attempts": 1},
-    ).batch_size(len(ids))
+    held_by = {"status": {"$eq": "processing"}, "lease.token": {"$eq": token}}
+    # Whole documents: nx-27017 projects in Python, which costs it more than sending the rest.
+    # batch_size: the whole partition in one reply; its getMore costs as much as a new query.
+    docs = store.contexts.find(held_by if whole else {"_id": {"$in": ids}, **held_by}).batch_size(len(ids))
     by_id = {d["_id"]: d for d in docs}
     held = [by_id[i] for i in ids if i in by_id]  # claim order, not the server's
     return pd.DataFrame(
@@ -86,10 +89,11 @@ def claim_frame(
     """
     # Payloads are dicts: Dask's default string conversion would turn them into text.
     with dask.config.set({"dataframe.convert-string": False}):
+        slices = split_ids(claim.ids, partitions)
         loaded = dd.from_map(
             load_partition,
-            split_ids(claim.ids, partitions),
-            args=(store.uri, store.database_name, claim.token),
+            slices,
+            args=(store.uri, store.database_name, claim.token, len(slices) == 1),
             meta=LOAD_META,
             label=f"{label}-load",
             enforce_metadata=False,
