@@ -59,6 +59,8 @@ def dask_client(
             threads_per_worker=settings.threads_per_worker,
             processes=settings.processes,
             dashboard_address=settings.dashboard_address,
+            # Without a dashboard the scheduler still serves HTTP, on 8787 unless told a free port.
+            scheduler_kwargs={} if settings.dashboard_address else {"dashboard_address": ":0"},
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
