@@ -15,6 +15,7 @@ import dask.dataframe as dd
 import pandas as pd
 
 from ctxbatch.io.claims import Claim
+from ctxbatch.io.schema import held_by
 from ctxbatch.io.store import ContextStore
 
 LOAD_META = pd.DataFrame(
@@ -58,10 +59,10 @@ def load_partition(ids: list[str], uri: str, database: str, token: str, whole: b
     costs the server about as much again.
     """
     store = shared_store(uri, database)
-    held_by = {"status": {"$eq": "processing"}, "lease.token": {"$eq": token}}
+    fence = held_by(token)
     # Whole documents: nx-27017 projects in Python, which costs it more than sending the rest.
     # batch_size: the whole partition in one reply; its getMore costs as much as a new query.
-    docs = store.contexts.find(held_by if whole else {"_id": {"$in": ids}, **held_by}).batch_size(len(ids))
+    docs = store.contexts.find(fence if whole else {"_id": {"$in": ids}, **fence}).batch_size(len(ids))
     by_id = {d["_id"]: d for d in docs}
     held = [by_id[i] for i in ids if i in by_id]  # claim order, not the server's
     return pd.DataFrame(

@@ -50,6 +50,16 @@ def eq(value: Any) -> dict[str, Any]:
     return {"$eq": value}
 
 
+def epoch_ms(moment: dt.datetime) -> int:
+    """A moment as epoch milliseconds: the form nx-27017 compares in SQL (see store.py's note)."""
+    return int(moment.timestamp() * 1000)
+
+
+def held_by(token: str) -> dict[str, Any]:
+    """The fence of every write back and read on the workers: still `processing`, under this lease."""
+    return {"status": eq(Status.PROCESSING.value), "lease.token": eq(token)}
+
+
 def utcnow() -> dt.datetime:
     # MongoDB keeps milliseconds; truncating here keeps in-memory and stored values equal.
     now = dt.datetime.now(dt.UTC)
@@ -180,7 +190,7 @@ def context_document(request: ContextRequest, context_id: str, batch_id: str, no
         "attempts": 0,
         "next_attempt_at": now,
         # What the claim compares: nx-27017 compares a date in Python, row by row (see store.py).
-        "next_attempt_ms": int(now.timestamp() * 1000),
+        "next_attempt_ms": epoch_ms(now),
         "created_at": now,
         **({"key": request.key} if request.key is not None else {}),
     }

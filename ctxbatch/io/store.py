@@ -39,6 +39,8 @@ from ctxbatch.io.schema import (
     ContextRequest,
     Status,
     context_document,
+    epoch_ms,
+    held_by,
     utcnow,
     validate_name,
     validate_requests,
@@ -62,21 +64,12 @@ def mask_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _epoch_ms(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
-    return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": _epoch_ms(expires_at)}
+    return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
 
 
 def _claimable(now: dt.datetime) -> dict[str, Any]:
-    return {"status": _eq(Status.PENDING.value), "next_attempt_ms": {"$lte": _epoch_ms(now)}}
-
-
-def _held_by(token: str) -> dict[str, Any]:
-    """The fence of every write back: still `processing`, under this lease."""
-    return {"status": _eq(Status.PROCESSING.value), "lease.token": _eq(token)}
+    return {"status": _eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -249,7 +242,7 @@ class ContextStore(Reports):
         # A settled context keeps its last lease (users never see it): its token says which
         # claim made the last change, so a partly fenced-out write can tell what it lost, and
         # leaving it costs the server less than removing it. Only `processing` is held.
-        fence = _held_by(claim.token)
+        fence = held_by(claim.token)
         ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
             UpdateOne({"_id": cid, **fence}, {
                 "$set": {"status": Status.COMPLETED.value, "result": result},
@@ -300,7 +293,7 @@ class ContextStore(Reports):
             if when is None:
                 doc.update(status=Status.FAILED.value, finished_at=now)
             else:
-                doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=_epoch_ms(when))
+                doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=epoch_ms(when))
             doc.update(error=dict(errors[cid]))
             ops.append(ReplaceOne({"_id": cid, **fence}, doc))
         return ops
@@ -328,7 +321,7 @@ class ContextStore(Reports):
 
     def held(self, claim: Claim) -> Claim:
         """The part of a claim its lease still holds, in claim order."""
-        still = {d["_id"] for d in self.contexts.find(_held_by(claim.token), {"_id": 1})}
+        still = {d["_id"] for d in self.contexts.find(held_by(claim.token), {"_id": 1})}
         return claim.subset([cid for cid in claim.ids if cid in still])
 
     def renew(self, claim: Claim, lease_seconds: float = 300) -> int:
@@ -336,7 +329,7 @@ class ContextStore(Reports):
         expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
         # The whole lease is written: a dotted `$set` of a datetime is stored as a string.
         lease = _lease(claim.owner, claim.token, expires_at)
-        held = self.contexts.update_many(_held_by(claim.token), {"$set": {"lease": lease}}).matched_count
+        held = self.contexts.update_many(held_by(claim.token), {"$set": {"lease": lease}}).matched_count
         claim.expires_at = expires_at
         return held
 
@@ -346,7 +339,7 @@ class ContextStore(Reports):
         A context that keeps killing the process that runs it (a poison row) would otherwise be
         reaped and re-run forever.
         """
-        expired = {"status": _eq(Status.PROCESSING.value), "lease.expires_ms": {"$lt": _epoch_ms(utcnow())}}
+        expired = {"status": _eq(Status.PROCESSING.value), "lease.expires_ms": {"$lt": epoch_ms(utcnow())}}
         reaped = 0
         if max_attempts is not None:
             reaped += self.contexts.update_many(
@@ -359,7 +352,7 @@ class ContextStore(Reports):
         reaped += self.contexts.update_many(
             expired,
             {
-                "$set": {"status": Status.PENDING.value, "next_attempt_ms": _epoch_ms(utcnow())},
+                "$set": {"status": Status.PENDING.value, "next_attempt_ms": epoch_ms(utcnow())},
                 "$unset": {"lease": ""},
                 **_stamp("next_attempt_at"),
             },
@@ -387,7 +380,7 @@ class ContextStore(Reports):
         self._batch(batch_id)
         changed = self.contexts.update_many(
             {"batch_id": _eq(batch_id), "status": _eq(Status.FAILED.value)},
-            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": _epoch_ms(utcnow())},
+            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
              "$unset": {"finished_at": ""}, **_stamp("next_attempt_at")},
         ).modified_count  # fmt: skip
         self._touch([batch_id])
