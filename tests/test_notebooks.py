@@ -1,0 +1,51 @@
+"""The notebooks of notebooks/ run in a real IPython kernel against the test server, and tell their story."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from tests.notebook_kernel import NOTEBOOKS, execute, outputs
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture
+def kernel_env(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernel inherits the environment: it finds the test's server by URI, not by a guess."""
+    monkeypatch.setenv("CTXBATCH_MONGO_URI", mongo_uri)
+    yield
+    with MongoClient(mongo_uri) as client:
+        client.drop_database("notebook")
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_stored_without_outputs(path: Path) -> None:
+    # Outputs hold ids, ports and timings that change on every run; README says how to produce them.
+    cells = json.loads(path.read_text())["cells"]
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: clear its outputs"
+
+
+def test_quickstart_submits_runs_and_shows_the_results(kernel_env: None, mongo_uri: str, tmp_path: Path) -> None:
+    notebook, _ = execute("quickstart.ipynb", tmp_path)
+    text = "\n".join(outputs(notebook))
+    assert "Dask dashboard: http://" in text
+    assert "<RunReport completed=" in text
+    with MongoClient(mongo_uri) as client:
+        grouped = client["notebook"]["contexts"].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        counts = {row["_id"]: row["n"] for row in grouped}
+    assert counts["completed"] + counts["failed"] == 3000 and counts["failed"] > 0
+
+
+def test_engines_notebook_runs_each_kind_and_finds_the_bad_row(kernel_env: None, tmp_path: Path) -> None:
+    notebook, _ = execute("engines.ipynb", tmp_path)
+    reports = [t for t in outputs(notebook) if t.startswith("<RunReport")]
+    assert len(reports) == 4  # row, async, batch, and the run on the notebook's own cluster
+    assert "completed=299 failed=1" in reports[2]  # bisection isolated the one bad row
+    assert "this partition holds a bad text" in "\n".join(outputs(notebook))
