@@ -1,11 +1,12 @@
 """Everything that talks to MongoDB."""
 
 from ctxbatch.io.claims import Claim, WriteReport
-from ctxbatch.io.reports import derive_status
+from ctxbatch.io.reports import BatchStatus, derive_status
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
 from ctxbatch.io.store import ContextStore, connect, mask_uri
 
 __all__ = [
+    "BatchStatus",
     "Claim",
     "ContextRequest",
     "ContextStore",

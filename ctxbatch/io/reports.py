@@ -16,6 +16,7 @@ import pandas as pd
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
+from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
 from ctxbatch.io.schema import Status
 from ctxbatch.io.schema import eq as _eq
@@ -55,18 +56,20 @@ class Reports:
             counts[row["_id"]] = row["n"]
         return counts
 
-    def batch_status(self, batch_id: str) -> dict[str, Any]:
-        """The batch status JSON of DESIGN.md."""
+    def batch_status(self, batch_id: str) -> BatchStatus:
+        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
         batch = self._batch(batch_id)
         counts = self.counts(batch_id)
-        return {
-            "batch_id": batch_id,
-            "name": batch.get("name"),
-            "status": derive_status(counts),
-            "counts": counts,
-            "created_at": batch["created_at"].isoformat(),
-            "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
-        }
+        return BatchStatus(
+            {
+                "batch_id": batch_id,
+                "name": batch.get("name"),
+                "status": derive_status(counts),
+                "counts": counts,
+                "created_at": batch["created_at"].isoformat(),
+                "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
+            }
+        )
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
         """The batch's contexts one by one, in id order (submission order, unless keys were given), streamed."""
@@ -164,6 +167,25 @@ class Reports:
         if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
             raise InvalidCursor(cursor)
         return int(text[1:])
+
+
+class BatchStatus(dict[str, Any]):
+    """A batch's status: the JSON of DESIGN.md as a plain dict, with a one-line repr and an HTML table."""
+
+    def __repr__(self) -> str:
+        counts = self["counts"]
+        name = f" {self['name']!r}" if self.get("name") else ""
+        return (
+            f"<BatchStatus {self['batch_id']}{name} {self['status']}: {counts['completed']} completed, "
+            f"{counts['failed']} failed, {counts['pending']} pending, {counts['processing']} processing "
+            f"of {counts['total']}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [("batch", self["batch_id"]), ("name", self.get("name")), ("status", self["status"])]
+        rows += list(self["counts"].items())
+        rows += [("created", self["created_at"]), ("updated", self["updated_at"])]
+        return html_table("Batch status", rows)
 
 
 def derive_status(counts: Mapping[str, int]) -> str:
