@@ -127,7 +127,7 @@ class Pipeline:
         self.store.ensure_indexes()
         with (
             self._signals(),
-            dask_client(self.settings.dask, self.store.uri, self.client, self._announce) as (client, cluster),
+            dask_client(self.settings.dask, self.store, self.client, self._announce) as (client, cluster),
         ):
             self.report.dashboard_link = client.dashboard_link if self.settings.dask.dashboard_address else None
             self.report.started = time.monotonic()  # the rate is the loop's, not the cluster's start-up

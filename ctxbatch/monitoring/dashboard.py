@@ -1,0 +1,93 @@
+"""The ctxbatch page of the Dask dashboard, at /ctxbatch: for a run's own cluster and, as a preload, any scheduler.
+
+    dask scheduler --preload ctxbatch.monitoring.dashboard --mongo-uri mongodb://db:27017 [--database NAME]
+
+(`CTXBATCH_MONGO_URI`, `CTXBATCH_DATABASE` and `CTXBATCH_CONFIG` work too.) A run that starts its own
+LocalCluster imports this module before it makes the cluster and registers a `DashboardSource` on it.
+
+Importing this module adds the page to the dashboards made afterwards in this process: a preload is
+imported while its Scheduler is built, before the dashboard is (see dask_pages.py); `dask_setup`
+then tells the scheduler which database the page reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import click
+from bokeh.document import Document
+from bokeh.models.widgets.markups import Div
+from distributed import Client
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from ctxbatch.config import load_config
+from ctxbatch.io import ContextStore, connect, mask_uri
+from ctxbatch.monitoring import dask_pages, page
+from ctxbatch.monitoring.snapshot import Snapshot, read_snapshot
+
+WINDOW_SECONDS = 900  # the plots show the last 15 minutes
+BUCKET_SECONDS = 10
+
+
+class DashboardSource(SchedulerPlugin):
+    """Which database the page reads, held by the scheduler; one client and one reader thread for all tabs."""
+
+    name = "ctxbatch-dashboard"
+
+    def __init__(self, store: ContextStore, window_seconds: float = WINDOW_SECONDS) -> None:
+        self.store = store  # pickles as its address (ContextStore.__reduce__)
+        self.window_seconds = window_seconds
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<DashboardSource {mask_uri(self.store.uri)} database={self.store.database_name!r}>"
+
+    def read(self) -> Snapshot:
+        return read_snapshot(self.store, self.window_seconds, BUCKET_SECONDS)
+
+    async def read_off_loop(self) -> Snapshot:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ctxbatch-dashboard")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.read)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+
+def ctxbatch_page(scheduler: Any, doc: Document) -> None:
+    source = scheduler.plugins.get(DashboardSource.name)
+    if source is None:
+        doc.add_root(
+            Div(
+                text="<h3>ctxbatch</h3>This scheduler does not know the ctxbatch database: start it with "
+                "<code>dask scheduler --preload ctxbatch.monitoring.dashboard --mongo-uri URI</code>."
+            )
+        )
+        return
+    page.build(doc, list(source.store.levels), source.read_off_loop)
+
+
+dask_pages.add_page(ctxbatch_page, "ctxbatch")
+
+
+def show_page(client: Client, store: ContextStore) -> str:
+    """Point the page of the client's scheduler at `store`; returns the page's address."""
+    client.register_plugin(DashboardSource(store), name=DashboardSource.name)
+    return dask_pages.page_url(client.dashboard_link)
+
+
+@click.command()
+@click.option("--mongo-uri", envvar="CTXBATCH_MONGO_URI", help="The database the loops use.")
+@click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
+@click.option(
+    "--config", "config_file", envvar="CTXBATCH_CONFIG", type=click.Path(dir_okay=False), help="ctxbatch YAML."
+)
+def dask_setup(scheduler: Any, mongo_uri: str | None, database: str | None, config_file: str | None) -> None:
+    """The preload's entry point: `dask scheduler --preload ctxbatch.monitoring.dashboard --mongo-uri URI`."""
+    settings = load_config(config_file)
+    store = connect(mongo_uri, database, config=settings)
+    scheduler.add_plugin(DashboardSource(store), name=DashboardSource.name)
