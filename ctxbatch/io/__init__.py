@@ -3,12 +3,14 @@
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.reports import derive_status
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
+from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
 
 __all__ = [
     "Claim",
     "ContextRequest",
     "ContextStore",
+    "Stats",
     "Status",
     "WriteReport",
     "connect",
