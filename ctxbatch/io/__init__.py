@@ -3,6 +3,7 @@
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.reports import BatchStatus, derive_status
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
+from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Claim",
     "ContextRequest",
     "ContextStore",
+    "Stats",
     "Status",
     "WriteReport",
     "connect",

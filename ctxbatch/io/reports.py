@@ -25,7 +25,7 @@ RESULT_COLUMNS = [
     "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
-INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms")
+INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
@@ -93,12 +93,13 @@ class Reports:
         """Contexts of every batch by status."""
         return self._count_by_status()
 
-    def queue_length(self, status: Status | str = Status.PENDING) -> dict[str, int]:
-        """How many contexts have this status, by priority level."""
+    def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
+        """How many contexts (of the batch, if given) have this status, by priority level."""
+        match: dict[str, Any] = {"status": _eq(str(status))}
+        if batch_id is not None:
+            match["batch_id"] = _eq(batch_id)
         # One group key only: nx-27017 does not evaluate a compound `_id` in $group.
-        grouped = self.contexts.aggregate(
-            [{"$match": {"status": _eq(str(status))}}, {"$group": {"_id": "$priority", "n": {"$sum": 1}}}]
-        )
+        grouped = self.contexts.aggregate([{"$match": match}, {"$group": {"_id": "$priority", "n": {"$sum": 1}}}])
         lengths = dict.fromkeys(self.levels, 0)
         for row in grouped:
             lengths[self.level_of(row["_id"])] += row["n"]

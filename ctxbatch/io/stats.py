@@ -1,0 +1,183 @@
+"""Cluster-wide statistics read from the database: what every loop did, not what one loop saw.
+
+A mixin of ContextStore, next to Reports. Every figure comes from the documents, so it is the same
+whichever (and however many) loops did the work.
+
+Cost (nx-27017, measured in benchmarks/monitoring.py): contexts finished for good carry
+`finished_ms`, the moment as epoch milliseconds, under an index of its own; nx-27017 compares a
+date in Python row by row, a number in SQL. A window is a closed range on it (`$gte` and `$lte`:
+a bare `$gte` falls back to Python there), so a query reads the window's rows and no others:
+- the counts are one `$group` by status (run in SQL);
+- the percentiles come from a `$sample` of at most SAMPLE_SIZE of the window's contexts (exact
+  below that), because an exact percentile over a large window means shipping or sorting every
+  row of it; the sample is not projected (a projection after `$sample` runs in Python there).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymongo import ASCENDING
+
+from ctxbatch.io.reports import Reports
+from ctxbatch.io.schema import Status, epoch_ms, utcnow
+from ctxbatch.io.schema import eq as _eq
+
+DEFAULT_WINDOW_SECONDS = 300.0
+# Contexts behind each window's percentiles: past this, a uniform sample of the window.
+SAMPLE_SIZE = 2000
+# A timeline's percentiles come from one sample of the whole window, spread over its buckets.
+TIMELINE_SAMPLE_SIZE = 5000
+MAX_BUCKETS = 1000
+PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
+TIMELINE_COLUMNS = ["completed", "failed", "throughput", "latency_p50", "latency_p95"]
+
+
+class Stats(dict[str, Any]):
+    """The stats JSON (see ContextStore.stats): a plain dict, JSON-serialisable as it is."""
+
+
+def _seconds(value: float) -> float:
+    return round(float(value), 3)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99 of these seconds (linear interpolation, numpy's default); None for each when empty."""
+    if not values:
+        return dict.fromkeys(PERCENTILES)
+    found = np.percentile(np.asarray(values, dtype=float), list(PERCENTILES.values()))
+    return {name: _seconds(v) for name, v in zip(PERCENTILES, found, strict=True)}
+
+
+def _elapsed(doc: dict[str, Any], since_field: str) -> float | None:
+    start, end = doc.get(since_field), doc.get("finished_at")
+    if not isinstance(start, dt.datetime) or not isinstance(end, dt.datetime):
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _checked_window(window_seconds: float, name: str = "window_seconds") -> float:
+    if not (isinstance(window_seconds, int | float) and math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, got {window_seconds!r}")
+    return float(window_seconds)
+
+
+class Statistics(Reports):
+    """`stats()` and `timeline()`: throughput, success and latency over a recent window."""
+
+    def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:
+        """Contexts finished for good in (after, until], in ms: a closed range (see the module's note)."""
+        match: dict[str, Any] = {"finished_ms": {"$gte": after_ms + 1, "$lte": until_ms}}
+        if batch_id is not None:
+            match["batch_id"] = _eq(batch_id)
+        return match
+
+    def _outcomes(self, match: dict[str, Any]) -> dict[str, int]:
+        """completed, failed, and retried (tries beyond the first of those contexts) in one `$group`."""
+        grouped = self.contexts.aggregate(
+            [{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}, "tries": {"$sum": "$attempts"}}}]
+        )
+        found = {"completed": 0, "failed": 0, "retried": 0}
+        for row in grouped:
+            if row["_id"] in (Status.COMPLETED.value, Status.FAILED.value):
+                found[row["_id"]] += row["n"]
+                # A context's attempts count its tries; a try beyond the first followed a retry.
+                found["retried"] += max(int(row["tries"] or 0) - row["n"], 0)
+        return found
+
+    def _sample(self, match: dict[str, Any], size: int) -> list[dict[str, Any]]:
+        pipeline = [{"$match": match}, {"$sample": {"size": size}}]
+        return list(self.contexts.aggregate(pipeline, batchSize=size))
+
+    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
+        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
+
+        `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
+        tries of those contexts that failed and ran again); `latency_seconds` is created ->
+        finished, `processing_seconds` started (the last claim) -> finished, each as p50/p95/p99;
+        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
+        """
+        window = _checked_window(window_seconds)
+        if batch_id is not None:
+            self._batch(batch_id)
+        now = utcnow()
+        match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
+        outcomes = self._outcomes(match)
+        finished = outcomes["completed"] + outcomes["failed"]
+        sample = self._sample(match, SAMPLE_SIZE) if finished else []
+        latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
+        processing = [s for s in (_elapsed(d, "started_at") for d in sample) if s is not None]
+        oldest = self.oldest_pending(batch_id)
+        return Stats(
+            window_seconds=window,
+            completed=outcomes["completed"],
+            failed=outcomes["failed"],
+            retried=outcomes["retried"],
+            throughput_per_second=finished / window,
+            success_rate=outcomes["completed"] / finished if finished else None,
+            latency_seconds=percentiles(latency),
+            processing_seconds=percentiles(processing),
+            queue_length=self.queue_length(Status.PENDING, batch_id),
+            oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
+            in_flight=sum(self.queue_length(Status.PROCESSING, batch_id).values()),
+        )
+
+    def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
+        """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
+        query: dict[str, Any] = {"status": _eq(Status.PENDING.value)}
+        if batch_id is not None:
+            query["batch_id"] = _eq(batch_id)
+        if level is not None:
+            low, high = self.levels[level]
+            query["priority"] = {"$gte": low, "$lte": high}
+        # Walks the `claim_fifo` index (status, created_at) in order and stops at the first match.
+        found = self.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
+        return None if found is None else found["created_at"]
+
+    def timeline(
+        self,
+        batch_id: str | None = None,
+        window_seconds: float = 3600.0,
+        bucket_seconds: float = 60.0,
+    ) -> pd.DataFrame:
+        """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
+
+        Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
+        latency_p95 (created -> finished, seconds; NaN for a bucket with nothing finished).
+        """
+        window = _checked_window(window_seconds)
+        bucket = _checked_window(bucket_seconds, "bucket_seconds")
+        buckets = math.ceil(window / bucket)
+        if buckets > MAX_BUCKETS:
+            raise ValueError(f"{buckets} buckets of {bucket:g} s in {window:g} s; at most {MAX_BUCKETS}")
+        if batch_id is not None:
+            self._batch(batch_id)
+        end_ms = epoch_ms(utcnow())
+        bucket_ms = int(bucket * 1000)
+        starts = [end_ms - (buckets - i) * bucket_ms for i in range(buckets)]
+        # One small `$group` per bucket: a computed group key runs in Python on nx-27017, a range in SQL.
+        rows = [self._outcomes(self._finished_between(start, start + bucket_ms, batch_id)) for start in starts]
+        whole = self._finished_between(starts[0], end_ms, batch_id)
+        latencies: list[list[float]] = [[] for _ in starts]
+        if any(r["completed"] or r["failed"] for r in rows):
+            for doc in self._sample(whole, TIMELINE_SAMPLE_SIZE):
+                seconds = _elapsed(doc, "created_at")
+                if seconds is not None and "finished_ms" in doc:
+                    index = min(max((doc["finished_ms"] - starts[0] - 1) // bucket_ms, 0), buckets - 1)
+                    latencies[int(index)].append(seconds)
+        table = pd.DataFrame(
+            {
+                "completed": [r["completed"] for r in rows],
+                "failed": [r["failed"] for r in rows],
+                "throughput": [(r["completed"] + r["failed"]) / bucket for r in rows],
+                "latency_p50": [percentiles(v)["p50"] for v in latencies],
+                "latency_p95": [percentiles(v)["p95"] for v in latencies],
+            },
+            index=pd.DatetimeIndex(pd.to_datetime(starts, unit="ms", utc=True), name="bucket"),
+            columns=TIMELINE_COLUMNS,
+        )
+        return table.astype({"latency_p50": float, "latency_p95": float})
