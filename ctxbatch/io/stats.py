@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pymongo import ASCENDING
 
+from ctxbatch.display import html_table
 from ctxbatch.io.reports import Reports
 from ctxbatch.io.schema import Status, epoch_ms, utcnow
 from ctxbatch.io.schema import eq as _eq
@@ -38,7 +39,30 @@ TIMELINE_COLUMNS = ["completed", "failed", "throughput", "latency_p50", "latency
 
 
 class Stats(dict[str, Any]):
-    """The stats JSON (see ContextStore.stats): a plain dict, JSON-serialisable as it is."""
+    """The stats JSON (see ContextStore.stats): a plain dict, JSON-serialisable as it is; a table in Jupyter."""
+
+    def __repr__(self) -> str:
+        rate, latency = self["success_rate"], self["latency_seconds"]
+        return (
+            f"<Stats last {self['window_seconds']:g}s: {self['completed']} completed, {self['failed']} failed, "
+            f"{self['throughput_per_second']:.1f}/s, success {'-' if rate is None else f'{rate:.1%}'}, "
+            f"latency p50 {latency['p50']} s p95 {latency['p95']} s, "
+            f"pending {sum(self['queue_length'].values())}, in flight {self['in_flight']}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rate = self["success_rate"]
+        rows: list[tuple[str, Any]] = [
+            ("window seconds", self["window_seconds"]),
+            ("completed", self["completed"]), ("failed", self["failed"]), ("retried", self["retried"]),
+            ("throughput /s", self["throughput_per_second"]),
+            ("success rate", None if rate is None else f"{rate:.1%}"),
+        ]  # fmt: skip
+        for name in ("latency_seconds", "processing_seconds"):
+            rows += [(f"{name.split('_')[0]} {p} s", v) for p, v in self[name].items()]
+        rows += [(f"pending {level}", n) for level, n in self["queue_length"].items()]
+        rows += [("oldest pending s", self["oldest_pending_seconds"]), ("in flight", self["in_flight"])]
+        return html_table("Stats", rows)
 
 
 def _seconds(value: float) -> float:

@@ -27,8 +27,8 @@ from ctxbatch.io import ContextStore, connect, mask_uri
 from ctxbatch.monitoring import dask_pages, page
 from ctxbatch.monitoring.snapshot import Snapshot, read_snapshot
 
-WINDOW_SECONDS = 900  # the plots show the last 15 minutes
-BUCKET_SECONDS = 10
+WINDOW_SECONDS = 600  # the plots show the last 10 minutes
+BUCKET_SECONDS = 15  # 40 buckets: one small aggregate each per refresh
 
 
 class DashboardSource(SchedulerPlugin):
