@@ -7,6 +7,7 @@ when the `with` block ends, whatever happened inside it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(prefix="ctxbatch-chromium-")
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: ClientConnection | None = None
+        self._exits = contextlib.ExitStack()
 
     def __enter__(self) -> Browser:
         profile = Path(self._profile.name)
@@ -58,15 +61,16 @@ class Browser:
             start_new_session=True,  # its own process group: the renderers die with it
         )
         try:
-            self._socket = connect(self._page_socket(profile), max_size=None, open_timeout=START_SECONDS)
+            self._socket = self._exits.enter_context(
+                connect(self._page_socket(profile), max_size=None, open_timeout=START_SECONDS)
+            )
         except BaseException:
             self._kill()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._socket is not None:
-            self._socket.close()
+        self._exits.close()
         self._kill()
 
     def _kill(self) -> None:
@@ -118,16 +122,15 @@ class Browser:
             raise RuntimeError(f"JavaScript raised: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, seconds: float) -> Any:
-        """Evaluate until the expression is truthy; its value, or TimeoutError with the last one."""
+    def wait_for_value(self, probe: Callable[[], Any], seconds: float) -> Any:
+        """Call `probe` until it returns something truthy; that, or TimeoutError after `seconds`."""
         deadline = time.monotonic() + seconds
-        value = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            value = probe()
             if value:
                 return value
             time.sleep(0.25)
-        raise TimeoutError(f"after {seconds} s, {expression[:60]!r}... is {value!r}")
+        raise TimeoutError(f"nothing after {seconds} s")
 
     def screenshot(self) -> bytes:
         """A PNG of the whole page."""

@@ -72,12 +72,16 @@ class DashboardView:
         s = self.sources
         throughput = _figure("Throughput", "contexts/s")
         throughput.line("at", "throughput", source=s["throughput"], color=BLUE, line_width=2)
+        # Markers too: a bucket between two empty ones is a point, not a line.
+        throughput.scatter("at", "throughput", source=s["throughput"], color=BLUE, size=6)
         latency = _figure("Latency (submitted to finished)", "seconds", x_range=throughput.x_range)
-        latency.line("at", "p50", source=s["latency"], color=BLUE, line_width=2, legend_label="p50")
-        latency.line("at", "p95", source=s["latency"], color=ORANGE, line_width=2, legend_label="p95")
+        for name, color in (("p50", BLUE), ("p95", ORANGE)):
+            latency.line("at", name, source=s["latency"], color=color, line_width=2, legend_label=name)
+            latency.scatter("at", name, source=s["latency"], color=color, size=6, legend_label=name)
         latency.legend.location = "top_left"
         success = _figure("Success rate", "completed / finished", x_range=throughput.x_range, y_range=(0, 1.05))
         success.line("at", "success_rate", source=s["success"], color=GREEN, line_width=2)
+        success.scatter("at", "success_rate", source=s["success"], color=GREEN, size=7)
         queue = figure(
             title="Queue length by priority level (pending)",
             x_range=FactorRange(factors=self.levels),
