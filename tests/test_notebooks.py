@@ -49,3 +49,13 @@ def test_engines_notebook_runs_each_kind_and_finds_the_bad_row(kernel_env: None,
     assert len(reports) == 4  # row, async, batch, and the run on the notebook's own cluster
     assert "completed=299 failed=1" in reports[2]  # bisection isolated the one bad row
     assert "this partition holds a bad text" in "\n".join(outputs(notebook))
+
+
+def test_monitoring_notebook_plots_the_run_from_the_database(kernel_env: None, tmp_path: Path) -> None:
+    notebook, _ = execute("monitoring.ipynb", tmp_path)
+    plots = outputs(notebook, "image/png")
+    assert len(plots) == 4  # throughput and latency, the histogram, batch sizes, the queue by level
+    tables = "\n".join(outputs(notebook, "text/html"))
+    assert "<b>Stats</b>" in tables and "<b>RunReport</b>" in tables
+    report = next(t for t in outputs(notebook) if t.startswith("<RunReport"))
+    assert "failed=0 " not in report
