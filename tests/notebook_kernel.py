@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,17 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Per cell: a notebook as a whole should finish well inside a minute on two cores.
 CELL_TIMEOUT = 60
+
+
+def use_this_python(directory: Path) -> dict[str, str]:
+    """An environment whose `python3` kernel is this interpreter (JUPYTER_PATH comes before any other kernelspec)."""
+    spec = directory / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.joinpath("kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+    )
+    return {"JUPYTER_PATH": os.pathsep.join([str(directory), os.environ.get("JUPYTER_PATH", "")]).rstrip(os.pathsep)}
 
 
 def execute(name: str, workdir: Path) -> tuple[nbformat.NotebookNode, list[dict[str, Any]]]:

@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from tests.notebook_kernel import NOTEBOOKS, execute, outputs
+from tests.notebook_kernel import NOTEBOOKS, execute, outputs, use_this_python
 
 pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.fixture
-def kernel_env(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The kernel inherits the environment: it finds the test's server by URI, not by a guess."""
+def kernel_env(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The kernel inherits the environment: this Python, and the test's server by URI, not by a guess."""
     monkeypatch.setenv("CTXBATCH_MONGO_URI", mongo_uri)
+    for name, value in use_this_python(tmp_path_factory.mktemp("jupyter")).items():
+        monkeypatch.setenv(name, value)
     yield
     with MongoClient(mongo_uri) as client:
         client.drop_database("notebook")
