@@ -37,8 +37,9 @@ def settle_by_two_loops(store: ContextStore, batch_id: str) -> None:
 def by_hand(store: ContextStore, **match: Any) -> dict[str, Any]:
     """The stats of every finished context, worked out from the documents themselves."""
     docs = [d for d in store.contexts.find(match) if d["status"] in ("completed", "failed")]
-    latency = [(d["finished_at"] - d["created_at"]).total_seconds() for d in docs]
-    processing = [(d["finished_at"] - d["started_at"]).total_seconds() for d in docs]
+    # Latency and processing times are those of the completed contexts (the wait for a result).
+    latency = [(d["finished_at"] - d["created_at"]).total_seconds() for d in docs if d["status"] == "completed"]
+    processing = [(d["finished_at"] - d["started_at"]).total_seconds() for d in docs if d["status"] == "completed"]
 
     def pct(values: list[float]) -> dict[str, float]:
         return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (50, 95, 99)}

@@ -464,7 +464,7 @@ def test_stats_read_the_window_through_the_finished_index_comparing_no_dates(
     commands.events.clear()
     queue.stats()
     windowed = [c for c in commands.on("aggregate") if "finished_ms" in c["pipeline"][0]["$match"]]
-    assert len(windowed) == 2  # the counts and the percentiles' sample
+    assert len(windowed) >= 3  # completed, failed, the percentiles' sample
     for aggregate in windowed:
         assert index_used(queue, as_find(aggregate)) == index_keys("finished")
         assert dates_in(aggregate["pipeline"]) == []

@@ -3,14 +3,17 @@
 A mixin of ContextStore, next to Reports. Every figure comes from the documents, so it is the same
 whichever (and however many) loops did the work.
 
-Cost (nx-27017, measured in benchmarks/monitoring.py): contexts finished for good carry
-`finished_ms`, the moment as epoch milliseconds, under an index of its own; nx-27017 compares a
-date in Python row by row, a number in SQL. A window is a closed range on it (`$gte` and `$lte`:
-a bare `$gte` falls back to Python there), so a query reads the window's rows and no others:
-- the counts are one `$group` by status (run in SQL);
-- the percentiles come from a `$sample` of at most SAMPLE_SIZE of the window's contexts (exact
-  below that), because an exact percentile over a large window means shipping or sorting every
-  row of it; the sample is not projected (a projection after `$sample` runs in Python there).
+Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape of each query:
+- a context finished for good carries `finished_ms`, the moment as epoch milliseconds: nx-27017
+  compares a date in Python row by row, a number in SQL; and a window is a closed range (`$gte`
+  and `$lte`), since a bare `$gte` falls back to Python there;
+- reading any field of a document costs ~10 us a row there (SQLite parses its JSON), while a count
+  over an index range reads the index alone. So the counts are `$group`s with `_id: None` and
+  `$sum: 1` over the `finished` index (status, finished_ms, attempts): one per status, and for
+  `retried` one per attempt number k >= 2 (the contexts tried at least k times), until none is;
+- the percentiles come from a `$sample` of at most SAMPLE_SIZE completed contexts of the window
+  (exact below that), so their cost does not grow with the window; the sample is not projected
+  (a projection after `$sample` runs in Python there).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from ctxbatch.io.schema import eq as _eq
 
 DEFAULT_WINDOW_SECONDS = 300.0
 # Contexts behind each window's percentiles: past this, a uniform sample of the window.
-SAMPLE_SIZE = 2000
+SAMPLE_SIZE = 1000
+# retried counts tries up to this many per context (a bound on its queries, far past any retry setting).
+MAX_ATTEMPTS_COUNTED = 100
 # A timeline's percentiles come from one sample of the whole window, spread over its buckets.
 TIMELINE_SAMPLE_SIZE = 5000
 MAX_BUCKETS = 1000
@@ -94,35 +99,42 @@ class Statistics(Reports):
     """`stats()` and `timeline()`: throughput, success and latency over a recent window."""
 
     def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:
-        """Contexts finished for good in (after, until], in ms: a closed range (see the module's note)."""
+        """Contexts finished in (after, until], in ms: a closed range (see the module's note)."""
         match: dict[str, Any] = {"finished_ms": {"$gte": after_ms + 1, "$lte": until_ms}}
         if batch_id is not None:
             match["batch_id"] = _eq(batch_id)
         return match
 
-    def _outcomes(self, match: dict[str, Any]) -> dict[str, int]:
-        """completed, failed, and retried (tries beyond the first of those contexts) in one `$group`."""
-        grouped = self.contexts.aggregate(
-            [{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}, "tries": {"$sum": "$attempts"}}}]
-        )
+    def _count(self, match: dict[str, Any]) -> int:
+        # `_id: None` and `$sum: 1` is a COUNT(*) that nx-27017 answers from the index alone.
+        found = list(self.contexts.aggregate([{"$match": match}, {"$group": {"_id": None, "n": {"$sum": 1}}}]))
+        return int(found[0]["n"]) if found else 0
+
+    def _outcomes(self, match: dict[str, Any], retried: bool = True) -> dict[str, int]:
+        """completed, failed, and retried: the tries of those contexts beyond their first."""
         found = {"completed": 0, "failed": 0, "retried": 0}
-        for row in grouped:
-            if row["_id"] in (Status.COMPLETED.value, Status.FAILED.value):
-                found[row["_id"]] += row["n"]
-                # A context's attempts count its tries; a try beyond the first followed a retry.
-                found["retried"] += max(int(row["tries"] or 0) - row["n"], 0)
+        for status in (Status.COMPLETED.value, Status.FAILED.value):
+            tried = found[status] = self._count({**match, "status": _eq(status)})
+            attempts = 2
+            # sum(attempts - 1) = the number tried at least twice + at least three times + ...
+            while retried and tried and attempts <= MAX_ATTEMPTS_COUNTED:
+                tried = self._count({**match, "status": _eq(status), "attempts": {"$gte": attempts}})
+                found["retried"] += tried
+                attempts += 1
         return found
 
     def _sample(self, match: dict[str, Any], size: int) -> list[dict[str, Any]]:
-        pipeline = [{"$match": match}, {"$sample": {"size": size}}]
+        """Up to `size` of the completed contexts matched, a uniform sample when there are more."""
+        pipeline = [{"$match": {**match, "status": _eq(Status.COMPLETED.value)}}, {"$sample": {"size": size}}]
         return list(self.contexts.aggregate(pipeline, batchSize=size))
 
     def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
         """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
 
         `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
-        tries of those contexts that failed and ran again); `latency_seconds` is created ->
-        finished, `processing_seconds` started (the last claim) -> finished, each as p50/p95/p99;
+        tries of those contexts that failed and ran again); over its completed contexts,
+        `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
+        finished, each as p50/p95/p99;
         `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
         """
         window = _checked_window(window_seconds)
@@ -132,7 +144,7 @@ class Statistics(Reports):
         match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
         outcomes = self._outcomes(match)
         finished = outcomes["completed"] + outcomes["failed"]
-        sample = self._sample(match, SAMPLE_SIZE) if finished else []
+        sample = self._sample(match, SAMPLE_SIZE) if outcomes["completed"] else []
         latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
         processing = [s for s in (_elapsed(d, "started_at") for d in sample) if s is not None]
         oldest = self.oldest_pending(batch_id)
@@ -171,7 +183,8 @@ class Statistics(Reports):
         """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
 
         Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
-        latency_p95 (created -> finished, seconds; NaN for a bucket with nothing finished).
+        latency_p95 (created -> finished of its completed contexts, seconds; NaN for a bucket
+        with none, and from a sample of TIMELINE_SAMPLE_SIZE over the whole window past that).
         """
         window = _checked_window(window_seconds)
         bucket = _checked_window(bucket_seconds, "bucket_seconds")
@@ -184,10 +197,10 @@ class Statistics(Reports):
         bucket_ms = int(bucket * 1000)
         starts = [end_ms - (buckets - i) * bucket_ms for i in range(buckets)]
         # One small `$group` per bucket: a computed group key runs in Python on nx-27017, a range in SQL.
-        rows = [self._outcomes(self._finished_between(start, start + bucket_ms, batch_id)) for start in starts]
+        rows = [self._outcomes(self._finished_between(s, s + bucket_ms, batch_id), retried=False) for s in starts]
         whole = self._finished_between(starts[0], end_ms, batch_id)
         latencies: list[list[float]] = [[] for _ in starts]
-        if any(r["completed"] or r["failed"] for r in rows):
+        if any(r["completed"] for r in rows):
             for doc in self._sample(whole, TIMELINE_SAMPLE_SIZE):
                 seconds = _elapsed(doc, "created_at")
                 if seconds is not None and "finished_ms" in doc:
