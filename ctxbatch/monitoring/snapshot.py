@@ -48,12 +48,20 @@ def batches_in_flight(store: ContextStore) -> InFlight:
     return InFlight(batches=len(sizes), contexts=sum(sizes))
 
 
-def read_snapshot(store: ContextStore, window_seconds: float, bucket_seconds: float) -> Snapshot:
-    """The dashboard's data over the last `window_seconds` (the timeline in buckets of `bucket_seconds`)."""
+def read_snapshot(
+    store: ContextStore, window_seconds: float, bucket_seconds: float, timeline: pd.DataFrame | None = None
+) -> Snapshot:
+    """The dashboard's data over the last `window_seconds` (the timeline in buckets of `bucket_seconds`).
+
+    Pass the `timeline` of an earlier snapshot to keep it: it is the costliest read (a sample of
+    the window for its percentiles) and changes little between two refreshes.
+    """
+    if timeline is None:
+        timeline = store.timeline(window_seconds=window_seconds, bucket_seconds=bucket_seconds)
     return Snapshot(
         at=utcnow(),
         stats=dict(store.stats(window_seconds=window_seconds)),
-        timeline=store.timeline(window_seconds=window_seconds, bucket_seconds=bucket_seconds),
+        timeline=timeline,
         decisions=recent_decisions(store, window_seconds),
         in_flight=batches_in_flight(store),
         alerts=firing_alerts(store),
