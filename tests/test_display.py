@@ -82,3 +82,18 @@ def test_run_report_without_a_dashboard_shows_a_dash() -> None:
     table = read_table(RunReport()._repr_html_())
     assert table.rows["Dask dashboard"] == "\N{EN DASH}"
     assert table.links == []
+
+
+def test_stats_render_as_a_table_and_stay_the_json(store: ContextStore) -> None:
+    store.submit([{"payload": {"i": i}, "priority": 5} for i in range(4)])
+    claim = store.claim(4, "loop")
+    store.complete(claim, {cid: {"ok": True} for cid in claim.ids[:3]})
+    stats = store.stats(window_seconds=60)
+    assert json.loads(json.dumps(stats)) == dict(stats)
+    table = read_table(stats._repr_html_())
+    assert table.caption == "Stats"
+    assert table.rows["completed"] == "3"
+    assert table.rows["success rate"] == "100.0%"
+    assert table.rows["in flight"] == "1"
+    assert table.rows["pending high"] == "0"
+    assert repr(stats).startswith("<Stats last 60s: 3 completed, 0 failed, 0.1/s, success 100.0%")
