@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import CtxbatchError, InputError, SubmitError
 from ctxbatch.io import ContextStore, connect, embedded, mask_uri
 from ctxbatch.io.formats import read_submission
+from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 
 
 def _say(message: str) -> None:
@@ -107,6 +110,55 @@ def status(state: _State, batch_id: str, as_json: bool) -> None:
     counts = report["counts"]
     click.echo(f"batch {report['batch_id']}: {report['status']}")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
+
+
+class _Window(click.ParamType):
+    """A window in seconds: a positive, finite number."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
+        return seconds
+
+
+@main.command()
+@click.argument("batch_id", required=False)
+@click.option("--window", type=_Window(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
+              help="Seconds of finished work to count.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
+@pass_state
+def stats(state: _State, batch_id: str | None, window: float, as_json: bool) -> None:
+    """Throughput, success rate, latency and the queue of the whole cluster (or one batch), from the database."""
+    from ctxbatch.monitoring.terminal import stats_lines
+
+    found = state.store.stats(batch_id, window)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    click.echo("\n".join(stats_lines(found, f"batch {batch_id}" if batch_id else "all batches")))
+
+
+@main.command()
+@click.argument("batch_id", required=False)
+@click.option("--window", type=_Window(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
+              help="Seconds of finished work to count.")  # fmt: skip
+@click.option("--interval", type=_Window(), default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("-n", "--refreshes", type=click.IntRange(min=1), help="Stop after this many refreshes.")
+@pass_state
+def top(state: _State, batch_id: str | None, window: float, interval: float, refreshes: int | None) -> None:
+    """A live view of `ctxbatch stats`: redrawn in place on a terminal, one line per refresh otherwise."""
+    from ctxbatch.monitoring import terminal
+
+    store = state.store
+    title = f"batch {batch_id}" if batch_id else "all batches"
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+        terminal.top(lambda: store.stats(batch_id, window), sys.stdout, interval, refreshes, title)
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,9 +18,11 @@ from distributed import Client, LocalCluster
 
 from ctxbatch import ContextStore
 from ctxbatch.config import load_config
+from ctxbatch.io import utcnow
+from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring import dask_pages
 from ctxbatch.monitoring.dashboard import DashboardSource, show_page
-from ctxbatch.monitoring.snapshot import batches_in_flight
+from ctxbatch.monitoring.snapshot import batches_in_flight, firing_alerts
 from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.cluster import dask_client
 
@@ -178,3 +180,13 @@ def test_a_run_announces_both_links(store: ContextStore) -> None:
     assert report.completed == 5
     assert said[0].startswith("Dask dashboard: http://") and said[0].endswith("/status")
     assert said[1] == "ctxbatch: " + said[0].removeprefix("Dask dashboard: ").removesuffix("/status") + "/ctxbatch"
+
+
+def test_the_page_lists_the_alerts_firing_from_the_database(store: ContextStore) -> None:
+    book = AlertBook(store.db)
+    now = utcnow()
+    assert book.fire("success_rate_low", None, "loop-a", 0.5, now)
+    assert book.fire("no_progress", None, "loop-b", 120.0, now)
+    book.resolve(book.states()["no_progress"], "loop-b", 0.0, now)
+    alerts = firing_alerts(store)
+    assert [(a["alertname"], a["loop"], a["value"]) for a in alerts] == [("success_rate_low", "loop-a", 0.5)]

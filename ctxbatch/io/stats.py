@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 
 from ctxbatch.display import html_table
 from ctxbatch.io.reports import Reports
@@ -164,7 +164,12 @@ class Statistics(Reports):
 
     def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
         """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
-        query: dict[str, Any] = {"status": _eq(Status.PENDING.value)}
+        return self._first_created(Status.PENDING, batch_id, level)
+
+    def _first_created(
+        self, status: Status, batch_id: str | None = None, level: str | None = None
+    ) -> dt.datetime | None:
+        query: dict[str, Any] = {"status": _eq(status.value)}
         if batch_id is not None:
             query["batch_id"] = _eq(batch_id)
         if level is not None:
@@ -173,6 +178,29 @@ class Statistics(Reports):
         # Walks the `claim_fifo` index (status, created_at) in order and stops at the first match.
         found = self.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
         return None if found is None else found["created_at"]
+
+    def seconds_since_progress(self) -> float:
+        """Seconds since a context last finished, or since the oldest waiting work arrived if later; 0 with no work.
+
+        Work is what is pending or processing: a queue that was idle for a day is not stalled the
+        moment a new batch arrives.
+        """
+        now = utcnow()
+        waiting = [self._first_created(status) for status in (Status.PENDING, Status.PROCESSING)]
+        arrived = [when for when in waiting if when is not None]
+        if not arrived:
+            return 0.0
+        since = epoch_ms(min(arrived))
+        for status in (Status.COMPLETED, Status.FAILED):
+            # The `finished` index, walked backwards from now: one entry read.
+            last = self.contexts.find_one(
+                {"status": _eq(status.value), "finished_ms": {"$gte": since, "$lte": epoch_ms(now)}},
+                {"finished_ms": 1},
+                sort=[("finished_ms", DESCENDING)],
+            )
+            if last is not None:
+                since = max(since, int(last["finished_ms"]))
+        return max(epoch_ms(now) - since, 0) / 1000
 
     def timeline(
         self,

@@ -28,6 +28,7 @@ log = logging.getLogger("ctxbatch.monitoring")
 REFRESH_MS = 2000
 IN_FLIGHT_POINTS = 450  # 15 minutes of samples at REFRESH_MS
 HEIGHT = 220
+ALERT_COLUMNS = ("alertname", "since", "value", "loop")
 BLUE, ORANGE, GREEN, RED = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
 
 
@@ -58,7 +59,7 @@ class DashboardView:
                 "queue": {"level": levels, "pending": [0] * len(levels)},
                 "batch_size": {"at": [], "size": [], "partitions": [], "owner": [], "reason": []},
                 "in_flight": {"at": [], "batches": [], "contexts": []},
-                "alerts": {"alertname": [], "severity": [], "since": [], "summary": []},
+                "alerts": {name: [] for name in ALERT_COLUMNS},
             }.items()
         }
         self.headline = Div(text="Waiting for the first reading...", sizing_mode="stretch_width")
@@ -114,7 +115,7 @@ class DashboardView:
         )
 
     def _alerts_table(self) -> DataTable:
-        columns = [TableColumn(field=name, title=name) for name in ("alertname", "severity", "since", "summary")]
+        columns = [TableColumn(field=name, title=name) for name in ALERT_COLUMNS]
         return DataTable(source=self.sources["alerts"], columns=columns, height=120, width=800, index_position=None)
 
     def show(self, snapshot: Snapshot) -> None:
@@ -143,7 +144,7 @@ class DashboardView:
         )
         alerts = snapshot.alerts
         self.sources["alerts"].data = {
-            key: [str(a.get(key) or "") for a in alerts] for key in ("alertname", "severity", "since", "summary")
+            key: ["" if a.get(key) is None else str(a[key]) for a in alerts] for key in ALERT_COLUMNS
         }
         self.alerts_note.text = "" if alerts else "<i>No alerts firing.</i>"
         last = decisions[-1] if decisions else None

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ctxbatch.io import ContextStore, Status, utcnow
+from ctxbatch.io.alerts import FIRING, AlertBook
 from ctxbatch.io.schema import eq
 from ctxbatch.monitoring.decisions import recent_decisions
 
@@ -69,5 +70,9 @@ def read_snapshot(
 
 
 def firing_alerts(store: ContextStore) -> list[dict[str, Any]]:
-    """The alerts firing now, as the loops that evaluate the rules recorded them."""
-    return []
+    """The alerts firing now, from the state the loops that evaluate the rules keep in the database."""
+    firing = [state for state in AlertBook(store.db).states().values() if state.status == FIRING]
+    return [
+        {"alertname": s.name, "since": s.starts_at, "value": s.value, "loop": s.owner}
+        for s in sorted(firing, key=lambda s: s.starts_at)
+    ]

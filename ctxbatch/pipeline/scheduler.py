@@ -289,9 +289,10 @@ class Pipeline:
         """
         r = self.report
         tries = r.completed + r.failed + r.retried
-        if self._alerted or tries < ALERT_MIN_TRIES:
+        threshold = self.settings.monitoring.alert_error_rate
+        if self._alerted or tries < ALERT_MIN_TRIES or threshold is None:
             return
-        if r.failed + r.retried > self.settings.monitoring.alert_error_rate * tries:
+        if r.failed + r.retried > threshold * tries:
             self._alerted = True
             log.warning("alert: %d of %d tries failed so far in this run", r.failed + r.retried, tries)
 
