@@ -21,7 +21,7 @@ from ctxbatch.config import load_config
 from ctxbatch.io import utcnow
 from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring import dask_pages
-from ctxbatch.monitoring.dashboard import DashboardSource, show_page
+from ctxbatch.monitoring.dashboard import DashboardSource, page_link, show_page
 from ctxbatch.monitoring.snapshot import batches_in_flight, firing_alerts
 from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.cluster import dask_client
@@ -56,6 +56,8 @@ def test_a_run_that_starts_its_cluster_serves_and_announces_the_page(store: Cont
         status = httpx.get(f"{base}/status", timeout=30).text
         bare = httpx.get(f"{base}/individual-ctxbatch", timeout=30)
         source = client.run_on_scheduler(lambda dask_scheduler: repr(dask_scheduler.plugins[DashboardSource.name]))
+        link = page_link(client)
+    assert link == f"{base}/ctxbatch"
     assert said == [f"Dask dashboard: {base}/status", f"ctxbatch: {base}/ctxbatch"]
     assert page.status_code == 200 and "ctxbatch" in page.text and "bokeh" in page.text.lower()
     assert 'href="info"' in page.text  # inside Dask's navigation bar
@@ -74,7 +76,7 @@ def test_a_run_joining_a_cluster_leaves_its_scheduler_alone(store: ContextStore)
         settings = load_config({"dask": {"scheduler_address": cluster.scheduler_address}})
         with dask_client(settings.dask, store, None, said.append):
             pass
-        assert DashboardSource.name not in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
+        assert page_link(client) is None
     assert said == [f"Dask dashboard: {client.dashboard_link}"]
 
 

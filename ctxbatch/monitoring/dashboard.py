@@ -96,6 +96,14 @@ def show_page(client: Client, store: ContextStore) -> str:
     return dask_pages.page_url(client.dashboard_link)
 
 
+def page_link(client: Client) -> str | None:
+    """The page's address when the client's scheduler serves it (its own run's, or the preload's); else None."""
+    # A lambda travels by value: the scheduler needs no ctxbatch to answer.
+    if not client.run_on_scheduler(lambda dask_scheduler, name=DashboardSource.name: name in dask_scheduler.plugins):
+        return None
+    return dask_pages.page_url(client.dashboard_link)
+
+
 @click.command()
 @click.option("--mongo-uri", envvar="CTXBATCH_MONGO_URI", help="The database the loops use.")
 @click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
