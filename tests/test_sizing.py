@@ -503,10 +503,10 @@ def test_resolve_imports_module_callable(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nonsense", "expected 'fixed', 'dynamic', 'module:callable'"),
+        ("nonsense", "unknown sizer 'nonsense'; expected 'fixed', 'dynamic', 'module:callable'"),
         ("no_such_module_here:make", "cannot import 'no_such_module_here'"),
-        ("ctxbatch.sizing:no_such_sizer", "has no 'no_such_sizer'"),
-        ("ctxbatch.sizing.split:MIN_PARTITION_SECONDS", "is not callable"),
+        ("ctxbatch.sizing:no_such_sizer", "has no attribute 'no_such_sizer'"),
+        ("ctxbatch.sizing.split:MIN_PARTITION_SECONDS", "not a callable"),
         ("ctxbatch.sizing:partitions_for", "ctxbatch.sizing:partitions_for(settings) failed: TypeError"),
         (42, "got int"),
     ],

@@ -14,8 +14,8 @@ from pymongo import MongoClient, monitoring
 
 from ctxbatch import BatchNotFound, ContextNotFound, SubmitError
 from ctxbatch.io import ContextStore, Status, derive_status
-from ctxbatch.io.reports import RESULT_COLUMNS
 from ctxbatch.io.schema import CONTEXT_INDEXES
+from ctxbatch.io.views import RESULT_COLUMNS
 
 
 class Commands(monitoring.CommandListener):
