@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from distributed import Client, Future
 
 from ctxbatch.config import RetrySettings, backoff_after
 from ctxbatch.errors import CriticalError
-from ctxbatch.io import Claim, error_record, utcnow
+from ctxbatch.io import Claim, ContextStore, error_record, utcnow
 from ctxbatch.pipeline.engine import Engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.worker import worker_resources
@@ -76,7 +77,11 @@ def submit_batch(
 
 def load_partition(claim: Claim, job: PartitionJob, whole: bool) -> pd.DataFrame:
     """The payloads of this part of the claim that its lease still holds, as the engine's DataFrame."""
-    held = worker_resources().store(job.uri, job.database).load(claim, whole=whole)
+    return as_frame(worker_resources().store(job.uri, job.database).load(claim, whole=whole))
+
+
+def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
+    """Stored contexts as the DataFrame engines get: id, payload, priority, attempts."""
     return pd.DataFrame(
         {
             "id": pd.Series([d["_id"] for d in held], dtype=object),
@@ -88,22 +93,29 @@ def load_partition(claim: Claim, job: PartitionJob, whole: bool) -> pd.DataFrame
 
 
 def process_partition(frame: pd.DataFrame, claim: Claim, job: PartitionJob) -> dict[str, Any]:
-    """Run the engine over one partition and write its outcome back; returns its summary.
+    """Run the engine over one partition with this worker's resources and write its outcome back."""
+    resources = worker_resources()
+    return process_with(resources.store(job.uri, job.database), resources.ready, frame, claim, job)
+
+
+def process_with(
+    store: ContextStore, ready: Callable[[Engine], Engine], frame: pd.DataFrame, claim: Claim, job: PartitionJob
+) -> dict[str, Any]:
+    """The engine (made `ready` first) over one partition, then one fenced write back; returns its summary.
 
     A CriticalError is returned in the summary rather than raised, so the loop can stop and retry
     the batch without Dask logging it as a crashed task.
     """
     if frame.empty:
         return summary()
-    resources = worker_resources()
     try:
-        outcome = run_partition(resources.ready(job.engine), frame, job.concurrency)
+        outcome = run_partition(ready(job.engine), frame, job.concurrency)
     except CriticalError as exc:
         return summary(len(frame), critical=error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     now = utcnow()
     retry_at = {cid: job.policy.retry_at(attempts[cid], now) for cid in outcome.errors}
-    written = resources.store(job.uri, job.database).settle(claim, outcome.results, outcome.errors, retry_at)
+    written = store.settle(claim, outcome.results, outcome.errors, retry_at)
     lost = set(written.lost)
     return summary(
         len(frame),
