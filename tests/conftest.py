@@ -102,7 +102,12 @@ def local_cluster(n_workers: int = 1, threads_per_worker: int = 1, processes: bo
     """A real LocalCluster (in this process unless `processes`) and a client on it, closed on exit."""
     with (
         LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes, dashboard_address=None
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            dashboard_address=None,
+            # Without a dashboard the scheduler still serves HTTP, on 8787 unless told a free port.
+            scheduler_kwargs={"dashboard_address": ":0"},
         ) as cluster,
         Client(cluster) as connected,
     ):
