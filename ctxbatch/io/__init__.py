@@ -1,9 +1,9 @@
 """Everything that talks to MongoDB."""
 
 from ctxbatch.io.claims import Claim, WriteReport
-from ctxbatch.io.reports import derive_status
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
 from ctxbatch.io.store import ContextStore, connect, mask_uri
+from ctxbatch.io.views import derive_status, json_default
 
 __all__ = [
     "Claim",
@@ -14,6 +14,7 @@ __all__ = [
     "connect",
     "derive_status",
     "error_record",
+    "json_default",
     "mask_uri",
     "utcnow",
 ]

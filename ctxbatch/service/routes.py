@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, Status
 from ctxbatch.service import bulk
-from ctxbatch.service.answers import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.models import (
     Accepted,
@@ -32,6 +31,7 @@ from ctxbatch.service.models import (
     ResultsPage,
     Retried,
 )
+from ctxbatch.service.responses import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 MAX_PAGE = 10_000
