@@ -42,14 +42,22 @@ class DashboardSource(SchedulerPlugin):
     name = "ctxbatch-dashboard"
 
     def __init__(self, store: ContextStore, window_seconds: float = WINDOW_SECONDS) -> None:
-        self.store = store  # pickles as its address (ContextStore.__reduce__)
+        # Travels to the scheduler as the database's address; the scheduler opens its own client.
+        self.uri, self.database, self.levels = store.uri, store.database_name, dict(store.levels)
         self.window_seconds = window_seconds
+        self._store: ContextStore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._last: Snapshot | None = None
         self._last_read = self._timeline_read = -math.inf
 
     def __repr__(self) -> str:
-        return f"<DashboardSource {mask_uri(self.store.uri)} database={self.store.database_name!r}>"
+        return f"<DashboardSource {mask_uri(self.uri)} database={self.database!r}>"
+
+    @property
+    def store(self) -> ContextStore:
+        if self._store is None:
+            self._store = ContextStore(self.uri, self.database, levels=self.levels)
+        return self._store
 
     def read(self) -> Snapshot:
         """The latest snapshot; read anew only when older than a refresh (runs on the one reader thread)."""
@@ -71,7 +79,8 @@ class DashboardSource(SchedulerPlugin):
     async def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
 
 def ctxbatch_page(scheduler: Any, doc: Document) -> None:
@@ -84,7 +93,7 @@ def ctxbatch_page(scheduler: Any, doc: Document) -> None:
             )
         )
         return
-    page.build(doc, list(source.store.levels), source.read_off_loop)
+    page.build(doc, list(source.levels), source.read_off_loop)
 
 
 dask_pages.add_page(ctxbatch_page, "ctxbatch")
@@ -115,3 +124,4 @@ def dask_setup(scheduler: Any, mongo_uri: str | None, database: str | None, conf
     settings = load_config(config_file)
     store = connect(mongo_uri, database, config=settings)
     scheduler.add_plugin(DashboardSource(store), name=DashboardSource.name)
+    store.close()  # the source opens its own client, on the reader thread's first read

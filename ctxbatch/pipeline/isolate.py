@@ -27,7 +27,7 @@ from pymongo.errors import ConnectionFailure
 
 from ctxbatch.errors import CriticalError, DatabaseUnavailable
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
-from ctxbatch.pipeline.engine import Engine, ensure_setup, resolve_engine
+from ctxbatch.pipeline.engine import Engine, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ def run_partition(
     outcome = PartitionOutcome()
     if not ids:
         return outcome
-    ensure_setup(engine)
     started = time.perf_counter()
     if engine.kind == "batch":
         _bisect(engine, frame, ids, payloads, outcome)

@@ -1,4 +1,4 @@
-"""The `ctxbatch` command line (click). Errors become one line on stderr and a non-zero exit."""
+"""The queue's commands: submit, status, results, cancel, retry, run, demo."""
 
 from __future__ import annotations
 
@@ -12,64 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pymongo.errors import PyMongoError
 
-from ctxbatch.config import Settings, load_config
-from ctxbatch.errors import CtxbatchError, InputError, SubmitError
-from ctxbatch.io import ContextStore, connect, embedded, mask_uri
+from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
+from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
+from ctxbatch.errors import InputError, SubmitError
+from ctxbatch.io import json_default
 from ctxbatch.io.formats import read_submission
 from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 
 
-def _say(message: str) -> None:
-    click.echo(message, err=True)
-
-
-class _Group(click.Group):
-    """Turns the errors ctxbatch can explain into one line and exit code 1, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CtxbatchError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            _say("interrupted")
-            ctx.exit(130)
-        except PyMongoError as exc:
-            uri = ctx.obj.uri if isinstance(ctx.obj, _State) and ctx.obj.uri else "the database"
-            raise click.ClickException(f"cannot talk to MongoDB at {mask_uri(uri)}: {exc}") from None
-
-
-class _State:
-    """What the group's options set, handed to each command; the store opens on first use."""
-
-    def __init__(self, uri: str | None, database: str | None, config_path: str | None) -> None:
-        self.uri = uri
-        self.database = database
-        self.config_path = config_path
-        self._config: Settings | None = None
-        self._store: ContextStore | None = None
-
-    @property
-    def config(self) -> Settings:
-        if self._config is None:
-            self._config = load_config(self.config_path)
-        return self._config
-
-    @property
-    def store(self) -> ContextStore:
-        if self._store is None:
-            self._store = connect(self.uri, self.database, config=self.config, announce=_say)
-            self.uri = self._store.uri
-        return self._store
-
-
-pass_state = click.make_pass_decorator(_State)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--mongo-uri", envvar="CTXBATCH_MONGO_URI", help="MongoDB URI (default: the embedded server).")
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--mongo-uri", help="MongoDB URI (default: $CTXBATCH_MONGO_URI, else the embedded server).")
 @click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
 @click.option("--config", "config_path", envvar="CTXBATCH_CONFIG", type=click.Path(dir_okay=False),
               help="YAML configuration file.")  # fmt: skip
@@ -77,15 +30,15 @@ pass_state = click.make_pass_decorator(_State)
 @click.pass_context
 def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config_path: str | None) -> None:
     """Bulk processing of prioritised JSON contexts over MongoDB and Dask."""
-    ctx.obj = _State(mongo_uri, database, config_path)
+    ctx.obj = State(mongo_uri, database, config_path)
 
 
 @main.command()
 @click.argument("source", metavar="FILE|-")
-@click.option("--priority", type=click.IntRange(0, 100), help="Priority of records that give none.")
+@click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), help="Priority of records that give none.")
 @click.option("--name", help="A name for the batch.")
 @pass_state
-def submit(state: _State, source: str, priority: int | None, name: str | None) -> None:
+def submit(state: State, source: str, priority: int | None, name: str | None) -> None:
     """Submit contexts (JSON Lines, JSON array, CSV or Parquet); prints the batch id."""
     submission = read_submission(source)
     try:
@@ -101,7 +54,7 @@ def submit(state: _State, source: str, priority: int | None, name: str | None) -
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
-def status(state: _State, batch_id: str, as_json: bool) -> None:
+def status(state: State, batch_id: str, as_json: bool) -> None:
     """Show a batch's status and counts."""
     report = state.store.batch_status(batch_id)
     if as_json:
@@ -133,7 +86,7 @@ class _Window(click.ParamType):
               help="Seconds of finished work to count.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_state
-def stats(state: _State, batch_id: str | None, window: float, as_json: bool) -> None:
+def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> None:
     """Throughput, success rate, latency and the queue of the whole cluster (or one batch), from the database."""
     from ctxbatch.monitoring.terminal import stats_lines
 
@@ -151,7 +104,7 @@ def stats(state: _State, batch_id: str | None, window: float, as_json: bool) -> 
 @click.option("--interval", type=_Window(), default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("-n", "--refreshes", type=click.IntRange(min=1), help="Stop after this many refreshes.")
 @pass_state
-def top(state: _State, batch_id: str | None, window: float, interval: float, refreshes: int | None) -> None:
+def top(state: State, batch_id: str | None, window: float, interval: float, refreshes: int | None) -> None:
     """A live view of `ctxbatch stats`: redrawn in place on a terminal, one line per refresh otherwise."""
     from ctxbatch.monitoring import terminal
 
@@ -161,22 +114,16 @@ def top(state: _State, batch_id: str | None, window: float, interval: float, ref
         terminal.top(lambda: store.stats(batch_id, window), sys.stdout, interval, refreshes, title)
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 @main.command()
 @click.argument("batch_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.")  # fmt: skip
 @pass_state
-def results(state: _State, batch_id: str, output: str | None) -> None:
+def results(state: State, batch_id: str, output: str | None) -> None:
     """Print or save a batch's contexts with their results and errors."""
     if output is None:
         for row in state.store.iter_results(batch_id):
-            click.echo(json.dumps(row, default=_jsonable))
+            click.echo(json.dumps(row, default=json_default))
         return
     writers: dict[str, Callable[[Any, Path], None]] = {
         ".parquet": lambda frame, path: _to_parquet(frame, path),
@@ -189,14 +136,14 @@ def results(state: _State, batch_id: str, output: str | None) -> None:
         raise click.BadParameter("the file must end in .parquet, .jsonl or .csv", param_hint="--output")
     frame = state.store.results(batch_id)
     writer(frame, path)
-    _say(f"wrote {len(frame)} contexts to {path}")
+    say(f"wrote {len(frame)} contexts to {path}")
 
 
 def _json_columns(frame: Any) -> Any:
     """Nested columns as JSON text, for formats that hold only flat values."""
     frame = frame.copy()
     for column in ("payload", "result", "error"):
-        frame[column] = [None if v is None else json.dumps(v, default=_jsonable) for v in frame[column]]
+        frame[column] = [None if v is None else json.dumps(v, default=json_default) for v in frame[column]]
     return frame
 
 
@@ -208,17 +155,17 @@ def _to_parquet(frame: Any, path: Path) -> None:
 @main.command()
 @click.argument("batch_id")
 @pass_state
-def cancel(state: _State, batch_id: str) -> None:
+def cancel(state: State, batch_id: str) -> None:
     """Cancel a batch's pending contexts."""
-    _say(f"cancelled {state.store.cancel(batch_id)} pending contexts of {batch_id}")
+    say(f"cancelled {state.store.cancel(batch_id)} pending contexts of {batch_id}")
 
 
 @main.command()
 @click.argument("batch_id")
 @pass_state
-def retry(state: _State, batch_id: str) -> None:
+def retry(state: State, batch_id: str) -> None:
     """Send a batch's failed contexts back to the queue with attempts reset."""
-    _say(f"{state.store.retry(batch_id)} failed contexts of {batch_id} are pending again")
+    say(f"{state.store.retry(batch_id)} failed contexts of {batch_id} are pending again")
 
 
 @main.command()
@@ -230,7 +177,7 @@ def retry(state: _State, batch_id: str) -> None:
 @click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
 @pass_state
 def run(
-    state: _State,
+    state: State,
     config_path: str | None,
     engine: str | None,
     workers: int | None,
@@ -253,7 +200,7 @@ def run(
 
 
 def _run_pipeline(
-    state: _State, settings: Settings, engine: str, until_empty: bool, max_contexts: int | None = None
+    state: State, settings: Settings, engine: str, until_empty: bool, max_contexts: int | None = None
 ) -> None:
     from ctxbatch.pipeline import Pipeline
     from ctxbatch.pipeline.progress import Progress
@@ -261,17 +208,16 @@ def _run_pipeline(
     # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
     logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
 
-    progress = Progress(lambda: loop.report, state.store, sys.stderr)
-    loop = Pipeline(engine, settings, state.store, announce=progress.say)
-    with progress:
-        report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
-    _say(report.summary_line())
+    progress = Progress(state.store, sys.stderr)
+    loop = Pipeline(engine, settings, state.store, announce=progress.say, subscribers=[progress])
+    report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
+    say(report.summary_line())
 
 
 @main.command()
 @click.option("--count", type=click.IntRange(min=1), default=3000, show_default=True, help="Sample contexts.")
 @pass_state
-def demo(state: _State, count: int) -> None:
+def demo(state: State, count: int) -> None:
     """Submit sample contexts (a few bound to fail) and process them with the built-in text engine."""
     from ctxbatch.demo import DEMO_CONFIG, sample_contexts
 
@@ -279,47 +225,7 @@ def demo(state: _State, count: int) -> None:
     state.database = state.database or "ctxbatch_demo"
     settings = load_config(DEMO_CONFIG)
     batch_id = state.store.submit(sample_contexts(count), name="demo")
-    _say(f"submitted {count} sample contexts as batch {batch_id}")
+    say(f"submitted {count} sample contexts as batch {batch_id}")
     _run_pipeline(state, settings, "text", until_empty=True)
     click.echo(json.dumps(state.store.batch_status(batch_id)))
-    _say(f"see the results with: ctxbatch results {batch_id}")
-
-
-@main.group()
-def db() -> None:
-    """Manage the embedded database (nx-27017) used when no MongoDB URI is given."""
-
-
-@db.command("start")
-def db_start() -> None:
-    """Start the embedded database (or say where it runs)."""
-    current = embedded.status()
-    if current.running:
-        _say(f"the embedded database is already running at {current.uri} (pid {current.pid})")
-        return
-    embedded.start(announce=_say)
-
-
-@db.command("stop")
-def db_stop() -> None:
-    """Stop the embedded database; its data stays."""
-    _say("stopped the embedded database" if embedded.stop() else "the embedded database was not running")
-
-
-@db.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def db_status(as_json: bool) -> None:
-    """Whether the embedded database runs, and where."""
-    current = embedded.status()
-    if as_json:
-        click.echo(json.dumps(current.to_json()))
-    elif current.running:
-        click.echo(f"running at {current.uri} (pid {current.pid}), data in {current.data_dir}")
-    else:
-        click.echo(f"not running; data in {current.data_dir}")
-        sys.exit(3)
-
-
-from ctxbatch.service.cli import serve  # noqa: E402
-
-main.add_command(serve)
+    say(f"see the results with: ctxbatch results {batch_id}")
