@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ def execute(name: str, workdir: Path) -> tuple[nbformat.NotebookNode, list[dict[
     original = client.process_message
 
     def record(msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
-        messages.append(msg)
+        messages.append(copy.deepcopy(msg))  # nbclient rewrites an update's msg_type as it applies it
         return original(msg, cell, cell_index)
 
     client.process_message = record  # type: ignore[method-assign]

@@ -21,7 +21,9 @@ from ctxbatch.config import load_config
 from ctxbatch.io import utcnow
 from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring import dask_pages
-from ctxbatch.monitoring.dashboard import DashboardSource, page_link, show_page
+from ctxbatch.monitoring.dashboard import DashboardSource, show_page
+from ctxbatch.monitoring.dask_pages import page_link
+from ctxbatch.monitoring.decisions import recent_decisions
 from ctxbatch.monitoring.snapshot import batches_in_flight, firing_alerts
 from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.cluster import dask_client
@@ -58,7 +60,7 @@ def test_a_run_that_starts_its_cluster_serves_and_announces_the_page(store: Cont
         source = client.run_on_scheduler(lambda dask_scheduler: repr(dask_scheduler.plugins[DashboardSource.name]))
         link = page_link(client)
     assert link == f"{base}/ctxbatch"
-    assert said == [f"Dask dashboard: {base}/status", f"ctxbatch: {base}/ctxbatch"]
+    assert said == [f"Dask dashboard: {base}/status"]  # the run adds the ctxbatch line (below)
     assert page.status_code == 200 and "ctxbatch" in page.text and "bokeh" in page.text.lower()
     assert 'href="info"' in page.text  # inside Dask's navigation bar
     assert plots["Individual Ctxbatch"] == "/individual-ctxbatch"  # what JupyterLab's extension lists
@@ -174,14 +176,22 @@ def test_batches_in_flight_count_the_leases_of_every_loop(store: ContextStore) -
     assert (in_flight.batches, in_flight.contexts) == (2, 15)
 
 
-def test_a_run_announces_both_links(store: ContextStore) -> None:
-    store.submit([{"payload": {"text": "a b c"}} for _ in range(5)])
+def test_a_run_announces_both_links_and_publishes_its_sizing_decisions(store: ContextStore) -> None:
+    store.submit([{"payload": {"text": "a b c"}} for _ in range(25)])
     said: list[str] = []
     config = {"dask": {"n_workers": 1, "processes": False}, "worker": {"batch_timeout_seconds": 0}}
-    report = Pipeline("text", config, store, announce=said.append).run(until_empty=True)
-    assert report.completed == 5
-    assert said[0].startswith("Dask dashboard: http://") and said[0].endswith("/status")
-    assert said[1] == "ctxbatch: " + said[0].removeprefix("Dask dashboard: ").removesuffix("/status") + "/ctxbatch"
+    pipeline = Pipeline("text", config, store, announce=said.append)
+    report = pipeline.run(until_empty=True)
+    assert report.completed == 25
+    base = said[0].removeprefix("Dask dashboard: ").removesuffix("/status")
+    assert said[:2] == [f"Dask dashboard: {base}/status", f"ctxbatch: {base}/ctxbatch"]
+    assert report.page_link == f"{base}/ctxbatch"
+    # Every decision of the loop is in the database, where the page of any scheduler reads it
+    published = recent_decisions(store, window_seconds=60)
+    assert [(d["batch"], d["size"], d["reason"]) for d in published] == [
+        (d.batch, d.size, d.reason) for d in report.decisions
+    ]
+    assert {d["owner"] for d in published} == {pipeline.owner}
 
 
 def test_the_page_lists_the_alerts_firing_from_the_database(store: ContextStore) -> None:

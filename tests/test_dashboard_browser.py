@@ -35,7 +35,7 @@ SOURCES_JS = """(() => {
   }
   return found;
 })()"""
-PLOTS = ("throughput", "latency", "success", "queue", "in_flight")
+PLOTS = ("throughput", "latency", "success", "queue", "batch_size", "in_flight")
 # The plots' line colours (ctxbatch/monitoring/page.py): painted pixels, not only data in memory.
 COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44), "red": (214, 39, 40)}
 

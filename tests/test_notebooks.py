@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,15 +37,30 @@ def test_notebooks_are_stored_without_outputs(path: Path) -> None:
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: clear its outputs"
 
 
-def test_quickstart_submits_runs_and_shows_the_results(kernel_env: None, mongo_uri: str, tmp_path: Path) -> None:
-    notebook, _ = execute("quickstart.ipynb", tmp_path)
-    text = "\n".join(outputs(notebook))
-    assert "Dask dashboard: http://" in text
-    assert "<RunReport completed=" in text
+def test_quickstart_runs_with_one_progress_display_updated_in_place(
+    kernel_env: None, mongo_uri: str, tmp_path: Path
+) -> None:
+    notebook, messages = execute("quickstart.ipynb", tmp_path)
+    # The story: 3,000 contexts submitted and settled, a few failed, the report as a table
     with MongoClient(mongo_uri) as client:
         grouped = client["notebook"]["contexts"].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
         counts = {row["_id"]: row["n"] for row in grouped}
     assert counts["completed"] + counts["failed"] == 3000 and counts["failed"] > 0
+    assert "<b>RunReport</b>" in "\n".join(outputs(notebook, "text/html"))
+    progress = [
+        m for m in messages
+        if m["header"]["msg_type"] in ("display_data", "update_display_data")
+        and "ctxbatch-progress" in m["content"]["data"].get("text/html", "")
+    ]  # fmt: skip
+    # One display, then updates of that same display: not a stream of new outputs
+    assert progress[0]["header"]["msg_type"] == "display_data"
+    assert len(progress) >= 2 and {m["header"]["msg_type"] for m in progress[1:]} == {"update_display_data"}
+    assert len({m["content"]["transient"]["display_id"] for m in progress}) == 1
+    stored = [text for text in outputs(notebook, "text/html") if "ctxbatch-progress" in text]
+    assert len(stored) == 1 and "finished (empty)" in stored[0]  # the notebook keeps the last state, once
+    # with both dashboard links, clickable
+    assert re.search(r'<a href="http://[^"]+/status"', stored[0])
+    assert re.search(r'<a href="http://[^"]+/ctxbatch"', stored[0])
 
 
 def test_engines_notebook_runs_each_kind_and_finds_the_bad_row(kernel_env: None, tmp_path: Path) -> None:

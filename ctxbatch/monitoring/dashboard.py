@@ -39,7 +39,7 @@ TIMELINE_SECONDS = 10.0
 class DashboardSource(SchedulerPlugin):
     """Which database the page reads, held by the scheduler; one client and one reader thread for all tabs."""
 
-    name = "ctxbatch-dashboard"
+    name = dask_pages.SOURCE
 
     def __init__(self, store: ContextStore, window_seconds: float = WINDOW_SECONDS) -> None:
         # Travels to the scheduler as the database's address; the scheduler opens its own client.
@@ -102,14 +102,6 @@ dask_pages.add_page(ctxbatch_page, "ctxbatch")
 def show_page(client: Client, store: ContextStore) -> str:
     """Point the page of the client's scheduler at `store`; returns the page's address."""
     client.register_plugin(DashboardSource(store), name=DashboardSource.name)
-    return dask_pages.page_url(client.dashboard_link)
-
-
-def page_link(client: Client) -> str | None:
-    """The page's address when the client's scheduler serves it (its own run's, or the preload's); else None."""
-    # A lambda travels by value: the scheduler needs no ctxbatch to answer.
-    if not client.run_on_scheduler(lambda dask_scheduler, name=DashboardSource.name: name in dask_scheduler.plugins):
-        return None
     return dask_pages.page_url(client.dashboard_link)
 
 

@@ -22,6 +22,7 @@ from bokeh.document import Document
 PAGE = "/ctxbatch"  # Dask's navigation bar around it
 INDIVIDUAL = "/individual-ctxbatch"  # the bare page: "More..." menu, /individual-plots.json, JupyterLab
 DISTRIBUTED_WRITTEN_AGAINST = "2026.8.0"
+SOURCE = "ctxbatch-dashboard"  # the scheduler plugin naming the database the page reads (dashboard.py)
 
 Page = Callable[[Any, Document], None]  # (scheduler, doc)
 
@@ -71,6 +72,14 @@ def add_page(page: Page, title: str) -> None:
 
     applications[PAGE] = framed
     applications[INDIVIDUAL] = bare
+
+
+def page_link(client: Any) -> str | None:
+    """The page's address when the client's scheduler serves it (a run's own cluster, or the preload); else None."""
+    # A lambda travels by value: the scheduler needs no ctxbatch to answer.
+    if not client.run_on_scheduler(lambda dask_scheduler, name=SOURCE: name in dask_scheduler.plugins):
+        return None
+    return page_url(client.dashboard_link)
 
 
 def page_url(dashboard_link: str) -> str:

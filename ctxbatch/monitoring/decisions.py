@@ -14,6 +14,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from ctxbatch.io import ContextStore, utcnow
+from ctxbatch.pipeline.events import RunStarted, SizingDecision, Subscriber
 from ctxbatch.sizing import Decision
 
 log = logging.getLogger("ctxbatch.monitoring")
@@ -24,14 +25,23 @@ KEEP = dt.timedelta(days=1)
 TRIM_EVERY = 200
 
 
-class DecisionLog:
-    """Writes a loop's sizing decisions to the database; a subscriber of the loop's events."""
+class DecisionLog(Subscriber):
+    """Writes a loop's sizing decisions to the database (a built-in subscriber of every run)."""
 
-    def __init__(self, store: ContextStore, owner: str) -> None:
+    def __init__(self, store: ContextStore) -> None:
         self.collection = store.db[COLLECTION]
-        self.owner = owner
+        self.owner = ""
         self._written = 0
-        self.collection.create_index([("at", ASCENDING)], name="at")
+        self._indexed = False
+
+    def on_run_started(self, event: RunStarted) -> None:
+        self.owner = event.owner
+        if not self._indexed:
+            self.collection.create_index([("at", ASCENDING)], name="at")
+            self._indexed = True
+
+    def on_sizing_decision(self, event: SizingDecision) -> None:
+        self.record(event.decision)
 
     def record(self, decision: Decision) -> None:
         row = {"owner": self.owner, "at": utcnow(), **decision.as_row()}

@@ -104,6 +104,7 @@ class DashboardView:
         )
         in_flight = _figure("Batches in flight", "batches", y_range=DataRange1d(start=0))
         in_flight.step("at", "batches", source=s["in_flight"], color=RED, line_width=2, mode="after")
+        in_flight.scatter("at", "batches", source=s["in_flight"], color=RED, size=5)
         return gridplot(
             [
                 [throughput, latency],

@@ -48,7 +48,6 @@ def dask_client(
         yield given, None
         return
     cluster: LocalCluster | None = None
-    page: str | None = None
     if settings.scheduler_address:
         check_reachable(store.uri, settings.scheduler_address)
         client = Client(settings.scheduler_address, timeout=CONNECT_TIMEOUT)
@@ -67,12 +66,10 @@ def dask_client(
         )
         client = Client(cluster)
         if settings.dashboard_address is not None:
-            page = show_page(client, store)
+            show_page(client, store)
     try:
         if announce and settings.dashboard_address is not None:
             announce(f"Dask dashboard: {client.dashboard_link}")
-            if page:
-                announce(f"ctxbatch: {page}")
         yield client, cluster
     finally:
         client.close()

@@ -1,37 +1,41 @@
 """A run's progress in a Jupyter notebook: one display, updated in place, with the dashboard links.
 
-IPython's `display(..., display_id=True)` shows it once and `.update()` redraws that same output,
-so a notebook gets one live bar instead of a stream of lines. Outside a kernel nothing is shown.
+The terminal's Progress, drawn differently: IPython's `display(..., display_id=True)` shows the
+bar once and each tick's `.update()` redraws that same output, so a notebook gets one live bar
+instead of a stream of lines. The loop adds it by itself when it runs inside a kernel.
 """
 
 from __future__ import annotations
 
 import html
-import time
+import sys
 from typing import Any
 
+from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.events import RunFinished, RunStarted
+from ctxbatch.pipeline.progress import Progress
 from ctxbatch.pipeline.report import RunReport
 
-# Redraw at most this often: a display message per partition would flood the notebook.
 UPDATE_SECONDS = 0.5
 
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (not a terminal IPython, not plain Python)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
+    if "IPython" not in sys.modules:  # not imported: not in IPython, and no need to pay for importing it
         return False
+    from IPython import get_ipython
+
     shell = get_ipython()
     return shell is not None and hasattr(shell, "kernel")
 
 
-def progress_html(report: RunReport, total: int, links: dict[str, str], finished: bool = False) -> str:
+def progress_html(report: RunReport, total: int, finished: bool = False) -> str:
     """A <progress> bar, the counts, and the dashboard links."""
     done = report.completed + report.failed
-    state = f"finished ({report.stopped_by})" if finished else "running"
+    state = f"finished ({report.stopped_by or 'stopped'})" if finished else "running"
+    links = {"Dask dashboard": report.dashboard_link, "ctxbatch page": report.page_link}
     anchors = " &middot; ".join(
-        f'<a href="{html.escape(url)}" target="_blank">{html.escape(name)}</a>' for name, url in links.items()
+        f'<a href="{html.escape(url)}" target="_blank">{name}</a>' for name, url in links.items() if url
     )
     return (
         f'<div class="ctxbatch-progress"><b>ctxbatch run</b> {state}: {done:,}/{total:,} done &middot; '
@@ -41,32 +45,27 @@ def progress_html(report: RunReport, total: int, links: dict[str, str], finished
     )
 
 
-class NotebookProgress:
-    """Shows one display for the run and redraws it (throttled) as partitions finish."""
+class NotebookProgress(Progress):
+    """Progress as one HTML display that each tick updates in place."""
 
-    def __init__(self) -> None:
-        self.links: dict[str, str] = {}
+    def __init__(self, store: ContextStore, interval: float = UPDATE_SECONDS) -> None:
+        super().__init__(store, sys.stdout, interactive=False, interval=interval)
         self._handle: Any = None
-        self._total = 0
-        self._drawn = 0.0
+        self._finished = False
 
-    def start(self, report: RunReport, total: int, links: dict[str, str]) -> None:
+    def on_run_started(self, event: RunStarted) -> None:
         from IPython.display import HTML, display
 
-        self.links = links
-        self._total = total
-        self._handle = display(HTML(progress_html(report, total, links)), display_id=True)
-        self._drawn = time.monotonic()
+        self._finished = False
+        self._handle = display(HTML(progress_html(event.report, 0)), display_id=True)
+        super().on_run_started(event)
 
-    def update(self, report: RunReport, waiting: int, finished: bool = False) -> None:
-        """Redraw with `waiting` contexts still pending or processing (the total never shrinks)."""
-        if self._handle is None:
-            return
-        self._total = max(self._total, report.completed + report.failed + waiting)
-        now = time.monotonic()
-        if not finished and now - self._drawn < UPDATE_SECONDS:
-            return
+    def on_run_finished(self, event: RunFinished) -> None:
+        self._finished = True
+        super().on_run_finished(event)  # stops the ticks, then draws once more
+
+    def _draw(self, report: RunReport, total: int) -> None:
         from IPython.display import HTML
 
-        self._handle.update(HTML(progress_html(report, self._total, self.links, finished)))
-        self._drawn = now
+        if self._handle is not None:
+            self._handle.update(HTML(progress_html(report, total, self._finished)))

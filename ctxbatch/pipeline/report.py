@@ -22,6 +22,7 @@ class RunReport:
     finished: float | None = None
     stopped_by: str | None = None
     dashboard_link: str | None = None
+    page_link: str | None = None  # the ctxbatch page of that dashboard, when its scheduler serves it
     wanted_workers: int | None = None  # with `dask.adaptive`: the worker count the queue calls for
     scaled_to: int | None = None  # the worker count the run last scaled its own cluster to
     decisions: list[Any] = field(default_factory=list)
@@ -56,6 +57,7 @@ class RunReport:
             ("wall seconds", round(self.wall_seconds, 1)), ("contexts/s", round(self.rate, 1)),
             ("stopped by", self.stopped_by or ("running" if self.finished is None else None)),
             ("Dask dashboard", link),
+            ("ctxbatch page", Link(self.page_link) if self.page_link else None),
         ]  # fmt: skip
         if self.wanted_workers is not None:
             rows.append(("wanted workers", self.wanted_workers))

@@ -26,6 +26,7 @@ from pymongo.errors import PyMongoError
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, connect, error_record
+from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import dask_client
 from ctxbatch.pipeline.engine import Engine, resolve_engine
@@ -42,6 +43,7 @@ from ctxbatch.pipeline.events import (
     emit,
 )
 from ctxbatch.pipeline.leases import LeaseKeeper
+from ctxbatch.pipeline.notebook import NotebookProgress, in_notebook
 from ctxbatch.pipeline.partition import PartitionJob, RetryPolicy, submit_batch
 from ctxbatch.pipeline.report import RunReport
 from ctxbatch.pipeline.signals import stop_on_signals
@@ -152,6 +154,9 @@ class Pipeline:
         self.store.ensure_indexes()
         leases = LeaseKeeper(self.store, self.settings.worker)
         dask = self.settings.dask
+        # Here, not at the top: monitoring's subscribers import the pipeline's events.
+        from ctxbatch.monitoring.decisions import DecisionLog
+
         with (
             stop_on_signals(self.stop, self._stop.is_set, self._announce),
             dask_client(dask, self.store, self.client, self._announce) as (client, cluster),
@@ -161,9 +166,14 @@ class Pipeline:
                 RunCounters(self.report),
                 ErrorRateAlert(self.settings.monitoring.alert_error_rate),
                 *([WorkerScaling(self.scaler, self.store, cluster)] if self.scaler else []),
+                DecisionLog(self.store),
+                *([NotebookProgress(self.store)] if in_notebook() else []),
                 *self.subscribers,
             ]
             link = client.dashboard_link if dask.dashboard_address else None
+            self.report.page_link = page_link(client) if link else None
+            if self.report.page_link and self.client is None:  # beside the Dask link dask_client announced
+                self._announce(f"ctxbatch: {self.report.page_link}")
             self._emit("on_run_started", RunStarted(self.owner, self.engine.name, self.settings, link, self.report))
             try:
                 self._loop(client, leases, until_empty, max_contexts)
