@@ -13,8 +13,10 @@ then tells the scheduler which database the page reads.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +36,7 @@ BUCKET_SECONDS = 15  # 40 buckets: one small aggregate each
 # Every open tab shows the same snapshot, read at most once a refresh; the timeline (the costliest
 # read, ~0.7 s at 20k contexts in the window on nx-27017) at most this often.
 TIMELINE_SECONDS = 10.0
+IN_FLIGHT_POINTS = 300  # 10 minutes of reads, one a refresh
 
 
 class DashboardSource(SchedulerPlugin):
@@ -49,6 +52,8 @@ class DashboardSource(SchedulerPlugin):
         self._executor: ThreadPoolExecutor | None = None
         self._last: Snapshot | None = None
         self._last_read = self._timeline_read = -math.inf
+        # What the database had in flight at each read: the plot's history, shared by every tab.
+        self._in_flight: deque[tuple[dt.datetime, int, int]] = deque(maxlen=IN_FLIGHT_POINTS)
 
     def __repr__(self) -> str:
         return f"<DashboardSource {mask_uri(self.uri)} database={self.database!r}>"
@@ -66,6 +71,8 @@ class DashboardSource(SchedulerPlugin):
             return self._last
         keep = self._last.timeline if self._last is not None and now - self._timeline_read < TIMELINE_SECONDS else None
         self._last = read_snapshot(self.store, self.window_seconds, BUCKET_SECONDS, keep)
+        self._in_flight.append((self._last.at, self._last.in_flight.batches, self._last.in_flight.contexts))
+        self._last.in_flight_history = list(self._in_flight)
         self._last_read = now
         if keep is None:
             self._timeline_read = now

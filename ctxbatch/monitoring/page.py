@@ -26,7 +26,6 @@ from ctxbatch.monitoring.snapshot import Snapshot
 log = logging.getLogger("ctxbatch.monitoring")
 
 REFRESH_MS = 2000
-IN_FLIGHT_POINTS = 450  # 15 minutes of samples at REFRESH_MS
 HEIGHT = 220
 ALERT_COLUMNS = ("alertname", "since", "value", "loop")
 BLUE, ORANGE, GREEN, RED = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
@@ -120,7 +119,7 @@ class DashboardView:
         return DataTable(source=self.sources["alerts"], columns=columns, height=120, width=800, index_position=None)
 
     def show(self, snapshot: Snapshot) -> None:
-        """Replace every plot's data with the snapshot's (the in-flight plot keeps its history)."""
+        """Replace every plot's data with the snapshot's."""
         stats, timeline = snapshot.stats, snapshot.timeline
         at = list(timeline.index) if len(timeline) else []
         if len(timeline):
@@ -139,10 +138,12 @@ class DashboardView:
         self.sources["batch_size"].data = {
             key: [d.get(key) for d in decisions] for key in ("at", "size", "partitions", "owner", "reason")
         }
-        self.sources["in_flight"].stream(
-            {"at": [snapshot.at], "batches": [snapshot.in_flight.batches], "contexts": [snapshot.in_flight.contexts]},
-            rollover=IN_FLIGHT_POINTS,
-        )
+        history = snapshot.in_flight_history or [(snapshot.at, snapshot.in_flight.batches, snapshot.in_flight.contexts)]
+        self.sources["in_flight"].data = {
+            "at": [at for at, _, _ in history],
+            "batches": [batches for _, batches, _ in history],
+            "contexts": [contexts for _, _, contexts in history],
+        }
         alerts = snapshot.alerts
         self.sources["alerts"].data = {
             key: ["" if a.get(key) is None else str(a[key]) for a in alerts] for key in ALERT_COLUMNS

@@ -35,6 +35,8 @@ class Snapshot:
     decisions: list[dict[str, Any]]
     in_flight: InFlight
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    # (at, batches, contexts) of the earlier snapshots of the same source, oldest first, this one last
+    in_flight_history: list[tuple[dt.datetime, int, int]] = field(default_factory=list)
 
 
 def batches_in_flight(store: ContextStore) -> InFlight:
