@@ -105,6 +105,8 @@ def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, run
         def every_plot_has_data() -> Any:
             sources = browser.evaluate(SOURCES_JS)
             ready = sources and all(sources.get(name, {}).get("positive", 0) > 0 for name in PLOTS)
+            # two reads of the batches in flight: a line to draw, not a lone point
+            ready = ready and sources["in_flight"]["rows"] >= 2
             return sources if ready else None
 
         try:
