@@ -19,7 +19,7 @@ from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
 
 # The pipeline's names load on first use: importing Dask and distributed costs about half a
 # second, which `ctxbatch status` and `ctxbatch submit` should not pay.
-_PIPELINE_NAMES = {"Pipeline", "RunReport", "batch_engine"}
+_PIPELINE_NAMES = {"Pipeline", "RunReport", "Subscriber", "batch_engine"}
 
 
 def __getattr__(name: str) -> object:
@@ -56,8 +56,9 @@ __all__ = [
     # The pipeline
     "Pipeline",
     "RunReport",
+    "Subscriber",
     "batch_engine",
 ]
 
 if TYPE_CHECKING:
-    from ctxbatch.pipeline import Pipeline, RunReport, batch_engine
+    from ctxbatch.pipeline import Pipeline, RunReport, Subscriber, batch_engine

@@ -7,6 +7,7 @@ flag, then environment variable, then config file, then the defaults written her
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxbatch.errors import ConfigError
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
+# The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
+DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
 
 class _Section(BaseModel):
     # Unknown keys are refused so a typo never silently falls back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def backoff_after(periods: Sequence[float], attempt: int) -> float:
+    """The one backoff rule: period i after the i-th (1-based) failed attempt; the last period repeats."""
+    return periods[min(max(attempt, 1), len(periods)) - 1]
 
 
 class RetrySettings(_Section):
@@ -39,7 +47,7 @@ class RetrySettings(_Section):
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after the given (1-based) failed attempt."""
-        return self.backoff_seconds[min(max(attempt, 1), len(self.backoff_seconds)) - 1]
+        return backoff_after(self.backoff_seconds, attempt)
 
 
 def parse_level(text: str | int) -> tuple[int, int]:
@@ -54,6 +62,11 @@ def parse_level(text: str | int) -> tuple[int, int]:
     return bounds
 
 
+def level_ranges(levels: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """{"high": "0-10"} -> {"high": (0, 10)}."""
+    return {name: parse_level(text) for name, text in levels.items()}
+
+
 def _span(low: int, high: int) -> str:
     return f"priority {low} does not" if low == high else f"priorities {low}-{high} do not"
 
@@ -61,7 +74,7 @@ def _span(low: int, high: int) -> str:
 class PrioritySettings(_Section):
     enabled: bool = Field(True, description="Claim the most urgent (lowest) priority first; else oldest first.")
     levels: dict[str, str] = Field(
-        {"high": "0-10", "medium": "11-50", "low": "51-100"},
+        DEFAULT_LEVELS,
         description="Named priority ranges; together they cover 0..100 exactly once.",
     )
 
@@ -91,7 +104,7 @@ class PrioritySettings(_Section):
         return levels
 
     def ranges(self) -> dict[str, tuple[int, int]]:
-        return {name: parse_level(text) for name, text in self.levels.items()}
+        return level_ranges(self.levels)
 
 
 class WorkerSettings(_Section):

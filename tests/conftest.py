@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from distributed import Client, LocalCluster
+from pymongo import MongoClient, monitoring
 
 from ctxbatch.io import ContextStore, embedded
 
@@ -49,3 +53,69 @@ def store(mongo_uri: str, database: str) -> Iterator[ContextStore]:
     yield opened
     opened.client.drop_database(database)
     opened.close()
+
+
+class Commands(monitoring.CommandListener):
+    """The commands a client sent, as pymongo put them on the wire."""
+
+    def __init__(self) -> None:
+        self.events: list[monitoring.CommandStartedEvent] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.events.append(event)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    @property
+    def names(self) -> list[str]:
+        return [e.command_name for e in self.events]
+
+    def on(self, name: str, collection: str = "contexts") -> list[dict[str, Any]]:
+        """The `name` commands (insert, find, update, ...) sent to `collection`."""
+        return [e.command for e in self.events if e.command_name == name and e.command.get(name) == collection]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+@pytest.fixture
+def commands() -> Commands:
+    return Commands()
+
+
+@pytest.fixture
+def watched(mongo_uri: str, database: str, commands: Commands) -> Iterator[ContextStore]:
+    """A store on the test's database whose client reports every command to `commands`."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
+    opened = ContextStore(mongo_uri, database, client=client)
+    yield opened
+    client.drop_database(database)
+    client.close()
+
+
+@contextmanager
+def local_cluster(n_workers: int = 1, threads_per_worker: int = 1, processes: bool = False) -> Iterator[Client]:
+    """A real LocalCluster (in this process unless `processes`) and a client on it, closed on exit."""
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            dashboard_address=None,
+            # Without a dashboard the scheduler still serves HTTP, on 8787 unless told a free port.
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as cluster,
+        Client(cluster) as connected,
+    ):
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def client(request: pytest.FixtureRequest) -> Iterator[Client]:
+    """One cluster per test module, shaped by the module's `CLUSTER` (local_cluster's arguments)."""
+    with local_cluster(**getattr(request.module, "CLUSTER", {})) as connected:
+        yield connected

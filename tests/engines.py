@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from typing import Any
 
 import pandas as pd
@@ -85,3 +86,18 @@ def nap(payload: dict[str, Any]) -> dict[str, Any]:
 
 def always_critical(payload: dict[str, Any]) -> dict[str, Any]:
     raise CriticalError("the service is down")
+
+
+def _mark(kind: str) -> None:
+    """A file per call in $CTXBATCH_TEST_MARKERS: evidence that survives the worker process."""
+    name = f"{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    open(os.path.join(os.environ["CTXBATCH_TEST_MARKERS"], name), "x").close()
+
+
+def with_setup(payload: dict[str, Any]) -> dict[str, Any]:
+    """An engine with per-worker setup() and teardown() that leave marker files."""
+    return {"i": payload.get("i")}
+
+
+with_setup.setup = lambda: _mark("setup")  # type: ignore[attr-defined]
+with_setup.teardown = lambda: _mark("teardown")  # type: ignore[attr-defined]

@@ -12,27 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient, monitoring
+from conftest import Commands
 
 from ctxbatch.io import Claim, ContextStore, utcnow
 
 ERROR = {"type": "ValueError", "message": "bad row", "traceback": ""}
-
-
-class Commands(monitoring.CommandListener):
-    """The names of the commands a client sent."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def submit(store: ContextStore, n: int, **extra: Any) -> str:
@@ -157,20 +141,15 @@ def test_one_settle_completes_fails_and_releases_together(store: ContextStore) -
     assert [store.get_context(c)["status"] for c in claim.ids] == ["completed", "failed", "pending"]
 
 
-def test_an_uncontended_claim_is_one_find_and_one_update(mongo_uri: str, database: str) -> None:
-    commands = Commands()
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
-    store = ContextStore(mongo_uri, database, client=client)
-    try:
-        submit(store, 1500)
-        commands.names.clear()
-        claim = store.claim(1000, "loop")
-        assert len(claim) == 1000
-        # The read back by lease token happens only when another loop took some in between.
-        assert sorted(commands.names) == ["find", "update"]
-    finally:
-        client.drop_database(database)
-        client.close()
+def test_an_uncontended_claim_is_one_find_and_one_update(watched: ContextStore, commands: Commands) -> None:
+    submit(watched, 1500)
+    commands.clear()
+    claim = watched.claim(1000, "loop")
+    assert len(claim) == 1000
+    # The read back by lease token happens only when another loop took some in between.
+    assert sorted(commands.names) == ["find", "update"]
+    (update,) = commands.on("update")
+    assert len(update["updates"]) == 1  # one conditional update_many over the ids found
 
 
 # -- leases: renew, reap, fence --------------------------------------------------------------

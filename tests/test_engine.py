@@ -17,6 +17,7 @@ import ctxbatch
 from ctxbatch.errors import CriticalError, EngineError
 from ctxbatch.pipeline.engine import Engine, batch_engine, resolve_engine
 from ctxbatch.pipeline.isolate import run_partition
+from ctxbatch.pipeline.worker import WorkerResources
 
 ModuleWriter = Callable[[str], str]
 
@@ -169,20 +170,6 @@ def test_a_missing_dependency_of_the_module_is_named(engine_dir: ModuleWriter) -
         resolve_engine(f"{module}:score")
 
 
-def test_setup_runs_once_per_process_before_the_first_rows() -> None:
-    calls: list[str] = []
-
-    def engine(payload: dict[str, Any]) -> dict[str, Any]:
-        calls.append("row")
-        return {}
-
-    engine.setup = lambda: calls.append("setup")  # type: ignore[attr-defined]
-    run_partition(engine, frame_of({}, {}))
-    run_partition(engine, frame_of({}))
-
-    assert calls == ["setup", "row", "row", "row"]
-
-
 def test_a_failing_setup_stops_the_batch_and_is_tried_again_next_time() -> None:
     attempts: list[int] = []
 
@@ -194,9 +181,11 @@ def test_a_failing_setup_stops_the_batch_and_is_tried_again_next_time() -> None:
         raise OSError("model file missing")
 
     engine.setup = setup  # type: ignore[attr-defined]
+    resources = WorkerResources()
+    resources.setup()
     for _ in range(2):
         with pytest.raises(CriticalError, match=r"setup\(\) failed: OSError: model file missing"):
-            run_partition(engine, frame_of({}))
+            resources.ready(resolve_engine(engine))
     assert len(attempts) == 2
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client, LocalCluster, get_task_stream
-from pymongo import MongoClient, monitoring
+from conftest import Commands
+from distributed import Client, get_task_stream
 
 from ctxbatch import ContextStore, CtxbatchError
-from ctxbatch.pipeline import Pipeline
+from ctxbatch.pipeline import Pipeline, Subscriber
 from ctxbatch.pipeline.cluster import check_reachable
+from ctxbatch.pipeline.events import RunStarted, SizingDecision
 
+CLUSTER = {"n_workers": 2}
 FAST: dict[str, Any] = {
     "worker": {
         "batch_size": 10,
@@ -36,15 +36,6 @@ def config(**worker: Any) -> dict[str, Any]:
     settings["worker"].update(worker)
     settings["worker"]["retry"].update(retry)
     return settings
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
-        Client(cluster) as connected,
-    ):
-        yield connected
 
 
 def submit_numbered(store: ContextStore, count: int, **payload: Any) -> str:
@@ -162,36 +153,15 @@ def test_partition_tasks_are_named_for_the_dashboard(store: ContextStore, client
     assert any(name.startswith("ctxbatch-") and "-partition" in name for name in names)
 
 
-class _Finds(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.projections: list[Any] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") == "contexts":
-            self.projections.append(event.command.get("projection"))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-def test_payloads_do_not_travel_through_the_loop(mongo_uri: str, database: str, client: Client) -> None:
+def test_payloads_do_not_travel_through_the_loop(watched: ContextStore, commands: Commands, client: Client) -> None:
     # Given a loop whose own MongoClient is watched (workers open their own clients)
-    listener = _Finds()
-    watched = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
-    store = ContextStore(mongo_uri, database, client=watched)
-    try:
-        submit_numbered(store, 30, text="x" * 100)
-        Pipeline("tests.engines:echo", config(batch_size=10), store, client).run(until_empty=True)
-        assert store.status_counts()["completed"] == 30
-    finally:
-        watched.drop_database(database)
-        watched.close()
+    submit_numbered(watched, 30, text="x" * 100)
+    Pipeline("tests.engines:echo", config(batch_size=10), watched, client).run(until_empty=True)
+    assert watched.status_counts()["completed"] == 30
     # Then every find the loop issued projected ids and bookkeeping only, never payloads
-    assert listener.projections
-    assert all(p is not None and "payload" not in p for p in listener.projections)
+    projections = [find.get("projection") for find in commands.on("find")]
+    assert projections
+    assert all(p is not None and "payload" not in p for p in projections)
 
 
 def test_a_loopback_database_is_refused_for_a_remote_cluster() -> None:
@@ -225,14 +195,34 @@ def test_a_batch_whose_retries_are_spent_fails_with_the_critical_error(store: Co
     assert report.critical == 3  # the first run and two retries
 
 
+class _Planned(Subscriber):
+    """Tells when the loop planned a batch, and how many contexts it had claimed by then."""
+
+    def __init__(self) -> None:
+        self.planned = threading.Event()
+        self.claimed_then: int | None = None
+        self._report: Any = None
+
+    def on_run_started(self, event: RunStarted) -> None:
+        self._report = event.report
+
+    def on_sizing_decision(self, event: SizingDecision) -> None:
+        self.claimed_then = self._report.claimed
+        self.planned.set()
+
+
 def test_a_loop_waits_for_a_full_batch_up_to_the_timeout(store: ContextStore, client: Client) -> None:
     # Given 4 of the 10 contexts a batch holds, and a generous timeout to fill it
     submit_numbered(store, 4)
-    pipeline = Pipeline("tests.engines:echo", config(batch_size=10, batch_timeout_seconds=30), store, client)
+    planned = _Planned()
+    pipeline = Pipeline(
+        "tests.engines:echo", config(batch_size=10, batch_timeout_seconds=30), store, client, subscribers=[planned]
+    )
     running = threading.Thread(target=pipeline.run, kwargs={"max_contexts": 10})
     running.start()
-    # When the other 6 arrive while it waits
-    time.sleep(0.5)
+    # When the other 6 arrive after the loop saw the 4 and planned a batch of 10, claiming nothing
+    assert planned.planned.wait(timeout=60)
+    assert planned.claimed_then == 0
     submit_numbered(store, 6)
     running.join(timeout=60)
     # Then one full batch took all ten
@@ -240,15 +230,18 @@ def test_a_loop_waits_for_a_full_batch_up_to_the_timeout(store: ContextStore, cl
     assert (pipeline.report.batches, pipeline.report.completed) == (1, 10)
 
 
-def test_a_run_with_many_failures_raises_one_alert(
+def test_a_run_with_many_failures_fires_the_success_rate_alert_once(
     store: ContextStore, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Given half the contexts failing for good, and the default rules evaluated often
     store.submit([{"payload": {"i": i, "bad": i % 2 == 0}} for i in range(200)])
-    with caplog.at_level("WARNING", logger="ctxbatch.pipeline"):
-        Pipeline("tests.engines:fail_when_flagged", config(batch_size=50), store, client).run(until_empty=True)
-    alerts = [r for r in caplog.records if r.getMessage().startswith("alert:")]
-    assert len(alerts) == 1
-    assert "tries failed" in alerts[0].getMessage()
+    settings = {**config(batch_size=50), "monitoring": {"evaluate_every_seconds": 0.2}}
+    settings["monitoring"]["alerts"] = [{"name": "CtxbatchSuccessRateLow", "metric": "success_rate", "below": 0.9}]
+    with caplog.at_level("WARNING", logger="ctxbatch.monitoring"):
+        Pipeline("tests.engines:fail_when_flagged", settings, store, client).run(until_empty=True)
+    # Then one line says so (the rules are evaluated once more as the run ends)
+    alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert firing:")]
+    assert alerts == ["alert firing: CtxbatchSuccessRateLow (warning): success_rate = 0.5, below 0.9"]
 
 
 def test_a_progress_hook_that_raises_does_not_stop_the_run(store: ContextStore, client: Client) -> None:

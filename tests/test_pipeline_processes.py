@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ from ctxbatch.pipeline import Pipeline
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_config(path: Path, **worker: Any) -> Path:
+def write_config(path: Path, processes: bool = False, **worker: Any) -> Path:
     settings = {
         "worker": {
             "batch_size": 5,
@@ -32,7 +33,7 @@ def write_config(path: Path, **worker: Any) -> Path:
             **worker,
         },
         # Threads, not processes: three loops with process clusters would crowd two cores.
-        "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2, "dashboard_address": None},
+        "dask": {"processes": processes, "n_workers": 1, "threads_per_worker": 2, "dashboard_address": None},
     }
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -120,19 +121,50 @@ def test_sigterm_drains_in_flight_batches_and_exits_zero(store: ContextStore, lo
     assert "Traceback" not in err.decode()
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(0.05)
+
+
+def read_lines(stream: IO[bytes]) -> list[str]:
+    """The stream's lines as they come, read in a thread (so a full pipe never blocks the process)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.decode() for line in stream), daemon=True).start()
+    return lines
+
+
+# A batch of 5 contexts of 20 s each on 2 threads takes at least 60 s to drain. A release is one
+# write (well under a second alone); the exit also closes the cluster, which stops its worker process.
+SLOW_ROW_SECONDS = 20.0
+RELEASE_BOUND_SECONDS = 5.0
+EXIT_BOUND_SECONDS = 15.0
+
+
 def test_a_second_sigterm_releases_batches_at_once(store: ContextStore, loops: Any, tmp_path: Path) -> None:
-    # Given a loop in the middle of a slow batch (5 contexts of 2 s each)
+    # Given a loop in the middle of a slow batch (5 contexts of 20 s each)
     calls = tmp_path / "calls"
-    submit_calls(store, calls, 10, sleep=2.0)
-    process = loops(write_config(tmp_path / "config.yaml"))
-    wait_for_calls(calls, 1)
-    # When it gets SIGTERM twice
+    submit_calls(store, calls, 10, sleep=SLOW_ROW_SECONDS)
+    # (A worker process: a thread running a row cannot be stopped, a process can.)
+    process = loops(write_config(tmp_path / "config.yaml", processes=True))
+    assert process.stderr is not None
+    err = read_lines(process.stderr)
+    wait_until(lambda: store.status_counts()["processing"] == 5, "claimed")
+    # When it gets SIGTERM, says it drains, and gets SIGTERM again
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    wait_until(lambda: any("finishing batches in flight" in line for line in err), "draining")
+    second = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    # Then it exits 0 without waiting for the batch, which is back in the queue
-    assert process.returncode == 0, err.decode()
-    counts = store.status_counts()
-    assert counts["processing"] == 0
-    assert counts["pending"] >= 5
+    wait_until(lambda: store.status_counts()["processing"] == 0, "released", timeout=RELEASE_BOUND_SECONDS)
+    process.wait(timeout=60)
+    # Then it released the batch and exited 0 within the bound, long before the batch could have drained
+    assert time.monotonic() - second < EXIT_BOUND_SECONDS
+    assert process.returncode == 0, "".join(err)
+    # And every context it claimed and did not finish is pending again, under no lease, its try uncounted
+    contexts = list(store.contexts.find({}, {"status": 1, "lease": 1, "attempts": 1}))
+    assert calls.exists() is False  # no row finished
+    assert {c["status"] for c in contexts} == {"pending"}
+    assert not any("lease" in c for c in contexts)
+    assert {c["attempts"] for c in contexts} == {0}

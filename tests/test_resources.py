@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
-from distributed import Client, LocalCluster
+from conftest import local_cluster
+from distributed import Client
 
 from ctxbatch.io import ContextStore
 from ctxbatch.sizing import Readings, resources
 from ctxbatch.sizing.resources import worker_metrics
-
-
-@pytest.fixture
-def client() -> Iterator[Client]:
-    """One worker with one thread, in this process; closed after the test."""
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
-        Client(cluster) as connected,
-    ):
-        yield connected
 
 
 def in_new_thread() -> list[Readings]:
@@ -90,10 +79,7 @@ def test_worker_readings_fall_back_to_cluster_totals_without_per_worker_entries(
 
 
 def test_a_closed_cluster_reads_as_no_worker_readings(store: ContextStore) -> None:
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
-        Client(cluster) as gone,
-    ):
+    with local_cluster() as gone:
         pass
 
     readings = resources.read(gone, store, 0)

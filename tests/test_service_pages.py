@@ -4,40 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pymongo import MongoClient, monitoring
+from conftest import Commands
 
 from ctxbatch.errors import InvalidCursor
 from ctxbatch.io import ContextStore
-
-
-class Finds(monitoring.CommandListener):
-    """The find commands a client sent, as they went over the wire."""
-
-    def __init__(self) -> None:
-        self.commands: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.commands.append(dict(event.command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@pytest.fixture
-def watched(mongo_uri: str, database: str, store: ContextStore) -> Iterator[tuple[ContextStore, Finds]]:
-    """A second store on the test's database whose find commands are recorded."""
-    finds = Finds()
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[finds])
-    yield ContextStore(mongo_uri, database, client=client), finds
-    client.close()
 
 
 def _plan(store: ContextStore, command: dict[str, Any]) -> str:
@@ -77,15 +50,15 @@ def test_a_page_that_ends_the_batch_has_no_cursor(store: ContextStore) -> None:
     assert (len(page), cursor) == (4, None)
 
 
-def test_the_results_page_query_uses_an_index(watched: tuple[ContextStore, Finds]) -> None:
-    store, finds = watched
+def test_the_results_page_query_uses_an_index(watched: ContextStore, commands: Commands) -> None:
+    store = watched
     batch_id = store.submit([{"payload": {}}] * 5)
     _, cursor = store.results_page(batch_id, limit=2)
-    finds.commands.clear()
+    commands.clear()
 
     store.results_page(batch_id, limit=2, cursor=cursor)
 
-    (command,) = [c for c in finds.commands if c["find"] == "contexts"]
+    (command,) = commands.on("find")
     _assert_index_backed(_plan(store, command))
 
 
@@ -122,14 +95,14 @@ def test_batches_are_listed_by_status(store: ContextStore) -> None:
     assert store.list_batches("completed") == []
 
 
-def test_listing_batches_uses_an_index(watched: tuple[ContextStore, Finds]) -> None:
-    store, finds = watched
+def test_listing_batches_uses_an_index(watched: ContextStore, commands: Commands) -> None:
+    store = watched
     store.submit([{"payload": {}}])
-    finds.commands.clear()
+    commands.clear()
 
     store.list_batches(limit=5)
 
-    command = next(c for c in finds.commands if c["find"] == "batches" and "sort" in c)
+    command = next(c for c in commands.on("find", "batches") if "sort" in c)
     _assert_index_backed(_plan(store, command))
 
 

@@ -10,6 +10,8 @@ import itertools
 import logging
 import random
 import statistics
+import subprocess
+import sys
 import textwrap
 from collections import deque
 from collections.abc import Callable
@@ -503,10 +505,10 @@ def test_resolve_imports_module_callable(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nonsense", "expected 'fixed', 'dynamic', 'module:callable'"),
+        ("nonsense", "unknown sizer 'nonsense'; expected 'fixed', 'dynamic', 'module:callable'"),
         ("no_such_module_here:make", "cannot import 'no_such_module_here'"),
-        ("ctxbatch.sizing:no_such_sizer", "has no 'no_such_sizer'"),
-        ("ctxbatch.sizing.split:MIN_PARTITION_SECONDS", "is not callable"),
+        ("ctxbatch.sizing:no_such_sizer", "has no attribute 'no_such_sizer'"),
+        ("ctxbatch.sizing.split:MIN_PARTITION_SECONDS", "not a callable"),
         ("ctxbatch.sizing:partitions_for", "ctxbatch.sizing:partitions_for(settings) failed: TypeError"),
         (42, "got int"),
     ],
@@ -635,3 +637,23 @@ def test_worker_scaler_scales_up_at_once_and_down_after_patience() -> None:
     assert scaler.per_worker_rate == pytest.approx(40.0)
     assert scaler.want(pending=4800, current=1) == 4
     assert [scaler.want(pending=0, current=4) for _ in range(3)] == [4, 4, 1]
+
+
+def test_a_sizer_from_the_current_directory_resolves_in_a_fresh_process(tmp_path: Path) -> None:
+    # Given mymod.py in the current directory, and a process whose sys.path does not start with it
+    # (-P: as under the `ctxbatch` console script), which has resolved no engine first
+    (tmp_path / "mymod.py").write_text(
+        "from ctxbatch.sizing import FixedSizer\n\n\nclass MySizer(FixedSizer):\n    pass\n"
+    )
+    script = (
+        "from ctxbatch.config import WorkerSettings\n"
+        "from ctxbatch.sizing import resolve_sizer\n"
+        "print(type(resolve_sizer('mymod:MySizer', WorkerSettings())).__name__)\n"
+    )
+    # When it resolves `worker.sizer: mymod:MySizer`
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    # Then the sizer is found there
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "MySizer"

@@ -7,14 +7,12 @@ size it claims follows what the sizer learned (issue 4).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from ctxbatch import ContextStore
 from ctxbatch.pipeline import Pipeline
 
+CLUSTER = {"threads_per_worker": 2}
 CONTEXTS = 400
 
 DYNAMIC = {
@@ -30,15 +28,6 @@ DYNAMIC = {
     },
     "dask": {"dashboard_address": None},
 }
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
-        Client(cluster) as connected,
-    ):
-        yield connected
 
 
 def test_a_dynamic_run_changes_its_batch_size_and_records_why(store: ContextStore, client: Client) -> None:

@@ -5,52 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pytest
-from pymongo import MongoClient, monitoring
+from conftest import Commands
 
 from ctxbatch import BatchNotFound, ContextNotFound, SubmitError
 from ctxbatch.io import ContextStore, Status, derive_status
-from ctxbatch.io.reports import RESULT_COLUMNS
 from ctxbatch.io.schema import CONTEXT_INDEXES
-
-
-class Commands(monitoring.CommandListener):
-    """The commands a client sent, as pymongo put them on the wire."""
-
-    def __init__(self) -> None:
-        self.events: list[monitoring.CommandStartedEvent] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.events.append(event)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def on(self, name: str, collection: str = "contexts") -> list[dict[str, Any]]:
-        """The `name` commands (insert, find, update, ...) sent to `collection`."""
-        return [e.command for e in self.events if e.command_name == name and e.command.get(name) == collection]
-
-
-@pytest.fixture
-def commands() -> Commands:
-    return Commands()
-
-
-@pytest.fixture
-def watched(mongo_uri: str, database: str, commands: Commands) -> Iterator[ContextStore]:
-    """A store whose client reports every command to `commands`."""
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
-    opened = ContextStore(mongo_uri, database, client=client)
-    yield opened
-    client.drop_database(database)
-    client.close()
+from ctxbatch.io.views import RESULT_COLUMNS
 
 
 def records(n: int, **extra: Any) -> list[dict[str, Any]]:

@@ -20,8 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ctxbatch.errors import CriticalError
-from ctxbatch.pipeline.engine import batch_engine
+from ctxbatch import CriticalError, batch_engine
 
 DEFAULT_LATENCY_MS = 20.0
 DEFAULT_CALL_FIXED_MS = 50.0

@@ -1,10 +1,10 @@
 """Everything that talks to MongoDB."""
 
 from ctxbatch.io.claims import Claim, WriteReport
-from ctxbatch.io.reports import derive_status
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
 from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
+from ctxbatch.io.views import derive_status, json_default
 
 __all__ = [
     "Claim",
@@ -16,6 +16,7 @@ __all__ = [
     "connect",
     "derive_status",
     "error_record",
+    "json_default",
     "mask_uri",
     "utcnow",
 ]

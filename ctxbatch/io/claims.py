@@ -30,6 +30,20 @@ class Claim:
             {i: self.attempts[i] for i in ids}, self.batch_ids,
         )  # fmt: skip
 
+    def split(self, parts: int) -> list[Claim]:
+        """The claim as `parts` contiguous, near-equal claims under the same lease (one per partition).
+
+        Claim order is priority order, so the early parts hold the urgent contexts.
+        """
+        parts = max(1, min(parts, len(self.ids)))
+        size, extra = divmod(len(self.ids), parts)
+        pieces, start = [], 0
+        for i in range(parts):
+            end = start + size + (1 if i < extra else 0)
+            pieces.append(self.subset(self.ids[start:end]))
+            start = end
+        return pieces
+
 
 @dataclass(frozen=True)
 class WriteReport:

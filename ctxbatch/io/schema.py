@@ -16,7 +16,9 @@ from typing import Any
 import bson
 from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.cursor import Cursor
 
+from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.errors import SubmitError
 
 DEFAULT_PRIORITY = 50
@@ -54,6 +56,19 @@ def eq(value: Any) -> dict[str, Any]:
     return {"$eq": value}
 
 
+def in_one_reply(cursor: Cursor[Any], documents: int) -> Cursor[Any]:
+    """The cursor's whole answer in one reply: nx-27017 answers each getMore as slowly as a new query.
+
+    Without it pymongo asks for 101 documents first and then the rest in further round trips.
+    """
+    return cursor.batch_size(max(documents, 1))
+
+
+def in_replies_of(cursor: Cursor[Any], documents: int) -> Cursor[Any]:
+    """A long answer streamed in replies of this many documents (each getMore is slow on nx-27017)."""
+    return cursor.batch_size(documents)
+
+
 def epoch_ms(moment: dt.datetime) -> int:
     """A moment as epoch milliseconds: the form nx-27017 compares in SQL (see store.py's note)."""
     return int(moment.timestamp() * 1000)
@@ -89,12 +104,12 @@ def _encodable(text: str) -> bool:
 
 
 def _is_priority(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
+    return isinstance(value, int) and not isinstance(value, bool) and PRIORITY_MIN <= value <= PRIORITY_MAX
 
 
 def validate_priority(value: Any, field: str = "priority") -> int:
     if not _is_priority(value):
-        raise SubmitError(None, field, f"must be an integer from 0 to 100, got {value!r}")
+        raise SubmitError(None, field, f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value!r}")
     return int(value)
 
 
@@ -119,7 +134,9 @@ def validate_request(index: int, record: Any, default_priority: int) -> ContextR
         raise SubmitError(index, "payload", f"must be a JSON object, got {type(payload).__name__}")
     priority = record.get("priority", default_priority)
     if not _is_priority(priority):
-        raise SubmitError(index, "priority", f"must be an integer from 0 to 100, got {priority!r}")
+        raise SubmitError(
+            index, "priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
+        )
     key = record.get("key")
     if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _encodable(key)):
         raise SubmitError(index, "key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")

@@ -1,6 +1,6 @@
 """Cluster-wide statistics read from the database: what every loop did, not what one loop saw.
 
-A mixin of ContextStore, next to Reports. Every figure comes from the documents, so it is the same
+A mixin of ContextStore, over QueueViews. Every figure comes from the documents, so it is the same
 whichever (and however many) loops did the work.
 
 Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape of each query:
@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING
 
-from ctxbatch.io.reports import Reports
 from ctxbatch.io.schema import Status, epoch_ms, utcnow
 from ctxbatch.io.schema import eq as _eq
+from ctxbatch.io.views import QueueViews
 
 DEFAULT_WINDOW_SECONDS = 300.0
 # Contexts behind each window's percentiles: past this, a uniform sample of the window.
@@ -71,7 +71,7 @@ def _checked_window(window_seconds: float, name: str = "window_seconds") -> floa
     return float(window_seconds)
 
 
-class Statistics(Reports):
+class Statistics(QueueViews):
     """`stats()` and `timeline()`: throughput, success and latency over a recent window."""
 
     def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from ctxbatch.config import DEFAULT_LEVELS, level_ranges
 from ctxbatch.errors import SubmitError
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import (
@@ -41,6 +42,7 @@ from ctxbatch.io.schema import (
     context_document,
     epoch_ms,
     held_by,
+    in_one_reply,
     utcnow,
     validate_name,
     validate_requests,
@@ -53,7 +55,6 @@ from ctxbatch.io.stats import Statistics
 INSERT_CHUNK = 10_000
 ID_LOOKUP_CHUNK = 5_000
 CLAIM_ROUNDS = 3
-DEFAULT_LEVELS = {"high": (0, 10), "medium": (11, 50), "low": (51, 100)}
 
 
 def mask_uri(uri: str) -> str:
@@ -106,7 +107,7 @@ class ContextStore(Statistics):
     ) -> None:
         self.uri = uri
         self.database_name = database
-        self.levels = dict(levels or DEFAULT_LEVELS)
+        self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
         self.client: MongoClient[dict[str, Any]] = client or MongoClient(uri, tz_aware=True, connect=False)
         self.db = self.client[database]
         self.contexts: Collection[dict[str, Any]] = self.db["contexts"]
@@ -115,13 +116,6 @@ class ContextStore(Statistics):
 
     def __repr__(self) -> str:
         return f"<ContextStore {mask_uri(self.uri)} database={self.database_name!r}>"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled to Dask workers as its address; each worker opens its own client.
-        return (ContextStore, (self.uri, self.database_name), {"levels": self.levels})
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.levels = state["levels"]
 
     def close(self) -> None:
         self.client.close()
@@ -196,9 +190,8 @@ class ContextStore(Statistics):
         fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
         held: list[dict[str, Any]] = []
         for _ in range(CLAIM_ROUNDS):
-            # batch_size: the whole answer in one reply, not one getMore per 101 documents.
             wanted = n - len(held)
-            found = list(self.contexts.find(claimable, fields).sort(order).limit(wanted).batch_size(wanted))
+            found = list(in_one_reply(self.contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
             if not found:
                 break
             # The status condition makes this the one conditional update: a context another
@@ -316,6 +309,18 @@ class ContextStore(Statistics):
     def release(self, claim: Claim, ids: Iterable[str] | None = None) -> WriteReport:
         """Give contexts back unchanged (all of the claim by default), fenced."""
         return self.settle(claim, release=claim.ids if ids is None else ids)
+
+    def load(self, claim: Claim, *, whole: bool = False) -> list[dict[str, Any]]:
+        """The claim's contexts, whole documents in claim order, as long as its lease still holds them.
+
+        `whole`: the claim is all its lease holds, so it is read by the lease alone (a list of ids
+        in the filter costs nx-27017 about as much again). Whole documents, as nx-27017 projects in
+        Python, which costs it more than sending the rest.
+        """
+        fence = held_by(claim.token)
+        found = in_one_reply(self.contexts.find(fence if whole else {"_id": {"$in": claim.ids}, **fence}), len(claim))
+        by_id = {d["_id"]: d for d in found}
+        return [by_id[i] for i in claim.ids if i in by_id]  # claim order, not the server's
 
     def claimable(self, limit: int) -> int:
         """How many contexts could be claimed now, counting no further than `limit` (index-backed)."""

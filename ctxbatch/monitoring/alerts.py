@@ -187,9 +187,12 @@ class AlertMonitor:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread after one last evaluation (a short run's alerts count too), then the sender."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+            self.evaluate_once()
         if self.sender is not None:
             self.sender.close()
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric
@@ -27,6 +27,17 @@ from ctxbatch.io import ContextStore, utcnow
 from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.database import DatabaseCollector
+
+if TYPE_CHECKING:  # types only: the loop imports this module, so importing the loop here would cycle
+    from ctxbatch.pipeline.events import (
+        BatchClaimed,
+        BatchCritical,
+        BatchFinished,
+        LeasesReaped,
+        PartitionFinished,
+        RunFinished,
+        RunStarted,
+    )
 
 log = logging.getLogger("ctxbatch.monitoring")
 
@@ -116,10 +127,12 @@ class LoopMonitor:
     """Subscribes to a run's events: updates LoopMetrics, serves them, and runs the alert rules.
 
     It implements the hooks of `ctxbatch.pipeline.events.Subscriber` it needs (the loop calls hooks
-    by name), so that `monitoring` needs nothing of `pipeline` but its events' fields.
+    by name) rather than subclassing it: the loop builds it, so it cannot import the loop.
     """
 
-    def __init__(self, store: ContextStore, settings: Settings, owner: str) -> None:
+    def __init__(
+        self, store: ContextStore, settings: Settings, owner: str, announce: Callable[[str], None] | None = None
+    ) -> None:
         monitoring = settings.monitoring
         self.store = store
         self.owner = owner
@@ -132,22 +145,23 @@ class LoopMonitor:
         self._server: Any = None
         self._bridge = _Bridge(self.metrics.registry)
         self._batches: set[int] = set()
+        self._announce = announce or log.info
 
     def __repr__(self) -> str:
         return f"<LoopMonitor metrics={self.url or 'not served'} alerts={self.alerts!r}>"
 
     # -- the run ------------------------------------------------------------------------------
 
-    def on_run_started(self, event: Any) -> None:
+    def on_run_started(self, event: RunStarted) -> None:
         if self.port is not None:
             self._server, _ = start_http_server(self.port, self.host, registry=self.metrics.registry)
             shown = f"[{self.host}]" if ":" in self.host else self.host
             self.url = f"http://{shown}:{self._server.server_address[1]}/metrics"
-            log.info("serving the loop's Prometheus metrics at %s", self.url)
+            self._announce(f"serving the loop's Prometheus metrics at {self.url}")
         self._bridge.install()
         self.alerts.start()
 
-    def on_run_finished(self, event: Any) -> None:
+    def on_run_finished(self, event: RunFinished) -> None:
         self.alerts.stop()
         self._bridge.remove()
         if self._server is not None:
@@ -159,12 +173,12 @@ class LoopMonitor:
 
     # -- batches and partitions ---------------------------------------------------------------
 
-    def on_batch_claimed(self, event: Any) -> None:
+    def on_batch_claimed(self, event: BatchClaimed) -> None:
         self.metrics.batch_size.set(event.size)
         self._batches.add(event.seq)
         self.metrics.in_flight.set(len(self._batches))
 
-    def on_partition_finished(self, event: Any) -> None:
+    def on_partition_finished(self, event: PartitionFinished) -> None:
         for outcome in OUTCOMES:
             count = getattr(event, outcome)
             if count:
@@ -174,11 +188,11 @@ class LoopMonitor:
         for seconds in event.processing_seconds:
             self.metrics.processing.observe(seconds)
 
-    def on_batch_finished(self, event: Any) -> None:
+    def on_batch_finished(self, event: BatchFinished) -> None:
         self.metrics.batch_seconds.observe(event.wall_seconds)
         self._done(event.seq)
 
-    def on_batch_critical(self, event: Any) -> None:
+    def on_batch_critical(self, event: BatchCritical) -> None:
         self.metrics.critical.inc()
         if event.failed:
             self.metrics.processed.labels("failed").inc(event.failed)
@@ -187,7 +201,7 @@ class LoopMonitor:
         if event.released or event.retries_left == 0 or event.held == 0:
             self._done(event.seq)
 
-    def on_leases_reaped(self, event: Any) -> None:
+    def on_leases_reaped(self, event: LeasesReaped) -> None:
         self.metrics.reaped.inc(event.count)
 
     def _done(self, seq: int) -> None:

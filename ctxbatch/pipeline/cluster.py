@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,26 +11,20 @@ from distributed import Client, LocalCluster
 
 from ctxbatch.config import DaskSettings
 from ctxbatch.errors import CtxbatchError
+from ctxbatch.hosts import is_loopback
 
 CONNECT_TIMEOUT = "20s"
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_reachable(mongo_uri: str, scheduler_address: str) -> None:
     """Refuse a database bound to loopback when the workers may run on other hosts."""
-    db_host = urlsplit(mongo_uri).hostname
-    scheduler_host = urlsplit(
-        scheduler_address if "://" in scheduler_address else f"tcp://{scheduler_address}"
-    ).hostname
-    if _is_loopback(db_host) and not _is_loopback(scheduler_host):
+    # A URI without a host name means the client's default, which is this machine.
+    db_host = urlsplit(mongo_uri).hostname or "localhost"
+    scheduler_host = (
+        urlsplit(scheduler_address if "://" in scheduler_address else f"tcp://{scheduler_address}").hostname
+        or "localhost"
+    )
+    if is_loopback(db_host) and not is_loopback(scheduler_host):
         raise CtxbatchError(
             f"the Dask workers at {scheduler_address} cannot reach a database on {db_host}; "
             "pass a --mongo-uri (or mongo.uri) that the workers can reach"

@@ -6,24 +6,24 @@ Three kinds (issue 3):
 - batch: marked with `@batch_engine`, `fn(frame) -> one result per row`, where `frame` is one partition's
   pandas DataFrame (`id`, `payload`, `priority`, `attempts`).
 
-Names resolve the way rq resolves serializers: an Engine passes through, a callable is wrapped, a short
-alias names a built-in, "module:callable" is imported with the current directory on sys.path (as uvicorn
-does), and anything else is refused with an EngineError that says what was expected.
+Names resolve with the one resolver (`ctxbatch.resolve`): an Engine passes through, a callable is wrapped,
+a short alias names a built-in, "module:callable" is imported with the current directory on sys.path, and
+anything else is refused with an EngineError that says what was expected.
+
+An engine may give itself `setup()` and `teardown()` attributes: each Dask worker calls `setup()` once
+before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.worker`).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ctxbatch.engines import BUILTIN_ENGINES
-from ctxbatch.errors import CriticalError, EngineError
+from ctxbatch.errors import EngineError
+from ctxbatch.resolve import BUILTIN_ENGINES, import_attribute
 
 Kind = Literal["row", "async", "batch"]
 KINDS: tuple[Kind, ...] = ("row", "async", "batch")
@@ -117,61 +117,5 @@ def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:
 
 
 def _import_engine(name: str, spec: str, search_path: str | None) -> Engine:
-    fn = import_callable(spec, search_path)
+    fn = import_attribute(spec, what="engine", expected=EXPECTED, refuse=EngineError, search_path=search_path)
     return Engine(fn, kind_of(fn), name, spec, search_path)
-
-
-def import_callable(spec: str, search_path: str | None = None) -> Callable[..., Any]:
-    """Import "module:callable" (dotted attributes allowed), with `search_path` first on sys.path if given."""
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path or spec.count(":") != 1:
-        raise EngineError(f"unknown engine {spec!r}; {EXPECTED}")
-    if search_path and search_path not in sys.path:
-        sys.path.insert(0, search_path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(f"{missing}."):
-            where = f"the current directory ({search_path}) or " if search_path else ""
-            raise EngineError(
-                f"engine {spec!r}: no module named {missing!r} in {where}the installed packages"
-            ) from None
-        raise EngineError(f"engine {spec!r}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:
-        # The user's module raised while importing: one line here, the traceback stays on the cause.
-        raise EngineError(f"engine {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    target: Any = module
-    for part in attr_path.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise EngineError(f"engine {spec!r}: module {module_name!r} has no attribute {attr_path!r}") from None
-    if not callable(target):
-        raise EngineError(f"engine {spec!r} is a {type(target).__name__}, not a callable")
-    return target
-
-
-_setup_lock = threading.Lock()
-_setup_done: set[str] = set()
-
-
-def ensure_setup(engine: Engine) -> None:
-    """Call the engine's optional `setup()` once in this process (so once per Dask worker) before its first rows.
-
-    An engine that needs a model or an HTTP session loaded per worker gives itself a `setup` attribute.
-    A setup that raises stops the batch (CriticalError): no row could succeed, so no row should be blamed.
-    """
-    setup = getattr(engine.fn, "setup", None)
-    if not callable(setup) or engine.name in _setup_done:
-        return
-    with _setup_lock:
-        if engine.name in _setup_done:
-            return
-        try:
-            setup()
-        except CriticalError:
-            raise
-        except Exception as exc:
-            raise CriticalError(f"engine {engine.name}: setup() failed: {type(exc).__name__}: {exc}") from exc
-        _setup_done.add(engine.name)

@@ -1,12 +1,12 @@
-"""Live progress of a run: a bar on a terminal, plain periodic log lines otherwise."""
+"""Live progress of a run: a bar on a terminal, plain periodic log lines otherwise (a subscriber)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import TextIO
 
 from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.events import RunFinished, RunStarted, Subscriber
 from ctxbatch.pipeline.report import RunReport
 
 BAR_WIDTH = 28
@@ -22,34 +22,37 @@ def progress_line(report: RunReport, total: int) -> str:
     )
 
 
-class Progress:
-    """Ticks in a thread while a run goes on: `with Progress(lambda: pipeline.report, store, stream):`."""
+class Progress(Subscriber):
+    """Ticks in a thread from the run's start to its end: `Pipeline(..., subscribers=[Progress(store, stream)])`."""
 
     def __init__(
         self,
-        report: Callable[[], RunReport],
         store: ContextStore,
         stream: TextIO,
         interactive: bool | None = None,
         interval: float | None = None,
     ) -> None:
-        self._report = report
         self._store = store
         self._stream = stream
         self._interactive = stream.isatty() if interactive is None else interactive
         self._interval = interval or (0.5 if self._interactive else 10.0)
+        self._report = RunReport()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._total = 0
+        self._thread: threading.Thread | None = None
+
+    def on_run_started(self, event: RunStarted) -> None:
+        self._report, self._total = event.report, 0
+        self._done.clear()
         self._thread = threading.Thread(target=self._tick_until_done, name="ctxbatch-progress", daemon=True)
-
-    def __enter__(self) -> Progress:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def on_run_finished(self, event: RunFinished) -> None:
         self._done.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self._show()
         if self._interactive:
             self._stream.write("\n")
@@ -70,7 +73,7 @@ class Progress:
             counts = self._store.status_counts()
         except Exception:  # a progress line is never worth stopping a run for
             return
-        report = self._report()
+        report = self._report
         # Done plus still waiting; never shrinking, as the database runs a little ahead of the report.
         self._total = max(self._total, report.completed + report.failed + counts["pending"] + counts["processing"])
         line = progress_line(report, self._total)

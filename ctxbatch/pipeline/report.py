@@ -1,4 +1,4 @@
-"""RunReport: what a run did, kept up to date while it runs (progress bars read it)."""
+"""RunReport: what a run did, kept up to date while it runs (by the RunCounters subscriber)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,6 @@ class RunReport:
     def rate(self) -> float:
         """Contexts settled (completed or failed for good) per second."""
         return (self.completed + self.failed) / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    def add(self, summary: dict[str, Any]) -> None:
-        for name in ("completed", "failed", "retried", "lost"):
-            setattr(self, name, getattr(self, name) + int(summary.get(name, 0)))
 
     def summary_line(self) -> str:
         return (

@@ -1,50 +1,63 @@
-"""The scheduler loop: claim a batch, map the engine over its Dask partitions, settle, repeat.
+"""The scheduler loop: claim a batch, submit its partitions to Dask, collect, settle, repeat.
 
-Up to `max_parallel_batches` batches are in flight; their leases are renewed while they run and
-other loops' expired leases are reaped. A critical error keeps the batch's contexts under its
-lease, waits `backoff_seconds[i]` and runs what is left again, at most `batch_retries` times.
+Up to `max_parallel_batches` claims are in flight; their leases are renewed while they run and
+other loops' expired leases are reaped (`leases.py`). A critical error keeps the batch's contexts
+under its lease, waits `backoff_seconds[i]` and runs what is left again, at most `batch_retries`
+times. Everything else a run does (its counters, the progress bar, its metrics and alert rules,
+worker scaling, a user's hooks) listens to the loop's events (`events.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, Future, futures_of, wait
+from distributed import Client, Future, wait
 from pymongo.errors import PyMongoError
 
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, connect, error_record
-from ctxbatch.io.frames import claim_frame
+from ctxbatch.monitoring.loop import LoopMonitor
+from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import dask_client
 from ctxbatch.pipeline.engine import Engine, resolve_engine
+from ctxbatch.pipeline.events import (
+    BatchClaimed,
+    BatchCritical,
+    BatchFinished,
+    LeasesReaped,
+    PartitionFinished,
+    RunFinished,
+    RunStarted,
+    SizingDecision,
+    Subscriber,
+    emit,
+)
+from ctxbatch.pipeline.leases import LeaseKeeper
+from ctxbatch.pipeline.partition import PartitionJob, RetryPolicy, submit_batch
 from ctxbatch.pipeline.report import RunReport
-from ctxbatch.pipeline.tasks import SUMMARY_META, RetryPolicy, process_partition
+from ctxbatch.pipeline.signals import stop_on_signals
+from ctxbatch.pipeline.subscribers import ProgressHook, RunCounters, WorkerScaling, resolve_subscriber
 from ctxbatch.sizing import Observation, Plan, Readings, Sizer, WorkerScaler, resolve_sizer, resources
 
 log = logging.getLogger("ctxbatch.pipeline")
 
 POLL_SECONDS = 0.05
-# An error-rate alert needs this many tries behind it.
-ALERT_MIN_TRIES = 100
 IDLE_SECONDS = 0.25
 
 
 @dataclass
-class _Batch:
-    """One claimed batch in flight (or waiting out a critical-error backoff)."""
+class _InFlight:
+    """One claim in flight (or waiting out a critical-error backoff)."""
 
     seq: int
     claim: Claim
@@ -55,7 +68,7 @@ class _Batch:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     critical: dict[str, str] | None = None
     retries: int = 0
-    due: float = 0.0  # when a batch waiting out a backoff runs again
+    due: float = 0.0  # when a claim waiting out a backoff runs again
 
     @property
     def label(self) -> str:
@@ -63,7 +76,11 @@ class _Batch:
 
 
 class Pipeline:
-    """Claims contexts in batches and processes them on Dask; `run()` until stopped or empty."""
+    """Claims contexts in batches and processes them on Dask; `run()` until stopped or empty.
+
+    `subscribers` listen to the run's events (`ctxbatch.Subscriber`): objects, or "module:callable"
+    naming a class or factory of one.
+    """
 
     def __init__(
         self,
@@ -75,6 +92,7 @@ class Pipeline:
         sizer: Any = None,
         announce: Callable[[str], None] | None = None,
         on_progress: Callable[[RunReport], None] | None = None,
+        subscribers: Sequence[Subscriber | str] = (),
     ) -> None:
         self.settings = load_config(config)
         self.engine = resolve_engine(engine)
@@ -83,29 +101,36 @@ class Pipeline:
         self.client = client
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.report = RunReport()
+        self.subscribers: list[Any] = [resolve_subscriber(s) for s in subscribers]
+        if on_progress:
+            self.subscribers.insert(0, ProgressHook(on_progress))
         self._announce = announce or (lambda message: log.info(message))
-        self._on_progress = on_progress
-        self._batches: list[_Batch] = []
+        adaptive = self.settings.dask.adaptive
+        self.scaler = (
+            WorkerScaler(adaptive.minimum, adaptive.maximum, self.settings.worker.target_batch_seconds)
+            if adaptive
+            else None
+        )
+        self._job = PartitionJob(
+            self.engine,
+            self.store.uri,
+            self.store.database_name,
+            RetryPolicy.of(self.settings.worker.retry),
+            self.settings.worker.engine_concurrency,
+        )
+        self._in_flight: list[_InFlight] = []
+        self._listeners: list[Any] = []
+        self.monitor: LoopMonitor | None = None  # the run's metrics and alerts, while it runs
         self._next: tuple[Plan, Readings] | None = None
         self._fill_since: float | None = None
-        self._next_maintenance = 0.0
-        self._alerted = False
         self._seq = 0
         self._stop = threading.Event()
         self._stop_now = threading.Event()
-        worker = self.settings.worker
-        adaptive = self.settings.dask.adaptive
-        self.scaler = (
-            WorkerScaler(adaptive.minimum, adaptive.maximum, worker.target_batch_seconds) if adaptive else None
-        )
-        self._cluster: Any = None
-        self._policy = RetryPolicy(worker.retry.context_retries, tuple(worker.retry.backoff_seconds))
-        self._maintain_every = max(0.2, min(worker.lease_seconds / 4, 10.0))
 
     def __repr__(self) -> str:
         r = self.report
         return (
-            f"<Pipeline engine={self.engine.name} in_flight={len(self._batches)} "
+            f"<Pipeline engine={self.engine.name} in_flight={len(self._in_flight)} "
             f"completed={r.completed} failed={r.failed} retried={r.retried}>"
         )
 
@@ -115,6 +140,9 @@ class Pipeline:
         if now:
             self._stop_now.set()
 
+    def _emit(self, hook: str, event: object) -> None:
+        emit(self._listeners, hook, event)
+
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, until_empty: bool = False, max_contexts: int | None = None) -> RunReport:
@@ -122,30 +150,37 @@ class Pipeline:
         self.report = RunReport(decisions=self.sizer.decisions)
         self._stop.clear()
         self._stop_now.clear()
-        self._next, self._fill_since, self._next_maintenance = None, None, 0.0
-        self._alerted = False
+        self._next, self._fill_since = None, None
         self.store.ensure_indexes()
+        leases = LeaseKeeper(self.store, self.settings.worker)
+        dask = self.settings.dask
         with (
-            self._signals(),
-            dask_client(self.settings.dask, self.store.uri, self.client, self._announce) as (client, cluster),
+            stop_on_signals(self.stop, self._stop.is_set, self._announce),
+            dask_client(dask, self.store.uri, self.client, self._announce) as (client, cluster),
         ):
-            self.report.dashboard_link = client.dashboard_link if self.settings.dask.dashboard_address else None
-            self.report.started = time.monotonic()  # the rate is the loop's, not the cluster's start-up
-            self._cluster = cluster  # None unless the run owns it: only then does it scale it
+            worker.install(client)
+            self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
+            self._listeners = [
+                RunCounters(self.report),
+                self.monitor,
+                *([WorkerScaling(self.scaler, self.store, cluster)] if self.scaler else []),
+                *self.subscribers,
+            ]
+            link = client.dashboard_link if dask.dashboard_address else None
+            self._emit("on_run_started", RunStarted(self.owner, self.engine.name, self.settings, link, self.report))
             try:
-                self._loop(client, until_empty, max_contexts)
+                self._loop(client, leases, until_empty, max_contexts)
             finally:
                 self._release_all()
-                self.report.finished = time.monotonic()
-                self._cluster = None
+                self._emit("on_run_finished", RunFinished(self.report))
         log.info("run finished: %s", self.report.summary_line())
         return self.report
 
-    def _loop(self, client: Client, until_empty: bool, max_contexts: int | None) -> None:
+    def _loop(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> None:
         outages = 0
         while not self._stop_now.is_set():
             try:
-                if self._step(client, until_empty, max_contexts):
+                if self._step(client, leases, until_empty, max_contexts):
                     return
                 outages = 0
             except (PyMongoError, DatabaseUnavailable) as exc:
@@ -158,18 +193,20 @@ class Pipeline:
                 log.warning("the database did not answer (%s); trying again", exc)
                 self._stop_now.wait(retry.backoff(outages))
 
-    def _step(self, client: Client, until_empty: bool, max_contexts: int | None) -> bool:
+    def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> bool:
         """One turn of the loop; True when the run is over."""
         self._collect(client)
-        if time.monotonic() >= self._next_maintenance:
-            self._maintain()
-            self._next_maintenance = time.monotonic() + self._maintain_every
+        if leases.due():
+            reaped = leases.upkeep(f.claim for f in self._in_flight)
+            if reaped:
+                log.info("returned %d contexts with expired leases to the queue", reaped)
+                self._emit("on_leases_reaped", LeasesReaped(reaped))
         budget = None if max_contexts is None else max_contexts - self.report.claimed
         can_claim = not self._stop.is_set() and (budget is None or budget > 0)
         started = False
-        if can_claim and len(self._batches) < self.settings.worker.max_parallel_batches:
-            started = self._start_batch(client, until_empty, budget)
-        if not self._batches:
+        if can_claim and len(self._in_flight) < self.settings.worker.max_parallel_batches:
+            started = self._claim(client, until_empty, budget)
+        if not self._in_flight:
             if not can_claim:
                 self.report.stopped_by = self.report.stopped_by or ("stop" if self._stop.is_set() else "max_contexts")
                 return True
@@ -181,220 +218,153 @@ class Pipeline:
         return False
 
     def _wait_a_little(self) -> None:
-        running = [f for b in self._batches for f in b.futures if not f.done()]
+        running = [f for b in self._in_flight for f in b.futures if not f.done()]
         if running:
             with contextlib.suppress(TimeoutError):  # distributed's wait raises when time is up
                 wait(running, timeout=IDLE_SECONDS, return_when="FIRST_COMPLETED")
         else:
-            self._stop_now.wait(POLL_SECONDS if self._batches else IDLE_SECONDS)
+            self._stop_now.wait(POLL_SECONDS if self._in_flight else IDLE_SECONDS)
 
     def _queue_drained(self) -> bool:
         counts = self.store.status_counts()
         return counts["pending"] == 0 and counts["processing"] == 0
 
-    # -- starting a batch -----------------------------------------------------------------
+    # -- claim and submit -----------------------------------------------------------------
 
-    def _start_batch(self, client: Client, until_empty: bool, budget: int | None) -> bool:
-        worker = self.settings.worker
+    def _claim(self, client: Client, until_empty: bool, budget: int | None) -> bool:
+        worker_settings = self.settings.worker
         if self._next is None:
             # Plan once per batch started (a plan is a sizing decision), and only with work to plan for.
             if self.store.claimable(1) == 0:
                 self._fill_since = None  # the wait for a full batch starts with the first context
                 return False
-            readings = resources.read(client, self.store, len(self._batches))
+            readings = resources.read(client, self.store, len(self._in_flight))
             self._next = (self.sizer.plan(readings), readings)
+            self._emit("on_sizing_decision", SizingDecision(self.sizer.decisions[-1]))
         plan, readings = self._next
         size = plan.size if budget is None else min(plan.size, budget)
         # Wait for a full batch, up to batch_timeout_seconds (the seed's fill rule).
         self._fill_since = self._fill_since or time.monotonic()
-        filling = not until_empty and time.monotonic() - self._fill_since < worker.batch_timeout_seconds
+        filling = not until_empty and time.monotonic() - self._fill_since < worker_settings.batch_timeout_seconds
         if filling and self.store.claimable(size) < size:
             return False
-        claim = self.store.claim(size, self.owner, worker.lease_seconds, by_priority=worker.priorities.enabled)
+        claim = self.store.claim(
+            size, self.owner, worker_settings.lease_seconds, by_priority=worker_settings.priorities.enabled
+        )
         if not claim.ids:
             return False
         self._next = None
         self._fill_since = None
         self._seq += 1
-        batch = _Batch(self._seq, claim, plan, readings)
-        self.report.claimed += len(claim)
-        self.report.batches += 1
-        self._submit(client, batch)
-        self._batches.append(batch)
+        flight = _InFlight(self._seq, claim, plan, readings)
+        self._submit(client, flight)
+        self._in_flight.append(flight)
+        self._emit("on_batch_claimed", BatchClaimed(flight.seq, flight.label, len(claim), claim.token, plan, readings))
         return True
 
-    def _submit(self, client: Client, batch: _Batch) -> None:
-        frame = claim_frame(
-            self.store,
-            batch.claim,
-            min(batch.plan.partitions, len(batch.claim)),
-            batch.label,
-            process_partition,
-            SUMMARY_META,
-            engine=self.engine,
-            policy=self._policy,
-            concurrency=self.settings.worker.engine_concurrency,
-        )
-        batch.futures = futures_of(client.persist(frame))
-        batch.summaries, batch.critical = [], None
+    def _submit(self, client: Client, flight: _InFlight) -> None:
+        partitions = min(flight.plan.partitions, len(flight.claim))
+        flight.futures = submit_batch(client, flight.claim, partitions, flight.label, flight.retries, self._job)
+        flight.summaries, flight.critical = [], None
 
-    # -- finishing a batch ----------------------------------------------------------------
+    # -- collect --------------------------------------------------------------------------
 
     def _collect(self, client: Client) -> None:
         now = time.monotonic()
-        for batch in list(self._batches):
-            if batch.due:
+        for flight in list(self._in_flight):
+            if flight.due:
                 if self._stop.is_set():
-                    self._give_back(batch)
-                elif now >= batch.due:
-                    self._rerun(client, batch)
+                    self._give_back(flight)
+                elif now >= flight.due:
+                    flight.due = 0.0
+                    flight.started = time.monotonic()
+                    self._submit(client, flight)
                 continue
-            if not all(f.done() for f in batch.futures):
+            if not all(f.done() for f in flight.futures):
                 continue
-            for future in batch.futures:
-                self._read_summary(batch, future)
-            if batch.critical is None:
-                self._finish(batch)
+            for future in flight.futures:
+                self._read_summary(flight, future)
+            if flight.critical is None:
+                self._finish(flight)
             else:
-                self._after_critical(batch)
+                self._after_critical(flight)
 
-    def _read_summary(self, batch: _Batch, future: Future) -> None:
+    def _read_summary(self, flight: _InFlight, future: Future) -> None:
         try:
-            rows = future.result().to_dict("records")
+            summary = future.result()
         except Exception as exc:  # a lost worker, database or cluster stops the batch like a CriticalError
-            batch.critical = batch.critical or error_record(exc)
+            flight.critical = flight.critical or error_record(exc)
             return
-        for row in rows:
-            if row["critical"]:
-                batch.critical = batch.critical or json.loads(row["critical"])
-            else:
-                batch.summaries.append(row)
-                self.report.add(row)
-        if self._on_progress:
-            try:
-                self._on_progress(self.report)
-            except Exception:  # a user's hook never stops the loop
-                log.exception("the on_progress hook raised; going on")
-
-    def _finish(self, batch: _Batch) -> None:
-        self._batches.remove(batch)
-        self._observe(batch, critical=False)
-        self._scale(batch.readings.workers)
-        self._alert_on_errors()
-
-    def _alert_on_errors(self) -> None:
-        """Warn once a run when its share of failed tries passes `monitoring.alert_error_rate`.
-
-        Over the run, not per batch: a batch of retries is often all bad rows, which is no news.
-        """
-        r = self.report
-        tries = r.completed + r.failed + r.retried
-        threshold = self.settings.monitoring.alert_error_rate
-        if self._alerted or tries < ALERT_MIN_TRIES or threshold is None:
+        if summary["critical"]:
+            flight.critical = flight.critical or summary["critical"]
             return
-        if r.failed + r.retried > threshold * tries:
-            self._alerted = True
-            log.warning("alert: %d of %d tries failed so far in this run", r.failed + r.retried, tries)
+        flight.summaries.append(summary)
+        counts = {k: summary[k] for k in ("contexts", "completed", "retried", "failed", "lost", "seconds")}
+        latency, processing = tuple(summary["latency_seconds"]), tuple(summary["processing_seconds"])
+        finished = PartitionFinished(
+            flight.seq, flight.label, **counts, latency_seconds=latency, processing_seconds=processing
+        )
+        self._emit("on_partition_finished", finished)
 
-    def _observe(self, batch: _Batch, critical: bool) -> None:
+    def _observe(self, flight: _InFlight, critical: bool) -> Observation:
         observation = Observation(
-            contexts=len(batch.claim),
-            planned=batch.plan.size,
-            wall_seconds=time.monotonic() - batch.started,
-            partition_seconds=[float(s["seconds"]) for s in batch.summaries],
-            errors=sum(int(s["retried"]) + int(s["failed"]) for s in batch.summaries),
+            contexts=len(flight.claim),
+            planned=flight.plan.size,
+            wall_seconds=time.monotonic() - flight.started,
+            partition_seconds=[float(s["seconds"]) for s in flight.summaries],
+            errors=sum(int(s["retried"]) + int(s["failed"]) for s in flight.summaries),
             critical=critical,
-            readings=batch.readings,
+            readings=flight.readings,
         )
         self.sizer.observe(observation)
-        if self.scaler:
-            self.scaler.observe(observation)
+        return observation
 
-    def _scale(self, current: int) -> None:
-        """With `dask.adaptive`, size the owned LocalCluster from the queue; else only report the want."""
-        if self.scaler is None:
-            return
-        want = self.scaler.want(self.store.status_counts()["pending"], current)
-        self.report.wanted_workers = want
-        if want != current and self._cluster is not None:
-            log.info("scaling the local cluster from %d to %d workers", current, want)
-            self._cluster.scale(want)
-            self.report.scaled_to = want
+    def _finish(self, flight: _InFlight) -> None:
+        self._in_flight.remove(flight)
+        observation = self._observe(flight, critical=False)
+        self._emit(
+            "on_batch_finished",
+            BatchFinished(flight.seq, flight.label, len(flight.claim), observation.wall_seconds, observation),
+        )
 
-    def _after_critical(self, batch: _Batch) -> None:
+    def _after_critical(self, flight: _InFlight) -> None:
         """Hold what is left under the lease and run it again after a backoff, or fail it for good."""
-        assert batch.critical is not None
-        self.report.critical += 1
-        self._observe(batch, critical=True)
+        error = flight.critical
+        assert error is not None
+        self._observe(flight, critical=True)
         retry = self.settings.worker.retry
-        left = self.store.held(batch.claim)
+        left = self.store.held(flight.claim)
         log.warning(
-            "batch %s stopped by %s: %s (%d contexts left)",
-            batch.label, batch.critical["type"], batch.critical["message"], len(left),
-        )  # fmt: skip
+            "batch %s stopped by %s: %s (%d contexts left)", flight.label, error["type"], error["message"], len(left)
+        )
+        flight.claim = left
+        failed, released, retries_left = 0, False, 0
         if not left.ids or self._stop.is_set():
-            batch.claim = left
-            self._give_back(batch)
-            return
-        if batch.retries >= retry.batch_retries:
-            written = self.store.fail(left, dict.fromkeys(left.ids, batch.critical), None)
-            self.report.failed += written.written
-            self._batches.remove(batch)
-            return
-        batch.retries += 1
-        batch.claim = left
-        batch.due = time.monotonic() + retry.backoff(batch.retries)
+            self._give_back(flight)
+            released = True
+        elif flight.retries >= retry.batch_retries:
+            failed = self.store.fail(left, dict.fromkeys(left.ids, error), None).written
+            self._in_flight.remove(flight)
+        else:
+            flight.retries += 1
+            flight.due = time.monotonic() + retry.backoff(flight.retries)
+            retries_left = retry.batch_retries - flight.retries
+        event = BatchCritical(flight.seq, flight.label, error, len(left), retries_left, failed, released)
+        self._emit("on_batch_critical", event)
 
-    def _rerun(self, client: Client, batch: _Batch) -> None:
-        batch.due = 0.0
-        batch.started = time.monotonic()
-        self._submit(client, batch)
+    # -- giving back ----------------------------------------------------------------------
 
-    # -- leases, shutdown -----------------------------------------------------------------
-
-    def _maintain(self) -> None:
-        worker = self.settings.worker
-        for batch in self._batches:
-            self.store.renew(batch.claim, worker.lease_seconds)
-        reaped = self.store.reap_expired(max_attempts=worker.retry.context_retries + 1)
-        if reaped:
-            log.info("returned %d contexts with expired leases to the queue", reaped)
-
-    def _give_back(self, batch: _Batch) -> None:
-        """Release what the batch holds and forget it; its finished partitions are already written."""
-        for future in batch.futures:
+    def _give_back(self, flight: _InFlight) -> None:
+        """Release what the claim holds and forget it; its finished partitions are already written."""
+        for future in flight.futures:
             future.cancel()
         try:
-            self.store.release(batch.claim)
+            self.store.release(flight.claim)
         except PyMongoError as exc:
-            log.warning("could not release batch %s (%s); its lease will expire", batch.label, exc)
-        self._batches.remove(batch)
+            log.warning("could not release batch %s (%s); its lease will expire", flight.label, exc)
+        self._in_flight.remove(flight)
 
     def _release_all(self) -> None:
         """Give back whatever this loop still holds (a second signal, stop(now=True), or an error)."""
-        for batch in list(self._batches):
-            self._give_back(batch)
-
-    @contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM: the first drains, the second releases at once. Main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handle(signum: int, _frame: Any) -> None:
-            now = self._stop.is_set()
-            self.stop(now=now)
-            name = signal.Signals(signum).name
-            self._announce(
-                f"{name}: releasing batches in flight"
-                if now
-                else f"{name}: finishing batches in flight (again to release them now)"
-            )
-
-        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        for flight in list(self._in_flight):
+            self._give_back(flight)

@@ -11,10 +11,10 @@ from pydantic.json_schema import models_json_schema
 from ctxbatch import __version__
 from ctxbatch.config import Settings, load_config
 from ctxbatch.io import ContextStore
-from ctxbatch.service.answers import JSONAnswer, install_error_answers
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.middleware import BearerToken, RequestMetrics
 from ctxbatch.service.models import BulkSubmission
+from ctxbatch.service.responses import JSONAnswer, install_error_answers
 from ctxbatch.service.routes import api_router
 from ctxbatch.service.security import OPEN_PATHS, resolve_token
 

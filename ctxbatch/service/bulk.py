@@ -15,7 +15,7 @@ from starlette.requests import Request
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore
 from ctxbatch.io.schema import collect_problems, validate_name
-from ctxbatch.service.answers import ApiError, problem, submit_problems
+from ctxbatch.service.responses import ApiError, problem, submit_problems
 
 ENVELOPE_FIELDS = ("contexts", "name")
 MAX_PROBLEMS = 20

@@ -11,8 +11,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ctxbatch.service.answers import error_answer
 from ctxbatch.service.metrics import ServiceMetrics
+from ctxbatch.service.responses import error_answer
 from ctxbatch.service.security import OPEN_PATHS
 
 

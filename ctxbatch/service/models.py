@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
+from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
 
 # Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
@@ -24,7 +25,7 @@ class ContextIn(_Strict):
     """One context to submit."""
 
     payload: dict[str, Any] = Field(description="The JSON object the engine receives, stored as given.")
-    priority: int = Field(DEFAULT_PRIORITY, ge=0, le=100, description="0 is the most urgent.")
+    priority: int = Field(DEFAULT_PRIORITY, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="0 is the most urgent.")
     key: str | None = Field(
         None, min_length=1, max_length=MAX_KEY_LENGTH, description="Becomes the context's id; unique."
     )

@@ -20,7 +20,6 @@ from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, Status
 from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 from ctxbatch.service import bulk
-from ctxbatch.service.answers import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.models import (
     Accepted,
@@ -34,6 +33,7 @@ from ctxbatch.service.models import (
     Retried,
     StatsOut,
 )
+from ctxbatch.service.responses import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 MAX_PAGE = 10_000

@@ -5,10 +5,10 @@ Free of web imports: `ctxbatch serve` checks its host with it before FastAPI is 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 from ctxbatch.config import Settings
+from ctxbatch.hosts import is_loopback
 
 TOKEN_VARIABLE = "CTXBATCH_API_TOKEN"
 # Load balancers and orchestrators probe health without credentials.
@@ -20,11 +20,4 @@ def resolve_token(settings: Settings) -> str | None:
     return os.environ.get(TOKEN_VARIABLE) or settings.api.token or None
 
 
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` keeps the API on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["OPEN_PATHS", "TOKEN_VARIABLE", "is_loopback", "resolve_token"]

@@ -6,7 +6,8 @@ what happened (`sizer.observe(Observation(...))`); `sizer.decisions` says why ea
 """
 
 from ctxbatch.sizing import resources
-from ctxbatch.sizing.base import Decision, Observation, Plan, Readings, Sizer, resolve_sizer
+from ctxbatch.sizing.base import Decision, Observation, Plan, Readings, Sizer
+from ctxbatch.sizing.choose import resolve_sizer
 from ctxbatch.sizing.dynamic import DynamicSizer, Tuning
 from ctxbatch.sizing.fixed import FixedSizer
 from ctxbatch.sizing.scaling import WorkerScaler, wanted_workers

@@ -15,18 +15,15 @@ keeps its last size.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ctxbatch.config import WorkerSettings
-from ctxbatch.errors import ConfigError
 from ctxbatch.sizing.split import partitions_for
 
 log = logging.getLogger("ctxbatch.sizing")
@@ -36,11 +33,6 @@ log = logging.getLogger("ctxbatch.sizing")
 MAX_DECISIONS = 10_000
 # Weight of the newest batch in the smoothed work cost per context that splitting follows.
 WORK_COST_ALPHA = 0.3
-
-ALIASES = {
-    "fixed": "ctxbatch.sizing.fixed:FixedSizer",
-    "dynamic": "ctxbatch.sizing.dynamic:DynamicSizer",
-}
 
 Inputs = dict[str, float | int | None]
 
@@ -260,55 +252,3 @@ class Sizer(ABC):
         self.decisions.append(decision)
         log.debug("batch %d: size %d in %d partition(s): %s", decision.batch, decision.size, decision.partitions,
                   decision.reason)  # fmt: skip
-
-
-SizerSpec = str | Sizer | Callable[[WorkerSettings], Sizer] | None
-
-
-def resolve_sizer(spec: SizerSpec, settings: WorkerSettings) -> Sizer:
-    """A Sizer from a spec, the way rq resolves serializers.
-
-    A Sizer passes through; None follows `settings.sizer`, then `dynamic_batch_sizing`;
-    "fixed" and "dynamic" are aliases; "module:callable" is imported; a callable (a Sizer
-    class or a factory) is called with the settings. Anything else is a ConfigError that says
-    what was expected.
-    """
-    if isinstance(spec, Sizer):
-        return spec
-    if spec is None:
-        spec = settings.sizer or ("dynamic" if settings.dynamic_batch_sizing else "fixed")
-    if isinstance(spec, str):
-        factory = _import(ALIASES.get(spec.strip(), spec.strip()))
-        label = spec
-    elif callable(spec):
-        factory, label = spec, getattr(spec, "__qualname__", repr(spec))
-    else:
-        raise ConfigError("worker.sizer", f"expected {_EXPECTED}, got {type(spec).__name__}")
-    try:
-        sizer = factory(settings)
-    except Exception as exc:  # the user's factory: say which one failed, and how
-        raise ConfigError("worker.sizer", f"{label}(settings) failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(sizer, Sizer):
-        raise ConfigError("worker.sizer", f"{label} returned {type(sizer).__name__}, not a ctxbatch.sizing.Sizer")
-    return sizer
-
-
-_EXPECTED = "'fixed', 'dynamic', 'module:callable', a Sizer, or a callable taking WorkerSettings and returning a Sizer"
-
-
-def _import(spec: str) -> Callable[[WorkerSettings], Any]:
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError("worker.sizer", f"expected {_EXPECTED}, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError("worker.sizer", f"cannot import {module_name!r}: {exc}") from None
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ConfigError("worker.sizer", f"module {module_name!r} has no {attribute!r}")
-    if not callable(target):
-        raise ConfigError("worker.sizer", f"{spec!r} is not callable")
-    return target

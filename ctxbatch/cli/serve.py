@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ctxbatch.cli import _say, _State
+from ctxbatch.cli.state import State, pass_state, say
+from ctxbatch.hosts import is_loopback
 from ctxbatch.io import mask_uri
-from ctxbatch.service.security import TOKEN_VARIABLE, is_loopback, resolve_token
-
-# ctxbatch.cli's pass_state, made again: mypy cannot type that variable across the import cycle
-# (ctxbatch.cli registers this command at its end).
-pass_state = click.make_pass_decorator(_State)
+from ctxbatch.service.security import TOKEN_VARIABLE, resolve_token
 
 
 @click.command()
@@ -19,7 +16,7 @@ pass_state = click.make_pass_decorator(_State)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback host without an API token.")
 @pass_state
-def serve(state: _State, host: str | None, port: int | None, config_path: str | None, insecure: bool) -> None:
+def serve(state: State, host: str | None, port: int | None, config_path: str | None, insecure: bool) -> None:
     """Serve the HTTP API (bulk submit, status, results, /metrics) with uvicorn."""
     if config_path:
         state.config_path = config_path
@@ -39,7 +36,7 @@ def serve(state: _State, host: str | None, port: int | None, config_path: str | 
     store = state.store
     app = create_app(store, settings)
     shown = f"[{host}]" if ":" in host else host
-    _say(
+    say(
         f"serving the ctxbatch API at http://{shown}:{port} over {mask_uri(store.uri)} "
         f"(database {store.database_name}); OpenAPI at /docs; "
         + ("a bearer token is required" if token else "no token is required")

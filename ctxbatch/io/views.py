@@ -1,4 +1,4 @@
-"""Reading the queue: batch status, results, listings and pages, queue lengths.
+"""What users see of the queue: batch status, results, listings and pages, queue lengths.
 
 A mixin of ContextStore (it reads `self.contexts`, `self.batches`, `self.levels`), kept apart
 because reporting and the queue's mechanics (submit, claim, settle) change for different reasons.
@@ -17,7 +17,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
-from ctxbatch.io.schema import Status
+from ctxbatch.io.schema import Status, in_one_reply, in_replies_of
 from ctxbatch.io.schema import eq as _eq
 
 RESULT_COLUMNS = [
@@ -30,7 +30,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 STREAM_REPLY = 1000
 
 
-class Reports:
+class QueueViews:
     contexts: Collection[dict[str, Any]]
     batches: Collection[dict[str, Any]]
     levels: dict[str, tuple[int, int]]
@@ -73,7 +73,7 @@ class Reports:
         self._batch(batch_id)
         projection = None if payload else {"payload": 0}
         found = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("_id", ASCENDING)
-        for doc in found.batch_size(STREAM_REPLY):
+        for doc in in_replies_of(found, STREAM_REPLY):
             yield context_view(doc)
 
     def results(self, batch_id: str) -> pd.DataFrame:
@@ -145,10 +145,8 @@ class Reports:
         self._batch(batch_id)
         offset = 0 if cursor is None else self._cursor_offset(cursor)
         projection = None if payload else {"payload": 0}
-        found = list(
-            self.contexts.find({"batch_id": _eq(batch_id)}, projection)
-            .sort("_id", ASCENDING).skip(offset).limit(limit + 1).batch_size(limit + 1)
-        )  # fmt: skip
+        page = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("_id", ASCENDING)
+        found = list(in_one_reply(page.skip(offset).limit(limit + 1), limit + 1))
         following = self._page_cursor(offset + limit) if len(found) > limit else None
         return [context_view(doc) for doc in found[:limit]], following
 
@@ -183,3 +181,10 @@ def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     for column in RESULT_COLUMNS:
         view.setdefault(column, None)
     return view
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: dates as ISO 8601 text, anything else as its text."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

@@ -19,7 +19,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, Wa
 from starlette.exceptions import HTTPException
 
 from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, InvalidCursor, SubmitError
-from ctxbatch.io.reports import RESULT_COLUMNS
+from ctxbatch.io.views import RESULT_COLUMNS, json_default
 
 log = logging.getLogger("ctxbatch.service")
 
@@ -30,15 +30,9 @@ CONTEXT_FIELDS = tuple(RESULT_COLUMNS)
 UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WaitQueueTimeoutError)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def dumps(content: Any) -> bytes:
     # ASCII escapes: any string Python holds can be sent, even one UTF-8 cannot encode.
-    return json.dumps(content, separators=(",", ":"), default=_jsonable).encode()
+    return json.dumps(content, separators=(",", ":"), default=json_default).encode()
 
 
 class JSONAnswer(JSONResponse):

@@ -1,0 +1,184 @@
+"""The queue's commands: submit, status, results, cancel, retry, run, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
+from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
+from ctxbatch.errors import InputError, SubmitError
+from ctxbatch.io import json_default
+from ctxbatch.io.formats import read_submission
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--mongo-uri", help="MongoDB URI (default: $CTXBATCH_MONGO_URI, else the embedded server).")
+@click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
+@click.option("--config", "config_path", envvar="CTXBATCH_CONFIG", type=click.Path(dir_okay=False),
+              help="YAML configuration file.")  # fmt: skip
+@click.version_option(package_name="ctxbatch")
+@click.pass_context
+def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config_path: str | None) -> None:
+    """Bulk processing of prioritised JSON contexts over MongoDB and Dask."""
+    ctx.obj = State(mongo_uri, database, config_path)
+
+
+@main.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), help="Priority of records that give none.")
+@click.option("--name", help="A name for the batch.")
+@pass_state
+def submit(state: State, source: str, priority: int | None, name: str | None) -> None:
+    """Submit contexts (JSON Lines, JSON array, CSV or Parquet); prints the batch id."""
+    submission = read_submission(source)
+    try:
+        batch_id = state.store.submit(submission.records, priority=priority, name=name)
+    except SubmitError as exc:
+        where = submission.locate(exc.index) if exc.index is not None else source
+        field = f"{exc.field}: " if exc.field else ""
+        raise InputError(f"{where}: {field}{exc.message}; nothing was submitted") from None
+    click.echo(batch_id)
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def status(state: State, batch_id: str, as_json: bool) -> None:
+    """Show a batch's status and counts."""
+    report = state.store.batch_status(batch_id)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    counts = report["counts"]
+    click.echo(f"batch {report['batch_id']}: {report['status']}")
+    click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.")  # fmt: skip
+@pass_state
+def results(state: State, batch_id: str, output: str | None) -> None:
+    """Print or save a batch's contexts with their results and errors."""
+    if output is None:
+        for row in state.store.iter_results(batch_id):
+            click.echo(json.dumps(row, default=json_default))
+        return
+    writers: dict[str, Callable[[Any, Path], None]] = {
+        ".parquet": lambda frame, path: _to_parquet(frame, path),
+        ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True, date_format="iso"),
+        ".csv": lambda frame, path: _json_columns(frame).to_csv(path, index=False),
+    }
+    path = Path(output)
+    writer = writers.get(path.suffix.lower())
+    if writer is None:
+        raise click.BadParameter("the file must end in .parquet, .jsonl or .csv", param_hint="--output")
+    frame = state.store.results(batch_id)
+    writer(frame, path)
+    say(f"wrote {len(frame)} contexts to {path}")
+
+
+def _json_columns(frame: Any) -> Any:
+    """Nested columns as JSON text, for formats that hold only flat values."""
+    frame = frame.copy()
+    for column in ("payload", "result", "error"):
+        frame[column] = [None if v is None else json.dumps(v, default=json_default) for v in frame[column]]
+    return frame
+
+
+def _to_parquet(frame: Any, path: Path) -> None:
+    # Results are free-form JSON, so nested columns are stored as JSON text.
+    _json_columns(frame).to_parquet(path, index=False)
+
+
+@main.command()
+@click.argument("batch_id")
+@pass_state
+def cancel(state: State, batch_id: str) -> None:
+    """Cancel a batch's pending contexts."""
+    say(f"cancelled {state.store.cancel(batch_id)} pending contexts of {batch_id}")
+
+
+@main.command()
+@click.argument("batch_id")
+@pass_state
+def retry(state: State, batch_id: str) -> None:
+    """Send a batch's failed contexts back to the queue with attempts reset."""
+    say(f"{state.store.retry(batch_id)} failed contexts of {batch_id} are pending again")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo).")
+@click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
+@click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
+@click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
+@click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port while running (0: any free port).")  # fmt: skip
+@pass_state
+def run(
+    state: State,
+    config_path: str | None,
+    engine: str | None,
+    workers: int | None,
+    scheduler_address: str | None,
+    until_empty: bool,
+    max_contexts: int | None,
+    metrics_port: int | None,
+) -> None:
+    """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
+    if config_path:
+        state.config_path = config_path
+    settings = state.config
+    if metrics_port is not None:
+        settings.monitoring.metrics_port = metrics_port
+    if workers is not None:
+        settings.dask.n_workers = workers
+    if scheduler_address:
+        settings.dask.scheduler_address = scheduler_address
+    engine = engine or settings.engine
+    if not engine:
+        raise click.UsageError("no engine: pass --engine module:callable or set `engine:` in the config")
+    _run_pipeline(state, settings, engine, until_empty=until_empty, max_contexts=max_contexts)
+
+
+def _run_pipeline(
+    state: State, settings: Settings, engine: str, until_empty: bool, max_contexts: int | None = None
+) -> None:
+    from ctxbatch.pipeline import Pipeline
+    from ctxbatch.pipeline.progress import Progress
+
+    # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
+    logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
+
+    progress = Progress(state.store, sys.stderr)
+    loop = Pipeline(engine, settings, state.store, announce=progress.say, subscribers=[progress])
+    report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
+    say(report.summary_line())
+
+
+@main.command()
+@click.option("--count", type=click.IntRange(min=1), default=3000, show_default=True, help="Sample contexts.")
+@pass_state
+def demo(state: State, count: int) -> None:
+    """Submit sample contexts (a few bound to fail) and process them with the built-in text engine."""
+    from ctxbatch.demo import DEMO_CONFIG, sample_contexts
+
+    # A database of its own, so the demo neither processes nor mixes with a real queue.
+    state.database = state.database or "ctxbatch_demo"
+    settings = load_config(DEMO_CONFIG)
+    batch_id = state.store.submit(sample_contexts(count), name="demo")
+    say(f"submitted {count} sample contexts as batch {batch_id}")
+    _run_pipeline(state, settings, "text", until_empty=True)
+    click.echo(json.dumps(state.store.batch_status(batch_id)))
+    say(f"see the results with: ctxbatch results {batch_id}")

@@ -1,0 +1,97 @@
+"""What each Dask worker holds for the partitions it runs: a WorkerPlugin, registered by the loop.
+
+Per worker: one ContextStore (one MongoClient and its pool) per (uri, database), and each engine's
+optional `setup()` called once before the worker's first partition with it; at close, each set-up
+engine's optional `teardown()` and the stores' close. Partition tasks reach it with
+`worker_resources()` (`distributed.get_worker().plugins[PLUGIN_NAME]`).
+
+Registration is idempotent: a second run on the same cluster finds the plugin there and keeps the
+worker's stores and set-up engines, rather than tearing them down and building them again.
+A new per-worker resource is an attribute made in `setup()`, an accessor, and its release in
+`teardown()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from distributed import Client, WorkerPlugin, get_worker
+
+from ctxbatch.errors import CriticalError
+from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.engine import Engine
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+log = logging.getLogger("ctxbatch.pipeline.worker")
+
+PLUGIN_NAME = "ctxbatch"
+
+
+class WorkerResources(WorkerPlugin):
+    """A Dask worker's stores and set-up engines (see the module's note)."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def setup(self, worker: Worker | None = None) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[tuple[str, str], ContextStore] = {}
+        self._engines: dict[str, Engine] = {}
+
+    def teardown(self, worker: Worker | None = None) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                teardown = getattr(engine.fn, "teardown", None)
+                if callable(teardown):
+                    try:
+                        teardown()
+                    except Exception:  # a worker closing goes on closing
+                        log.exception("engine %s: teardown() raised", engine.name)
+            for store in self._stores.values():
+                store.close()
+            self._engines.clear()
+            self._stores.clear()
+
+    def store(self, uri: str, database: str) -> ContextStore:
+        """This worker's store for the database, opened on first use."""
+        with self._lock:
+            found = self._stores.get((uri, database))
+            if found is None:
+                found = self._stores[(uri, database)] = ContextStore(uri, database)
+            return found
+
+    def ready(self, engine: Engine) -> Engine:
+        """The engine, its `setup()` called once on this worker before its first rows.
+
+        A setup that raises stops the batch (CriticalError): no row could succeed, so no row should be
+        blamed; the next partition tries it again.
+        """
+        with self._lock:
+            if engine.name in self._engines:
+                return engine
+            setup: Any = getattr(engine.fn, "setup", None)
+            if callable(setup):
+                try:
+                    setup()
+                except CriticalError:
+                    raise
+                except Exception as exc:
+                    raise CriticalError(f"engine {engine.name}: setup() failed: {type(exc).__name__}: {exc}") from exc
+            self._engines[engine.name] = engine
+            return engine
+
+
+def install(client: Client) -> None:
+    """Register the plugin on every worker of the client's cluster, present and future."""
+    client.register_plugin(WorkerResources(), name=PLUGIN_NAME)
+
+
+def worker_resources() -> WorkerResources:
+    """The resources of the worker running the current task."""
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    assert isinstance(plugin, WorkerResources)
+    return plugin

@@ -1,0 +1,76 @@
+"""The one resolver: how a name in a config or on the command line becomes an object.
+
+Engines, sizers and subscribers all resolve the same way (rq's `resolve_serializer` is the model):
+an object passes through, a short alias names a built-in, "module:callable" is imported with the
+current directory importable (as uvicorn does), and anything else is refused with an error that
+says what was expected. The built-in engines are listed here by name, so resolving one imports
+only its module and nothing below `engines/` is imported by the pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ctxbatch.errors import CtxbatchError
+
+BUILTIN_ENGINES: dict[str, str] = {
+    "text": "ctxbatch.engines.text:text_stats",
+    "service": "ctxbatch.engines.service:call_service",
+    "batched-call": "ctxbatch.engines.service:batched_call",
+    "echo": "ctxbatch.engines.trivial:echo",
+}
+
+Refuse = Callable[[str], CtxbatchError]
+
+
+def import_attribute(spec: str, *, what: str, expected: str, refuse: Refuse, search_path: str | None = None) -> Any:
+    """Import "module:attribute" (dotted attributes allowed), with `search_path` first on sys.path if given.
+
+    `what` names the thing in messages ("engine", "sizer"); `refuse` turns a message into the error to raise.
+    """
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path or spec.count(":") != 1:
+        raise refuse(f"unknown {what} {spec!r}; {expected}")
+    if search_path and search_path not in sys.path:
+        sys.path.insert(0, search_path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(f"{missing}."):
+            where = f"the current directory ({search_path}) or " if search_path else ""
+            raise refuse(
+                f"{what} {spec!r}: cannot import {module_name!r}: no module named {missing!r} in {where}"
+                "the installed packages"
+            ) from None
+        raise refuse(f"{what} {spec!r}: importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        # The user's module raised while importing: one line here, the traceback stays on the cause.
+        raise refuse(f"{what} {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise refuse(f"{what} {spec!r}: module {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise refuse(f"{what} {spec!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def resolve(spec: Any, aliases: Mapping[str, Any], *, what: str, expected: str, refuse: Refuse) -> Any:
+    """A non-string passes through; an alias is looked up (a string value is imported); else "module:callable".
+
+    "module:callable" is imported with the current directory on sys.path.
+    """
+    if not isinstance(spec, str):
+        return spec
+    text = spec.strip()
+    if text in aliases:
+        found = aliases[text]
+        return import_attribute(found, what=what, expected=expected, refuse=refuse) if isinstance(found, str) else found
+    return import_attribute(text, what=what, expected=expected, refuse=refuse, search_path=os.getcwd())
