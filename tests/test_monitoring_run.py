@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from click.testing import CliRunner
 from distributed import Client
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import WebhookReceiver, dead_url
 from test_stats import by_hand
 
 from ctxbatch import ContextStore, Subscriber
+from ctxbatch.cli import main
 from ctxbatch.monitoring.loop import METRIC_NAMES
 from ctxbatch.pipeline import Pipeline
 
@@ -241,3 +243,17 @@ def test_two_loops_send_one_alert_not_two(store: ContextStore, loops: Any, recei
     # Then one of them recorded the alert and sent it; the other did neither
     assert receiver.statuses() == [("firing", "Always")]
     assert sum(err.count("alert firing: Always") for err in errs) == 1
+
+
+def test_a_metrics_port_that_is_taken_is_one_line_and_exit_1(mongo_uri: str, database: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--mongo-uri", mongo_uri, "--database", database, "run", "--engine", "echo", "--until-empty"]
+        result = CliRunner().invoke(main, [*args, "--metrics-port", str(port)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: monitoring.metrics_port: cannot serve on 127.0.0.1:{port}: "
+    )
+    assert "Traceback" not in result.output

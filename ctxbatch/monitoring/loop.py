@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ctxbatch.config import Settings
+from ctxbatch.errors import ConfigError
 from ctxbatch.io import ContextStore, utcnow
 from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
@@ -142,7 +144,6 @@ class LoopMonitor:
         self.book = AlertBook(store.db)
         self.host, self.port = monitoring.metrics_host, monitoring.metrics_port
         self.url: str | None = None
-        self._server: Any = None
         self._bridge = _Bridge(self.metrics.registry)
         self._batches: set[int] = set()
         self._announce = announce or log.info
@@ -152,22 +153,33 @@ class LoopMonitor:
 
     # -- the run ------------------------------------------------------------------------------
 
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Serve the metrics (with `monitoring.metrics_port`) for as long as the block runs."""
+        if self.port is None:
+            yield
+            return
+        try:
+            server, _ = start_http_server(self.port, self.host, registry=self.metrics.registry)
+        except OSError as exc:
+            where = f"{self.host}:{self.port}"
+            raise ConfigError("monitoring.metrics_port", f"cannot serve on {where}: {exc.strerror}") from None
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{shown}:{server.server_address[1]}/metrics"
+        self._announce(f"serving the loop's Prometheus metrics at {self.url}")
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+
     def on_run_started(self, event: RunStarted) -> None:
-        if self.port is not None:
-            self._server, _ = start_http_server(self.port, self.host, registry=self.metrics.registry)
-            shown = f"[{self.host}]" if ":" in self.host else self.host
-            self.url = f"http://{shown}:{self._server.server_address[1]}/metrics"
-            self._announce(f"serving the loop's Prometheus metrics at {self.url}")
         self._bridge.install()
         self.alerts.start()
 
     def on_run_finished(self, event: RunFinished) -> None:
         self.alerts.stop()
         self._bridge.remove()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
         self._batches.clear()
         self.metrics.in_flight.set(0)
 

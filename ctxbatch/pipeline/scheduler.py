@@ -154,12 +154,13 @@ class Pipeline:
         self.store.ensure_indexes()
         leases = LeaseKeeper(self.store, self.settings.worker)
         dask = self.settings.dask
+        self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
         with (
+            self.monitor.serving(),  # a metrics port that is taken fails the run here, before the cluster
             stop_on_signals(self.stop, self._stop.is_set, self._announce),
             dask_client(dask, self.store.uri, self.client, self._announce) as (client, cluster),
         ):
             worker.install(client)
-            self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
             self._listeners = [
                 RunCounters(self.report),
                 self.monitor,
