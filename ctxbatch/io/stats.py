@@ -138,6 +138,12 @@ class Statistics(QueueViews):
             in_flight=sum(self.queue_length(Status.PROCESSING, batch_id).values()),
         )
 
+    def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
+        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
+        now = utcnow()
+        window = _checked_window(window_seconds)
+        return self._outcomes(self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), None))
+
     def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
         """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
         return self._first_created(Status.PENDING, batch_id, level)
