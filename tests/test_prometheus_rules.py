@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from importlib import resources
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from ctxbatch.monitoring.loop import METRIC_NAMES
 
 RULES = resources.files("ctxbatch.monitoring") / "prometheus-rules.yml"
 UNIT_TESTS = Path(__file__).parent / "prometheus" / "prometheus-rules.test.yml"
@@ -48,3 +51,8 @@ def test_the_rules_pass_their_promtool_unit_tests(promtool: str) -> None:
     tested = subprocess.run([promtool, "test", "rules", str(UNIT_TESTS)], capture_output=True, text=True, timeout=60)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+def test_the_rules_use_only_metrics_ctxbatch_serves() -> None:
+    used = set(re.findall(r"\b(ctxbatch_[a-z_]+)", RULES.read_text()))
+    assert used and used <= set(METRIC_NAMES)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,6 @@ from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import json_default
 from ctxbatch.io.formats import read_submission
-from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,55 +60,6 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
     counts = report["counts"]
     click.echo(f"batch {report['batch_id']}: {report['status']}")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
-
-
-class _Window(click.ParamType):
-    """A window in seconds: a positive, finite number."""
-
-    name = "seconds"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not (math.isfinite(seconds) and seconds > 0):
-            self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
-        return seconds
-
-
-@main.command()
-@click.argument("batch_id", required=False)
-@click.option("--window", type=_Window(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
-              help="Seconds of finished work to count.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
-@pass_state
-def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> None:
-    """Throughput, success rate, latency and the queue of the whole cluster (or one batch), from the database."""
-    from ctxbatch.monitoring.terminal import stats_lines
-
-    found = state.store.stats(batch_id, window)
-    if as_json:
-        click.echo(json.dumps(found))
-        return
-    click.echo("\n".join(stats_lines(found, f"batch {batch_id}" if batch_id else "all batches")))
-
-
-@main.command()
-@click.argument("batch_id", required=False)
-@click.option("--window", type=_Window(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
-              help="Seconds of finished work to count.")  # fmt: skip
-@click.option("--interval", type=_Window(), default=2.0, show_default=True, help="Seconds between refreshes.")
-@click.option("-n", "--refreshes", type=click.IntRange(min=1), help="Stop after this many refreshes.")
-@pass_state
-def top(state: State, batch_id: str | None, window: float, interval: float, refreshes: int | None) -> None:
-    """A live view of `ctxbatch stats`: redrawn in place on a terminal, one line per refresh otherwise."""
-    from ctxbatch.monitoring import terminal
-
-    store = state.store
-    title = f"batch {batch_id}" if batch_id else "all batches"
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
-        terminal.top(lambda: store.stats(batch_id, window), sys.stdout, interval, refreshes, title)
 
 
 @main.command()
@@ -175,6 +123,8 @@ def retry(state: State, batch_id: str) -> None:
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
 @click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port while running (0: any free port).")  # fmt: skip
 @pass_state
 def run(
     state: State,
@@ -184,11 +134,14 @@ def run(
     scheduler_address: str | None,
     until_empty: bool,
     max_contexts: int | None,
+    metrics_port: int | None,
 ) -> None:
     """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
     if config_path:
         state.config_path = config_path
     settings = state.config
+    if metrics_port is not None:
+        settings.monitoring.metrics_port = metrics_port
     if workers is not None:
         settings.dask.n_workers = workers
     if scheduler_address:

@@ -1,6 +1,6 @@
 """Cluster-wide statistics read from the database: what every loop did, not what one loop saw.
 
-A mixin of ContextStore, next to QueueViews. Every figure comes from the documents, so it is the same
+A mixin of ContextStore, over QueueViews. Every figure comes from the documents, so it is the same
 whichever (and however many) loops did the work.
 
 Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape of each query:
@@ -161,6 +161,12 @@ class Statistics(QueueViews):
             oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
             in_flight=sum(self.queue_length(Status.PROCESSING, batch_id).values()),
         )
+
+    def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
+        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
+        now = utcnow()
+        window = _checked_window(window_seconds)
+        return self._outcomes(self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), None))
 
     def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
         """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
 from ctxbatch.config import AlertRule, MonitoringSettings
-from ctxbatch.io import ContextStore, utcnow
+from ctxbatch.io import ContextStore, Status, utcnow
 from ctxbatch.io.alerts import FIRING, RESOLVED, AlertBook, AlertState
 from ctxbatch.monitoring.webhook import WebhookSender, alertmanager_payload
 
@@ -41,37 +41,42 @@ class Change:
 
 
 class Readings:
-    """The figures of one evaluation, each read from the database once and only if a rule asks."""
+    """The figures of one evaluation, each read from the database once and only if a rule asks.
+
+    The default rules need counts and two index lookups; only `latency_p95_seconds` costs the
+    whole stats() (its percentiles sample the window's documents).
+    """
 
     def __init__(self, store: ContextStore, book: AlertBook, window_seconds: float) -> None:
         self.store, self.book, self.window = store, book, window_seconds
-        self._stats: dict[str, Any] | None = None
+        self._read: dict[str, Any] = {}
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        if self._stats is None:
-            self._stats = self.store.stats(window_seconds=self.window)
-        return self._stats
+    def _once(self, name: str, read: Callable[[], Any]) -> Any:
+        if name not in self._read:
+            self._read[name] = read()
+        return self._read[name]
 
     def value(self, rule: AlertRule) -> float | None:
         """The rule's metric now; None when it has no value (nothing finished, nothing pending)."""
         metric = rule.metric
+        if metric in ("success_rate", "throughput_per_second"):
+            counts = self._once("counts", lambda: self.store.finished_counts(self.window))
+            finished = counts["completed"] + counts["failed"]
+            if metric == "throughput_per_second":
+                return finished / self.window
+            return counts["completed"] / finished if finished else None
         if metric == "queue_length":
-            lengths = self.stats["queue_length"]
+            lengths = self._once("queue", lambda: self.store.queue_length(Status.PENDING))
             return float(lengths[rule.level] if rule.level else sum(lengths.values()))
         if metric == "oldest_pending_seconds":
-            if rule.level is None:
-                return self.stats["oldest_pending_seconds"]
-            oldest = self.store.oldest_pending(level=rule.level)
+            oldest = self._once(f"oldest {rule.level}", lambda: self.store.oldest_pending(level=rule.level))
             return None if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
         if metric == "latency_p95_seconds":
-            return self.stats["latency_seconds"]["p95"]
-        if metric in ("success_rate", "throughput_per_second"):
-            return self.stats[metric]
+            return self._once("stats", lambda: self.store.stats(window_seconds=self.window))["latency_seconds"]["p95"]
         if metric == "critical_errors":
-            return float(self.book.critical_errors(self.window, utcnow()))
+            return float(self._once("critical", lambda: self.book.critical_errors(self.window, utcnow())))
         if metric == "seconds_since_progress":
-            return self.store.seconds_since_progress()
+            return float(self._once("progress", self.store.seconds_since_progress))
         raise ValueError(f"unknown alert metric {metric!r}")
 
 
@@ -187,9 +192,12 @@ class AlertMonitor:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread after one last evaluation (a short run's alerts count too), then the sender."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+            self.evaluate_once()
         if self.sender is not None:
             self.sender.close()
 
