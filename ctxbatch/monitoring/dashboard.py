@@ -34,7 +34,7 @@ from ctxbatch.monitoring.snapshot import Snapshot, read_snapshot
 WINDOW_SECONDS = 600  # the plots show the last 10 minutes
 BUCKET_SECONDS = 15  # 40 buckets: one small aggregate each
 # Every open tab shows the same snapshot, read at most once a refresh; the timeline (the costliest
-# read, ~0.7 s at 20k contexts in the window on nx-27017) at most this often.
+# read, ~0.2 s at 20k contexts in the window on nx-27017) at most this often.
 TIMELINE_SECONDS = 10.0
 IN_FLIGHT_POINTS = 300  # 10 minutes of reads, one a refresh
 
