@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,10 +166,108 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
 
 
+AlertMetric = Literal[
+    "success_rate",
+    "queue_length",
+    "oldest_pending_seconds",
+    "latency_p95_seconds",
+    "throughput_per_second",
+    "critical_errors",
+    "seconds_since_progress",
+]
+LEVELLED_METRICS = ("queue_length", "oldest_pending_seconds")
+
+
+class AlertRule(_Section):
+    """One alert: fires once `metric` has been above (or below) its threshold for `for_seconds`."""
+
+    name: str = Field(min_length=1, max_length=200, description="The alert's name (Alertmanager's alertname).")
+    metric: AlertMetric = Field(description="What the rule watches, read from the database's stats.")
+    above: float | None = Field(None, description="Holds while the metric is greater than this.")
+    below: float | None = Field(None, description="Holds while the metric is less than this.")
+    for_seconds: float = Field(0, ge=0, description="How long the rule must hold before it fires.")
+    level: str | None = Field(None, description="A priority level, for queue_length and oldest_pending_seconds.")
+    severity: str = Field("warning", min_length=1, description="The `severity` label of the alert.")
+    summary: str | None = Field(None, description="One line for people; a default one names the rule.")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> AlertRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"alert {self.name!r} needs exactly one of `above` and `below`")
+        if self.level is not None and self.metric not in LEVELLED_METRICS:
+            raise ValueError(f"alert {self.name!r}: `level` applies to {' and '.join(LEVELLED_METRICS)} only")
+        return self
+
+
+DEFAULT_ALERTS = (
+    AlertRule(
+        name="CtxbatchNoProgress",
+        metric="seconds_since_progress",
+        above=600,
+        severity="critical",
+        summary="No context has finished for 10 minutes while work waits",
+    ),
+    AlertRule(
+        name="CtxbatchSuccessRateLow",
+        metric="success_rate",
+        below=0.9,
+        for_seconds=60,
+        summary="Fewer than 90% of the contexts finished in the window completed",
+    ),
+    AlertRule(
+        name="CtxbatchCriticalErrors",
+        metric="critical_errors",
+        above=0,
+        severity="critical",
+        summary="A critical error stopped a batch",
+    ),
+)
+
+
 class MonitoringSettings(_Section):
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Expose Prometheus metrics from `run` here.")
-    alert_error_rate: float = Field(0.1, ge=0, le=1, description="Failed share of a batch that logs an alert.")
-    alert_queue_length: int = Field(100_000, ge=0, description="Pending contexts that log an alert.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve `run`'s Prometheus metrics here.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Address the metrics server binds.")
+    evaluate_every_seconds: float = Field(15, gt=0, description="How often each loop evaluates the alert rules.")
+    window_seconds: float = Field(300, gt=0, description="The span of the database's stats the rules see.")
+    webhook_url: str | None = Field(None, description="POST alerts here, in Alertmanager's webhook format.")
+    default_alerts: bool = Field(
+        True, description="Evaluate DEFAULT_ALERTS too (a rule of `alerts` of the same name wins)."
+    )
+    alerts: list[AlertRule] = Field(default_factory=list, description="Alert rules, evaluated over the whole cluster.")
+    alert_error_rate: float | None = Field(
+        None, ge=0, le=1, description="Shorthand for a rule `CtxbatchErrorRate`: success_rate below 1 - this."
+    )
+    alert_queue_length: int | None = Field(
+        None, ge=0, description="Shorthand for a rule `CtxbatchQueueLong`: queue_length above this."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_names(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        names = [rule.name for rule in rules]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"alert names must be unique; {repeated[0]!r} repeats")
+        return rules
+
+    def rules(self) -> list[AlertRule]:
+        """The rules every loop evaluates: the defaults (unless off), the shorthands, then `alerts`."""
+        chosen = {rule.name: rule for rule in (DEFAULT_ALERTS if self.default_alerts else ())}
+        if self.alert_error_rate is not None:
+            rule = AlertRule(name="CtxbatchErrorRate", metric="success_rate", below=1 - self.alert_error_rate)
+            chosen[rule.name] = rule
+        if self.alert_queue_length is not None:
+            rule = AlertRule(name="CtxbatchQueueLong", metric="queue_length", above=self.alert_queue_length)
+            chosen[rule.name] = rule
+        chosen.update((rule.name, rule) for rule in self.alerts)
+        return list(chosen.values())
 
 
 class Settings(_Section):
@@ -179,6 +277,14 @@ class Settings(_Section):
     dask: DaskSettings = Field(default_factory=DaskSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @model_validator(mode="after")
+    def _alert_levels_exist(self) -> Settings:
+        for index, rule in enumerate(self.monitoring.alerts):
+            if rule.level is not None and rule.level not in self.worker.priorities.levels:
+                known = ", ".join(self.worker.priorities.levels)
+                raise ValueError(f"monitoring.alerts.{index}.level: no level {rule.level!r} (levels: {known})")
+        return self
 
 
 def _first_problem(error: ValidationError) -> ConfigError:

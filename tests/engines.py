@@ -101,3 +101,17 @@ def with_setup(payload: dict[str, Any]) -> dict[str, Any]:
 
 with_setup.setup = lambda: _mark("setup")  # type: ignore[attr-defined]
 with_setup.teardown = lambda: _mark("teardown")  # type: ignore[attr-defined]
+
+
+def wait_for_release(payload: dict[str, Any]) -> dict[str, Any]:
+    """Blocks until the file payload["release"] exists (at most 60 s): a stalled engine, on demand."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(payload["release"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"i": payload.get("i")}
+
+
+def nap_then_fail_when_flagged(payload: dict[str, Any]) -> dict[str, Any]:
+    """nap(), then fail_when_flagged(): slow enough rows for several loops to share them."""
+    nap(payload)
+    return fail_when_flagged(payload)

@@ -8,7 +8,7 @@ The layering rule, top to bottom (a module may import its own package, and what 
   not `service`, `cli` or `engines`; it may import `monitoring`, a package of subscribers.
 - `ctxbatch.io` (the database) and `ctxbatch.sizing` (batch sizes): neither of them, nor each other,
   nor `pipeline`, `service`, `cli`, `monitoring` or `engines`.
-- `ctxbatch.config`, `errors`, `resolve`, `hosts`, `demo`: only each other.
+- `ctxbatch.config`, `errors`, `resolve`, `hosts`, `demo`, `display`: only each other.
 - `ctxbatch.engines` (engines written as users write theirs): the public API only (`ctxbatch`,
   `ctxbatch.errors`).
 
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ctxbatch"
-BASE = {"config", "errors", "resolve", "hosts", "demo"}
+BASE = {"config", "errors", "resolve", "hosts", "demo", "display"}
 # For each part, the top-level parts it must not import.
 FORBIDDEN = {
     "service": {"cli"},

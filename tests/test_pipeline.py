@@ -230,15 +230,18 @@ def test_a_loop_waits_for_a_full_batch_up_to_the_timeout(store: ContextStore, cl
     assert (pipeline.report.batches, pipeline.report.completed) == (1, 10)
 
 
-def test_a_run_with_many_failures_raises_one_alert(
+def test_a_run_with_many_failures_fires_the_success_rate_alert_once(
     store: ContextStore, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Given half the contexts failing for good, and the default rules evaluated often
     store.submit([{"payload": {"i": i, "bad": i % 2 == 0}} for i in range(200)])
-    with caplog.at_level("WARNING", logger="ctxbatch.pipeline"):
-        Pipeline("tests.engines:fail_when_flagged", config(batch_size=50), store, client).run(until_empty=True)
-    alerts = [r for r in caplog.records if r.getMessage().startswith("alert:")]
-    assert len(alerts) == 1
-    assert "tries failed" in alerts[0].getMessage()
+    settings = {**config(batch_size=50), "monitoring": {"evaluate_every_seconds": 0.2}}
+    settings["monitoring"]["alerts"] = [{"name": "CtxbatchSuccessRateLow", "metric": "success_rate", "below": 0.9}]
+    with caplog.at_level("WARNING", logger="ctxbatch.monitoring"):
+        Pipeline("tests.engines:fail_when_flagged", settings, store, client).run(until_empty=True)
+    # Then one line says so (the rules are evaluated once more as the run ends)
+    alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert firing:")]
+    assert alerts == ["alert firing: CtxbatchSuccessRateLow (warning): success_rate = 0.5, below 0.9"]
 
 
 def test_a_progress_hook_that_raises_does_not_stop_the_run(store: ContextStore, client: Client) -> None:

@@ -243,6 +243,7 @@ def test_openapi_describes_every_route_and_the_bulk_body(client: TestClient) -> 
         ("POST", "/api/batches/{batch_id}/cancel"),
         ("POST", "/api/batches/{batch_id}/retry"),
         ("GET", "/api/contexts/{context_id}"),
+        ("GET", "/api/stats"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
     }

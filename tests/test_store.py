@@ -418,3 +418,17 @@ def test_results_read_the_batch_through_the_batch_status_index(queue: ContextSto
     list(queue.iter_results(queue.batches.find_one()["_id"]))  # type: ignore[index]
     find = commands.on("find")[-1]
     assert index_used(queue, as_find(find)) == index_keys("batch_status")
+
+
+def test_stats_read_the_window_through_the_finished_index_comparing_no_dates(
+    queue: ContextStore, commands: Commands
+) -> None:
+    claim = queue.claim(10, "loop")
+    queue.complete(claim, dict.fromkeys(claim.ids, 1))
+    commands.events.clear()
+    queue.stats()
+    windowed = [c for c in commands.on("aggregate") if "finished_ms" in c["pipeline"][0]["$match"]]
+    assert len(windowed) >= 3  # completed, failed, the percentiles' sample
+    for aggregate in windowed:
+        assert index_used(queue, as_find(aggregate)) == index_keys("finished")
+        assert dates_in(aggregate["pipeline"]) == []

@@ -123,6 +123,8 @@ def retry(state: State, batch_id: str) -> None:
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
 @click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port while running (0: any free port).")  # fmt: skip
 @pass_state
 def run(
     state: State,
@@ -132,11 +134,14 @@ def run(
     scheduler_address: str | None,
     until_empty: bool,
     max_contexts: int | None,
+    metrics_port: int | None,
 ) -> None:
     """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
     if config_path:
         state.config_path = config_path
     settings = state.config
+    if metrics_port is not None:
+        settings.monitoring.metrics_port = metrics_port
     if workers is not None:
         settings.dask.n_workers = workers
     if scheduler_address:

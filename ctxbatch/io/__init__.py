@@ -2,13 +2,16 @@
 
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
+from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
-from ctxbatch.io.views import derive_status, json_default
+from ctxbatch.io.views import BatchStatus, derive_status, json_default
 
 __all__ = [
+    "BatchStatus",
     "Claim",
     "ContextRequest",
     "ContextStore",
+    "Stats",
     "Status",
     "WriteReport",
     "connect",

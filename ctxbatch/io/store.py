@@ -11,7 +11,8 @@ subdocument is stored as a date but does not compare in `find` there, so the lea
 carries its expiry as epoch milliseconds (`lease.expires_ms`), which the reaper queries.
 A top-level date does compare, but in Python, row by row over every pending context (a claim
 took 10x longer at 100k pending than at 10k), so the claim compares `next_attempt_ms`, the
-same moment as a number, which the server compares in SQL.
+same moment as a number, which the server compares in SQL; for the same reason a context
+finished for good (completed or failed) carries `finished_ms`, which stats() queries.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from ctxbatch.io.schema import (
 from ctxbatch.io.schema import (
     eq as _eq,
 )
-from ctxbatch.io.views import QueueViews
+from ctxbatch.io.stats import Statistics
 
 INSERT_CHUNK = 10_000
 ID_LOOKUP_CHUNK = 5_000
@@ -93,7 +94,7 @@ def as_records(source: Iterable[Any] | pd.DataFrame) -> list[Any]:
     return rows
 
 
-class ContextStore(QueueViews):
+class ContextStore(Statistics):
     """The queue of contexts and their batches in one MongoDB database."""
 
     def __init__(
@@ -236,9 +237,10 @@ class ContextStore(QueueViews):
         # claim made the last change, so a partly fenced-out write can tell what it lost, and
         # leaving it costs the server less than removing it. Only `processing` is held.
         fence = held_by(claim.token)
+        finished_ms = epoch_ms(utcnow())
         ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
             UpdateOne({"_id": cid, **fence}, {
-                "$set": {"status": Status.COMPLETED.value, "result": result},
+                "$set": {"status": Status.COMPLETED.value, "result": result, "finished_ms": finished_ms},
                 "$unset": {"error": ""}, **_stamp("finished_at"),
             })
             for cid, result in (results or {}).items()
@@ -284,7 +286,7 @@ class ContextStore(QueueViews):
             cid = doc.pop("_id")
             when = retry_at.get(cid) if isinstance(retry_at, Mapping) else retry_at
             if when is None:
-                doc.update(status=Status.FAILED.value, finished_at=now)
+                doc.update(status=Status.FAILED.value, finished_at=now, finished_ms=epoch_ms(now))
             else:
                 doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=epoch_ms(when))
             doc.update(error=dict(errors[cid]))
@@ -349,7 +351,7 @@ class ContextStore(QueueViews):
         if max_attempts is not None:
             reaped += self.contexts.update_many(
                 {**expired, "attempts": {"$gte": max_attempts}},
-                {"$set": {"status": Status.FAILED.value,
+                {"$set": {"status": Status.FAILED.value, "finished_ms": epoch_ms(utcnow()),
                           "error": {"type": "LeaseExpired", "traceback": "",
                                     "message": "the process running it stopped before finishing"}},
                  "$unset": {"lease": ""}, **_stamp("finished_at")},
@@ -386,7 +388,7 @@ class ContextStore(QueueViews):
         changed = self.contexts.update_many(
             {"batch_id": _eq(batch_id), "status": _eq(Status.FAILED.value)},
             {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
-             "$unset": {"finished_at": ""}, **_stamp("next_attempt_at")},
+             "$unset": {"finished_at": "", "finished_ms": ""}, **_stamp("next_attempt_at")},
         ).modified_count  # fmt: skip
         self._touch([batch_id])
         return changed

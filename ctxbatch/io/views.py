@@ -16,6 +16,7 @@ import pandas as pd
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
+from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
 from ctxbatch.io.schema import Status, in_one_reply, in_replies_of
 from ctxbatch.io.schema import eq as _eq
@@ -24,7 +25,7 @@ RESULT_COLUMNS = [
     "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
-INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms")
+INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
@@ -55,18 +56,20 @@ class QueueViews:
             counts[row["_id"]] = row["n"]
         return counts
 
-    def batch_status(self, batch_id: str) -> dict[str, Any]:
-        """The batch status JSON of DESIGN.md."""
+    def batch_status(self, batch_id: str) -> BatchStatus:
+        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
         batch = self._batch(batch_id)
         counts = self.counts(batch_id)
-        return {
-            "batch_id": batch_id,
-            "name": batch.get("name"),
-            "status": derive_status(counts),
-            "counts": counts,
-            "created_at": batch["created_at"].isoformat(),
-            "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
-        }
+        return BatchStatus(
+            {
+                "batch_id": batch_id,
+                "name": batch.get("name"),
+                "status": derive_status(counts),
+                "counts": counts,
+                "created_at": batch["created_at"].isoformat(),
+                "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
+            }
+        )
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
         """The batch's contexts one by one, in id order (submission order, unless keys were given), streamed."""
@@ -90,12 +93,13 @@ class QueueViews:
         """Contexts of every batch by status."""
         return self._count_by_status()
 
-    def queue_length(self, status: Status | str = Status.PENDING) -> dict[str, int]:
-        """How many contexts have this status, by priority level."""
+    def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
+        """How many contexts (of the batch, if given) have this status, by priority level."""
+        match: dict[str, Any] = {"status": _eq(str(status))}
+        if batch_id is not None:
+            match["batch_id"] = _eq(batch_id)
         # One group key only: nx-27017 does not evaluate a compound `_id` in $group.
-        grouped = self.contexts.aggregate(
-            [{"$match": {"status": _eq(str(status))}}, {"$group": {"_id": "$priority", "n": {"$sum": 1}}}]
-        )
+        grouped = self.contexts.aggregate([{"$match": match}, {"$group": {"_id": "$priority", "n": {"$sum": 1}}}])
         lengths = dict.fromkeys(self.levels, 0)
         for row in grouped:
             lengths[self.level_of(row["_id"])] += row["n"]
@@ -162,6 +166,25 @@ class QueueViews:
         if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
             raise InvalidCursor(cursor)
         return int(text[1:])
+
+
+class BatchStatus(dict[str, Any]):
+    """A batch's status: the JSON of DESIGN.md as a plain dict, with a one-line repr and an HTML table."""
+
+    def __repr__(self) -> str:
+        counts = self["counts"]
+        name = f" {self['name']!r}" if self.get("name") else ""
+        return (
+            f"<BatchStatus {self['batch_id']}{name} {self['status']}: {counts['completed']} completed, "
+            f"{counts['failed']} failed, {counts['pending']} pending, {counts['processing']} processing "
+            f"of {counts['total']}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [("batch", self["batch_id"]), ("name", self.get("name")), ("status", self["status"])]
+        rows += list(self["counts"].items())
+        rows += [("created", self["created_at"]), ("updated", self["updated_at"])]
+        return html_table("Batch status", rows)
 
 
 def derive_status(counts: Mapping[str, int]) -> str:

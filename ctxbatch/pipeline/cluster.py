@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster
 from ctxbatch.config import DaskSettings
 from ctxbatch.errors import CtxbatchError
 from ctxbatch.hosts import is_loopback
+from ctxbatch.io import ContextStore
 
 CONNECT_TIMEOUT = "20s"
 
@@ -34,19 +35,26 @@ def check_reachable(mongo_uri: str, scheduler_address: str) -> None:
 @contextmanager
 def dask_client(
     settings: DaskSettings,
-    mongo_uri: str,
+    store: ContextStore,
     given: Client | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[Client, LocalCluster | None]]:
-    """A client for the run's lifetime; a cluster started here is closed when the run ends."""
+    """A client for the run's lifetime; a cluster started here is closed when the run ends.
+
+    A cluster started here shows the ctxbatch page on its dashboard (an existing one does if its
+    scheduler was started with the preload, see ctxbatch/monitoring/dashboard.py).
+    """
     if given is not None:
         yield given, None
         return
     cluster: LocalCluster | None = None
     if settings.scheduler_address:
-        check_reachable(mongo_uri, settings.scheduler_address)
+        check_reachable(store.uri, settings.scheduler_address)
         client = Client(settings.scheduler_address, timeout=CONNECT_TIMEOUT)
     else:
+        if settings.dashboard_address is not None:
+            # Imported before the cluster is made: that adds the page to the dashboard it builds.
+            from ctxbatch.monitoring.dashboard import show_page
         cluster = LocalCluster(
             n_workers=settings.n_workers,
             threads_per_worker=settings.threads_per_worker,
@@ -57,6 +65,8 @@ def dask_client(
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
+        if settings.dashboard_address is not None:
+            show_page(client, store)
     try:
         if announce and settings.dashboard_address is not None:
             announce(f"Dask dashboard: {client.dashboard_link}")

@@ -64,6 +64,8 @@ class PartitionFinished:
     failed: int  # failed for good
     lost: int  # no longer under this lease when written (another loop reaped them)
     seconds: float  # engine wall time
+    latency_seconds: tuple[float, ...] = ()  # per completed context: submitted -> written
+    processing_seconds: tuple[float, ...] = ()  # per completed context: engine time
 
 
 @dataclass(frozen=True)

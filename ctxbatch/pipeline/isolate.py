@@ -63,6 +63,8 @@ class PartitionOutcome:
     results: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
+    # Engine seconds per context (a batch engine's call shared evenly by its rows), for the metrics.
+    row_seconds: dict[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"<PartitionOutcome completed={len(self.results)} failed={len(self.errors)} seconds={self.seconds:.3f}>"
@@ -104,6 +106,7 @@ def run_partition(
 
 def _run_rows(fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], outcome: PartitionOutcome) -> None:
     for cid, payload in zip(ids, payloads, strict=True):
+        started = time.perf_counter()
         try:
             value = fn(payload)
         except STOPS_THE_BATCH:
@@ -111,6 +114,8 @@ def _run_rows(fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], out
         except Exception as exc:
             outcome.fail(cid, exc)
             continue
+        finally:
+            outcome.row_seconds[cid] = time.perf_counter() - started
         outcome.add(cid, value, payload)
 
 
@@ -122,6 +127,7 @@ def _run_async(
 
     async def one(cid: str, payload: Any, gate: asyncio.Semaphore) -> None:
         async with gate:
+            started = time.perf_counter()
             try:
                 values[cid] = await fn(payload)
             except STOPS_THE_BATCH:
@@ -129,6 +135,8 @@ def _run_async(
             except Exception as exc:
                 log.debug("context %s failed: %s: %s", cid, type(exc).__name__, exc)
                 failures[cid] = row_error(exc)
+            finally:
+                outcome.row_seconds[cid] = time.perf_counter() - started
 
     async def run_all() -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -159,12 +167,14 @@ def _bisect(
     With b bad rows among n this costs at most 1 + 2·b·log2(n) calls, and exactly the bad rows fail.
     """
     values: list[Any] | None = None
+    started = time.perf_counter()
     try:
         values = _call_batch(engine, frame)
     except STOPS_THE_BATCH:
         raise
     except Exception as exc:
         if len(ids) == 1:
+            outcome.row_seconds[ids[0]] = time.perf_counter() - started
             outcome.fail(ids[0], exc)
             return
         log.debug("batch engine %s raised on %d rows (%s); bisecting", engine.name, len(ids), type(exc).__name__)
@@ -173,7 +183,9 @@ def _bisect(
         _bisect(engine, frame.iloc[:mid], ids[:mid], payloads[:mid], outcome)
         _bisect(engine, frame.iloc[mid:], ids[mid:], payloads[mid:], outcome)
         return
+    share = (time.perf_counter() - started) / len(ids)
     for cid, value, payload in zip(ids, values, payloads, strict=True):
+        outcome.row_seconds[cid] = share
         outcome.add(cid, value, payload)
 
 

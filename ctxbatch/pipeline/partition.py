@@ -20,11 +20,13 @@ from distributed import Client, Future
 from ctxbatch.config import RetrySettings, backoff_after
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
+from ctxbatch.io.schema import epoch_ms
 from ctxbatch.pipeline.engine import Engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.worker import worker_resources
 
 COUNTS = ("completed", "retried", "failed", "lost")
+CREATED_MS = "ctxbatch_created_ms"
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,22 @@ class PartitionJob:
 
 
 def summary(
-    contexts: int = 0, seconds: float = 0.0, critical: dict[str, str] | None = None, **counts: int
+    contexts: int = 0,
+    seconds: float = 0.0,
+    critical: dict[str, str] | None = None,
+    latency_seconds: list[float] | None = None,
+    processing_seconds: list[float] | None = None,
+    **counts: int,
 ) -> dict[str, Any]:
-    """One partition's outcome, as the loop reads it: counts, engine seconds, and a critical error if any."""
-    return {"contexts": contexts, **dict.fromkeys(COUNTS, 0), **counts, "seconds": seconds, "critical": critical}
+    """One partition's outcome, as the loop reads it: counts, engine seconds, and a critical error if any.
+
+    With, per completed context, its latency (submitted -> written) and engine seconds: a few
+    floats per context for the loop's histograms, never a payload.
+    """
+    return {
+        "contexts": contexts, **dict.fromkeys(COUNTS, 0), **counts, "seconds": seconds, "critical": critical,
+        "latency_seconds": latency_seconds or [], "processing_seconds": processing_seconds or [],
+    }  # fmt: skip
 
 
 def submit_batch(
@@ -81,8 +95,12 @@ def load_partition(claim: Claim, job: PartitionJob, whole: bool) -> pd.DataFrame
 
 
 def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
-    """Stored contexts as the DataFrame engines get: id, payload, priority, attempts."""
-    return pd.DataFrame(
+    """Stored contexts as the DataFrame engines get: id, payload, priority, attempts.
+
+    When each was submitted rides along in `attrs` (not a column engines would see), for the
+    latency of each completed context.
+    """
+    frame = pd.DataFrame(
         {
             "id": pd.Series([d["_id"] for d in held], dtype=object),
             "payload": pd.Series([d.get("payload") for d in held], dtype=object),
@@ -90,6 +108,8 @@ def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
             "attempts": pd.Series([d["attempts"] for d in held], dtype="int64"),
         }
     )
+    frame.attrs[CREATED_MS] = {d["_id"]: epoch_ms(d["created_at"]) for d in held if "created_at" in d}
+    return frame
 
 
 def process_partition(frame: pd.DataFrame, claim: Claim, job: PartitionJob) -> dict[str, Any]:
@@ -117,9 +137,13 @@ def process_with(
     retry_at = {cid: job.policy.retry_at(attempts[cid], now) for cid in outcome.errors}
     written = store.settle(claim, outcome.results, outcome.errors, retry_at)
     lost = set(written.lost)
+    done = [cid for cid in outcome.results if cid not in lost]
+    created, now_ms = frame.attrs.get(CREATED_MS, {}), epoch_ms(utcnow())
     return summary(
         len(frame),
         seconds=outcome.seconds,
+        latency_seconds=[max(now_ms - created[cid], 0) / 1000 for cid in done if cid in created],
+        processing_seconds=[outcome.row_seconds[cid] for cid in done if cid in outcome.row_seconds],
         completed=sum(1 for cid in outcome.results if cid not in lost),
         retried=sum(1 for cid, when in retry_at.items() if when is not None and cid not in lost),
         failed=sum(1 for cid, when in retry_at.items() if when is None and cid not in lost),

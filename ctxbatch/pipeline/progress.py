@@ -76,7 +76,10 @@ class Progress(Subscriber):
         report = self._report
         # Done plus still waiting; never shrinking, as the database runs a little ahead of the report.
         self._total = max(self._total, report.completed + report.failed + counts["pending"] + counts["processing"])
-        line = progress_line(report, self._total)
+        self._draw(report, self._total)
+
+    def _draw(self, report: RunReport, total: int) -> None:
+        line = progress_line(report, total)
         with self._lock:
             self._stream.write(f"\r{line}\x1b[K" if self._interactive else f"{line}\n")
             self._stream.flush()

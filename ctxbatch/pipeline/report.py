@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctxbatch.display import Link, html_table
+
 
 @dataclass
 class RunReport:
@@ -20,6 +22,7 @@ class RunReport:
     finished: float | None = None
     stopped_by: str | None = None
     dashboard_link: str | None = None
+    page_link: str | None = None  # the ctxbatch page of that dashboard, when its scheduler serves it
     wanted_workers: int | None = None  # with `dask.adaptive`: the worker count the queue calls for
     scaled_to: int | None = None  # the worker count the run last scaled its own cluster to
     decisions: list[Any] = field(default_factory=list)
@@ -45,3 +48,20 @@ class RunReport:
             f"lost={self.lost} critical={self.critical} batches={self.batches} "
             f"wall={self.wall_seconds:.1f}s rate={self.rate:.1f}/s>"
         )
+
+    def _repr_html_(self) -> str:
+        link = Link(self.dashboard_link) if self.dashboard_link else None
+        rows = [
+            ("completed", self.completed), ("failed", self.failed), ("retried", self.retried),
+            ("lost", self.lost), ("critical", self.critical), ("batches", self.batches),
+            ("wall seconds", round(self.wall_seconds, 1)), ("contexts/s", round(self.rate, 1)),
+            ("stopped by", self.stopped_by or ("running" if self.finished is None else None)),
+            ("Dask dashboard", link),
+            ("ctxbatch page", Link(self.page_link) if self.page_link else None),
+        ]  # fmt: skip
+        if self.wanted_workers is not None:
+            rows.append(("wanted workers", self.wanted_workers))
+        if self.decisions:
+            last = self.decisions[-1]
+            rows.append(("last batch size", f"{last.size}: {last.reason}"))
+        return html_table("RunReport", rows)

@@ -3,8 +3,8 @@
 Up to `max_parallel_batches` claims are in flight; their leases are renewed while they run and
 other loops' expired leases are reaped (`leases.py`). A critical error keeps the batch's contexts
 under its lease, waits `backoff_seconds[i]` and runs what is left again, at most `batch_retries`
-times. Everything else a run does (its counters, the progress bar, the error-rate alert, worker
-scaling, a user's hooks) listens to the loop's events (`events.py`).
+times. Everything else a run does (its counters, the progress bar, its metrics and alert rules,
+worker scaling, a user's hooks) listens to the loop's events (`events.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pymongo.errors import PyMongoError
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, connect, error_record
+from ctxbatch.monitoring.dask_pages import page_link
+from ctxbatch.monitoring.loop import LoopMonitor
 from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import dask_client
 from ctxbatch.pipeline.engine import Engine, resolve_engine
@@ -42,10 +44,11 @@ from ctxbatch.pipeline.events import (
     emit,
 )
 from ctxbatch.pipeline.leases import LeaseKeeper
+from ctxbatch.pipeline.notebook import NotebookProgress, in_notebook
 from ctxbatch.pipeline.partition import PartitionJob, RetryPolicy, submit_batch
 from ctxbatch.pipeline.report import RunReport
 from ctxbatch.pipeline.signals import stop_on_signals
-from ctxbatch.pipeline.subscribers import ErrorRateAlert, ProgressHook, RunCounters, WorkerScaling, resolve_subscriber
+from ctxbatch.pipeline.subscribers import ProgressHook, RunCounters, WorkerScaling, resolve_subscriber
 from ctxbatch.sizing import Observation, Plan, Readings, Sizer, WorkerScaler, resolve_sizer, resources
 
 log = logging.getLogger("ctxbatch.pipeline")
@@ -119,6 +122,7 @@ class Pipeline:
         )
         self._in_flight: list[_InFlight] = []
         self._listeners: list[Any] = []
+        self.monitor: LoopMonitor | None = None  # the run's metrics and alerts, while it runs
         self._next: tuple[Plan, Readings] | None = None
         self._fill_since: float | None = None
         self._seq = 0
@@ -152,18 +156,28 @@ class Pipeline:
         self.store.ensure_indexes()
         leases = LeaseKeeper(self.store, self.settings.worker)
         dask = self.settings.dask
+        # Here, not at the top: monitoring's subscribers import the pipeline's events.
+        from ctxbatch.monitoring.decisions import DecisionLog
+
+        self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
         with (
+            self.monitor.serving(),  # a metrics port that is taken fails the run here, before the cluster
             stop_on_signals(self.stop, self._stop.is_set, self._announce),
-            dask_client(dask, self.store.uri, self.client, self._announce) as (client, cluster),
+            dask_client(dask, self.store, self.client, self._announce) as (client, cluster),
         ):
             worker.install(client)
             self._listeners = [
                 RunCounters(self.report),
-                ErrorRateAlert(self.settings.monitoring.alert_error_rate),
+                self.monitor,
                 *([WorkerScaling(self.scaler, self.store, cluster)] if self.scaler else []),
+                DecisionLog(self.store),
+                *([NotebookProgress(self.store)] if in_notebook() else []),
                 *self.subscribers,
             ]
             link = client.dashboard_link if dask.dashboard_address else None
+            self.report.page_link = page_link(client) if link else None
+            if self.report.page_link and self.client is None:  # beside the Dask link dask_client announced
+                self._announce(f"ctxbatch: {self.report.page_link}")
             self._emit("on_run_started", RunStarted(self.owner, self.engine.name, self.settings, link, self.report))
             try:
                 self._loop(client, leases, until_empty, max_contexts)
@@ -297,7 +311,11 @@ class Pipeline:
             return
         flight.summaries.append(summary)
         counts = {k: summary[k] for k in ("contexts", "completed", "retried", "failed", "lost", "seconds")}
-        self._emit("on_partition_finished", PartitionFinished(flight.seq, flight.label, **counts))
+        latency, processing = tuple(summary["latency_seconds"]), tuple(summary["processing_seconds"])
+        finished = PartitionFinished(
+            flight.seq, flight.label, **counts, latency_seconds=latency, processing_seconds=processing
+        )
+        self._emit("on_partition_finished", finished)
 
     def _observe(self, flight: _InFlight, critical: bool) -> Observation:
         observation = Observation(

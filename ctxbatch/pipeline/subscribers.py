@@ -1,4 +1,4 @@
-"""The built-in subscribers: the run's counters, the error-rate alert, worker scaling, a progress hook.
+"""The built-in subscribers: the run's counters, worker scaling, a progress hook (monitoring has its own).
 
 The loop puts them first, in this order, so user subscribers see the counters already updated.
 """
@@ -27,8 +27,6 @@ from ctxbatch.sizing import WorkerScaler
 
 log = logging.getLogger("ctxbatch.pipeline")
 
-# An error-rate alert needs this many tries behind it.
-ALERT_MIN_TRIES = 100
 EXPECTED = "expected a Subscriber, or 'module:callable' naming a Subscriber class or a factory of one"
 
 
@@ -56,30 +54,6 @@ class RunCounters(Subscriber):
 
     def on_run_finished(self, event: RunFinished) -> None:
         self.report.finished = time.monotonic()
-
-
-class ErrorRateAlert(Subscriber):
-    """Warns once a run when its share of failed tries passes `monitoring.alert_error_rate`.
-
-    Over the run, not per batch: a batch of retries is often all bad rows, which is no news.
-    """
-
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
-        self._report: RunReport | None = None
-        self._alerted = False
-
-    def on_run_started(self, event: RunStarted) -> None:
-        self._report, self._alerted = event.report, False
-
-    def on_batch_finished(self, event: BatchFinished) -> None:
-        r = self._report
-        if r is None or self._alerted:
-            return
-        tries = r.completed + r.failed + r.retried
-        if tries >= ALERT_MIN_TRIES and r.failed + r.retried > self.threshold * tries:
-            self._alerted = True
-            log.warning("alert: %d of %d tries failed so far in this run", r.failed + r.retried, tries)
 
 
 class WorkerScaling(Subscriber):

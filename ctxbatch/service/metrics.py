@@ -1,65 +1,15 @@
-"""Prometheus metrics of the HTTP API: queue lengths, submissions, requests and their latency.
+"""Prometheus metrics of the HTTP API: submissions, requests and their latency, and the queue.
 
-Each app has its own registry, so several apps in one process (tests) never collide. Queue
-lengths are read from the database when scraped, not kept in the process: any number of API
-processes and scheduler loops then report the same queue.
+Each app has its own registry, so several apps in one process (tests) never collide. The queue's
+metrics are the database's (ctxbatch.monitoring.database), the same as every loop serves.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
-import pymongo
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from pymongo.errors import PyMongoError
 
-from ctxbatch.io import ContextStore, Status
-
-log = logging.getLogger("ctxbatch.service")
-
-QUEUE_STATUSES = (Status.PENDING, Status.PROCESSING)
-SCRAPE_DB_TIMEOUT_SECONDS = 5.0
-
-
-class QueueCollector(Collector):
-    """`ctxbatch_queue_length{level, status}` for waiting and running contexts, read at scrape time."""
-
-    def __init__(self, store: ContextStore) -> None:
-        self.store = store
-
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily(
-                "ctxbatch_queue_length",
-                "Contexts pending or processing, by priority level and status.",
-                labels=["level", "status"],
-            ),
-            GaugeMetricFamily("ctxbatch_database_up", "1 when the database answered this scrape, else 0."),
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        # Without describe(), registering would call collect() and so the database.
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        queue, up = self._families()
-        try:
-            with pymongo.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
-                lengths = {status.value: self.store.queue_length(status) for status in QUEUE_STATUSES}
-        except PyMongoError as exc:
-            log.warning("metrics: the database did not answer: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        for status, by_level in lengths.items():
-            for level, length in by_level.items():
-                queue.add_metric([level, status], length)
-        up.add_metric([], 1)
-        yield queue
-        yield up
+from ctxbatch.io import ContextStore
+from ctxbatch.monitoring.database import DatabaseCollector
 
 
 class ServiceMetrics:
@@ -82,7 +32,7 @@ class ServiceMetrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.registry.register(QueueCollector(store))
+        self.registry.register(DatabaseCollector(store))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

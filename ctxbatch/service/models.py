@@ -119,3 +119,25 @@ class Retried(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     database_seconds: float = Field(description="Round trip of a ping to the database.")
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class StatsOut(BaseModel):
+    """store.stats(): the whole cluster's work over the last `window_seconds`, read from the database."""
+
+    window_seconds: float
+    completed: int = Field(description="Contexts completed in the window.")
+    failed: int = Field(description="Contexts failed for good in the window.")
+    retried: int = Field(description="Tries of those contexts that failed and ran again.")
+    throughput_per_second: float
+    success_rate: float | None = Field(description="completed / (completed + failed); null with nothing finished.")
+    latency_seconds: Percentiles = Field(description="Submitted -> finished.")
+    processing_seconds: Percentiles = Field(description="Claimed (the last time) -> finished.")
+    queue_length: dict[str, int] = Field(description="Pending contexts by priority level.")
+    oldest_pending_seconds: float | None = Field(description="Age of the oldest pending context; null when none.")
+    in_flight: int = Field(description="Contexts processing now.")

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, Status
+from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 from ctxbatch.service import bulk
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.models import (
@@ -30,12 +31,14 @@ from ctxbatch.service.models import (
     Health,
     ResultsPage,
     Retried,
+    StatsOut,
 )
 from ctxbatch.service.responses import NDJSON, ApiError, JSONAnswer, ndjson_lines, public_context
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 MAX_PAGE = 10_000
 MAX_BATCH_LIST = 1_000
+MAX_WINDOW_SECONDS = 30 * 86400
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -125,6 +128,14 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
     def retry_batch(batch_id: str) -> dict[str, Any]:
         """Send the batch's failed contexts back to the queue with attempts reset."""
         return {"batch_id": batch_id, "retried": store.retry(batch_id)}
+
+    @router.get("/api/stats", response_model=StatsOut, responses={**COMMON, **_errors(404)})
+    def stats(
+        batch_id: str | None = None,
+        window: Annotated[float, Query(gt=0, le=MAX_WINDOW_SECONDS, allow_inf_nan=False)] = DEFAULT_WINDOW_SECONDS,
+    ) -> dict[str, Any]:
+        """Throughput, success rate, latency and the queue over the last `window` seconds, of one batch if given."""
+        return store.stats(batch_id, window)
 
     @router.get("/healthz", response_model=Health, responses=_errors(503))
     def healthz() -> dict[str, Any]:

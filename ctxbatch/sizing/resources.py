@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctxbatch.sizing")
 
 # psutil's non-blocking cpu_percent() measures since the calling thread's previous call, and
-# returns a meaningless 0.0 on a thread's first; those threads get None the first time.
-_primed_threads: set[int] = set()
-_primed_lock = threading.Lock()
+# returns a meaningless 0.0 on a thread's first; those threads get None the first time. A
+# thread-local flag, not a set of thread ids: an id is reused by a later thread once one ends.
+_primed = threading.local()
 
 
 class Pingable(Protocol):
@@ -101,10 +101,8 @@ def _host_readings() -> tuple[float | None, float | None]:
     except (OSError, RuntimeError) as exc:  # e.g. /proc unreadable in a sandbox
         log.debug("no host readings: %s", exc)
         return None, None
-    thread = threading.get_ident()
-    with _primed_lock:
-        first = thread not in _primed_threads
-        _primed_threads.add(thread)
+    first = not getattr(_primed, "done", False)
+    _primed.done = True
     return (None if first else cpu), memory
 
 

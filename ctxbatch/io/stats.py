@@ -1,0 +1,254 @@
+"""Cluster-wide statistics read from the database: what every loop did, not what one loop saw.
+
+A mixin of ContextStore, over QueueViews. Every figure comes from the documents, so it is the same
+whichever (and however many) loops did the work.
+
+Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape of each query:
+- a context finished for good carries `finished_ms`, the moment as epoch milliseconds: nx-27017
+  compares a date in Python row by row, a number in SQL; and a window is a closed range (`$gte`
+  and `$lte`), since a bare `$gte` falls back to Python there;
+- reading any field of a document costs ~10 us a row there (SQLite parses its JSON), while a count
+  over an index range reads the index alone. So the counts are `$group`s with `_id: None` and
+  `$sum: 1` over the `finished` index (status, finished_ms, attempts): one per status, and for
+  `retried` one per attempt number k >= 2 (the contexts tried at least k times), until none is;
+- the percentiles come from a `$sample` of at most SAMPLE_SIZE completed contexts of the window
+  (exact below that), so their cost does not grow with the window; the sample is not projected
+  (a projection after `$sample` runs in Python there).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymongo import ASCENDING, DESCENDING
+
+from ctxbatch.display import html_table
+from ctxbatch.io.schema import Status, epoch_ms, utcnow
+from ctxbatch.io.schema import eq as _eq
+from ctxbatch.io.views import QueueViews
+
+DEFAULT_WINDOW_SECONDS = 300.0
+# Contexts behind each window's percentiles: past this, a uniform sample of the window.
+SAMPLE_SIZE = 1000
+# retried counts tries up to this many per context (a bound on its queries, far past any retry setting).
+MAX_ATTEMPTS_COUNTED = 100
+# A timeline's percentiles come from one sample of the whole window, spread over its buckets.
+TIMELINE_SAMPLE_SIZE = 5000
+MAX_BUCKETS = 1000
+PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
+TIMELINE_COLUMNS = ["completed", "failed", "throughput", "latency_p50", "latency_p95"]
+
+
+class Stats(dict[str, Any]):
+    """The stats JSON (see ContextStore.stats): a plain dict, JSON-serialisable as it is; a table in Jupyter."""
+
+    def __repr__(self) -> str:
+        rate, latency = self["success_rate"], self["latency_seconds"]
+        return (
+            f"<Stats last {self['window_seconds']:g}s: {self['completed']} completed, {self['failed']} failed, "
+            f"{self['throughput_per_second']:.1f}/s, success {'-' if rate is None else f'{rate:.1%}'}, "
+            f"latency p50 {latency['p50']} s p95 {latency['p95']} s, "
+            f"pending {sum(self['queue_length'].values())}, in flight {self['in_flight']}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rate = self["success_rate"]
+        rows: list[tuple[str, Any]] = [
+            ("window seconds", self["window_seconds"]),
+            ("completed", self["completed"]), ("failed", self["failed"]), ("retried", self["retried"]),
+            ("throughput /s", self["throughput_per_second"]),
+            ("success rate", None if rate is None else f"{rate:.1%}"),
+        ]  # fmt: skip
+        for name in ("latency_seconds", "processing_seconds"):
+            rows += [(f"{name.split('_')[0]} {p} s", v) for p, v in self[name].items()]
+        rows += [(f"pending {level}", n) for level, n in self["queue_length"].items()]
+        rows += [("oldest pending s", self["oldest_pending_seconds"]), ("in flight", self["in_flight"])]
+        return html_table("Stats", rows)
+
+
+def _seconds(value: float) -> float:
+    return round(float(value), 3)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99 of these seconds (linear interpolation, numpy's default); None for each when empty."""
+    if not values:
+        return dict.fromkeys(PERCENTILES)
+    found = np.percentile(np.asarray(values, dtype=float), list(PERCENTILES.values()))
+    return {name: _seconds(v) for name, v in zip(PERCENTILES, found, strict=True)}
+
+
+def _elapsed(doc: dict[str, Any], since_field: str) -> float | None:
+    start, end = doc.get(since_field), doc.get("finished_at")
+    if not isinstance(start, dt.datetime) or not isinstance(end, dt.datetime):
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _checked_window(window_seconds: float, name: str = "window_seconds") -> float:
+    if not (isinstance(window_seconds, int | float) and math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, got {window_seconds!r}")
+    return float(window_seconds)
+
+
+class Statistics(QueueViews):
+    """`stats()` and `timeline()`: throughput, success and latency over a recent window."""
+
+    def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:
+        """Contexts finished in (after, until], in ms: a closed range (see the module's note)."""
+        match: dict[str, Any] = {"finished_ms": {"$gte": after_ms + 1, "$lte": until_ms}}
+        if batch_id is not None:
+            match["batch_id"] = _eq(batch_id)
+        return match
+
+    def _count(self, match: dict[str, Any]) -> int:
+        # `_id: None` and `$sum: 1` is a COUNT(*) that nx-27017 answers from the index alone.
+        found = list(self.contexts.aggregate([{"$match": match}, {"$group": {"_id": None, "n": {"$sum": 1}}}]))
+        return int(found[0]["n"]) if found else 0
+
+    def _outcomes(self, match: dict[str, Any], retried: bool = True) -> dict[str, int]:
+        """completed, failed, and retried: the tries of those contexts beyond their first."""
+        found = {"completed": 0, "failed": 0, "retried": 0}
+        for status in (Status.COMPLETED.value, Status.FAILED.value):
+            tried = found[status] = self._count({**match, "status": _eq(status)})
+            attempts = 2
+            # sum(attempts - 1) = the number tried at least twice + at least three times + ...
+            while retried and tried and attempts <= MAX_ATTEMPTS_COUNTED:
+                tried = self._count({**match, "status": _eq(status), "attempts": {"$gte": attempts}})
+                found["retried"] += tried
+                attempts += 1
+        return found
+
+    def _sample(self, match: dict[str, Any], size: int) -> list[dict[str, Any]]:
+        """Up to `size` of the completed contexts matched, a uniform sample when there are more."""
+        pipeline = [{"$match": {**match, "status": _eq(Status.COMPLETED.value)}}, {"$sample": {"size": size}}]
+        return list(self.contexts.aggregate(pipeline, batchSize=size))
+
+    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
+        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
+
+        `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
+        tries of those contexts that failed and ran again); over its completed contexts,
+        `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
+        finished, each as p50/p95/p99;
+        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
+        """
+        window = _checked_window(window_seconds)
+        if batch_id is not None:
+            self._batch(batch_id)
+        now = utcnow()
+        match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
+        outcomes = self._outcomes(match)
+        finished = outcomes["completed"] + outcomes["failed"]
+        sample = self._sample(match, SAMPLE_SIZE) if outcomes["completed"] else []
+        latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
+        processing = [s for s in (_elapsed(d, "started_at") for d in sample) if s is not None]
+        oldest = self.oldest_pending(batch_id)
+        return Stats(
+            window_seconds=window,
+            completed=outcomes["completed"],
+            failed=outcomes["failed"],
+            retried=outcomes["retried"],
+            throughput_per_second=finished / window,
+            success_rate=outcomes["completed"] / finished if finished else None,
+            latency_seconds=percentiles(latency),
+            processing_seconds=percentiles(processing),
+            queue_length=self.queue_length(Status.PENDING, batch_id),
+            oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
+            in_flight=sum(self.queue_length(Status.PROCESSING, batch_id).values()),
+        )
+
+    def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
+        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
+        now = utcnow()
+        window = _checked_window(window_seconds)
+        return self._outcomes(self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), None))
+
+    def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
+        """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
+        return self._first_created(Status.PENDING, batch_id, level)
+
+    def _first_created(
+        self, status: Status, batch_id: str | None = None, level: str | None = None
+    ) -> dt.datetime | None:
+        query: dict[str, Any] = {"status": _eq(status.value)}
+        if batch_id is not None:
+            query["batch_id"] = _eq(batch_id)
+        if level is not None:
+            low, high = self.levels[level]
+            query["priority"] = {"$gte": low, "$lte": high}
+        # Walks the `claim_fifo` index (status, created_at) in order and stops at the first match.
+        found = self.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
+        return None if found is None else found["created_at"]
+
+    def seconds_since_progress(self) -> float:
+        """Seconds since a context last finished, or since the oldest waiting work arrived if later; 0 with no work.
+
+        Work is what is pending or processing: a queue that was idle for a day is not stalled the
+        moment a new batch arrives.
+        """
+        now = utcnow()
+        waiting = [self._first_created(status) for status in (Status.PENDING, Status.PROCESSING)]
+        arrived = [when for when in waiting if when is not None]
+        if not arrived:
+            return 0.0
+        since = epoch_ms(min(arrived))
+        for status in (Status.COMPLETED, Status.FAILED):
+            # The `finished` index, walked backwards from now: one entry read.
+            last = self.contexts.find_one(
+                {"status": _eq(status.value), "finished_ms": {"$gte": since, "$lte": epoch_ms(now)}},
+                {"finished_ms": 1},
+                sort=[("finished_ms", DESCENDING)],
+            )
+            if last is not None:
+                since = max(since, int(last["finished_ms"]))
+        return max(epoch_ms(now) - since, 0) / 1000
+
+    def timeline(
+        self,
+        batch_id: str | None = None,
+        window_seconds: float = 3600.0,
+        bucket_seconds: float = 60.0,
+    ) -> pd.DataFrame:
+        """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
+
+        Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
+        latency_p95 (created -> finished of its completed contexts, seconds; NaN for a bucket
+        with none, and from a sample of TIMELINE_SAMPLE_SIZE over the whole window past that).
+        """
+        window = _checked_window(window_seconds)
+        bucket = _checked_window(bucket_seconds, "bucket_seconds")
+        buckets = math.ceil(window / bucket)
+        if buckets > MAX_BUCKETS:
+            raise ValueError(f"{buckets} buckets of {bucket:g} s in {window:g} s; at most {MAX_BUCKETS}")
+        if batch_id is not None:
+            self._batch(batch_id)
+        end_ms = epoch_ms(utcnow())
+        bucket_ms = int(bucket * 1000)
+        starts = [end_ms - (buckets - i) * bucket_ms for i in range(buckets)]
+        # One small `$group` per bucket: a computed group key runs in Python on nx-27017, a range in SQL.
+        rows = [self._outcomes(self._finished_between(s, s + bucket_ms, batch_id), retried=False) for s in starts]
+        whole = self._finished_between(starts[0], end_ms, batch_id)
+        latencies: list[list[float]] = [[] for _ in starts]
+        if any(r["completed"] for r in rows):
+            for doc in self._sample(whole, TIMELINE_SAMPLE_SIZE):
+                seconds = _elapsed(doc, "created_at")
+                if seconds is not None and "finished_ms" in doc:
+                    index = min(max((doc["finished_ms"] - starts[0] - 1) // bucket_ms, 0), buckets - 1)
+                    latencies[int(index)].append(seconds)
+        table = pd.DataFrame(
+            {
+                "completed": [r["completed"] for r in rows],
+                "failed": [r["failed"] for r in rows],
+                "throughput": [(r["completed"] + r["failed"]) / bucket for r in rows],
+                "latency_p50": [percentiles(v)["p50"] for v in latencies],
+                "latency_p95": [percentiles(v)["p95"] for v in latencies],
+            },
+            index=pd.DatetimeIndex(pd.to_datetime(starts, unit="ms", utc=True), name="bucket"),
+            columns=TIMELINE_COLUMNS,
+        )
+        return table.astype({"latency_p50": float, "latency_p95": float})

@@ -1,0 +1,71 @@
+"""The metrics read from the database at scrape time: one implementation for `serve` and every loop.
+
+Nothing is kept in the process: any number of API processes and scheduler loops report the same
+queue, because they all read it from the database when Prometheus scrapes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pymongo
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pymongo.errors import PyMongoError
+
+from ctxbatch.io import ContextStore, Status, utcnow
+
+log = logging.getLogger("ctxbatch.monitoring")
+
+QUEUE_STATUSES = (Status.PENDING, Status.PROCESSING)
+SCRAPE_DB_TIMEOUT_SECONDS = 5.0
+
+
+class DatabaseCollector(Collector):
+    """`ctxbatch_queue_length{level,status}`, `ctxbatch_oldest_pending_seconds{level}` and `ctxbatch_database_up`.
+
+    Each scrape costs one `$group` per status and one indexed `find_one` per level.
+    """
+
+    def __init__(self, store: ContextStore) -> None:
+        self.store = store
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "ctxbatch_queue_length",
+                "Contexts pending or processing, by priority level and status.",
+                labels=["level", "status"],
+            ),
+            GaugeMetricFamily(
+                "ctxbatch_oldest_pending_seconds",
+                "Age of the oldest pending context of each priority level (0 when none waits).",
+                labels=["level"],
+            ),
+            GaugeMetricFamily("ctxbatch_database_up", "1 when the database answered this scrape, else 0."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        # Without describe(), registering would call collect() and so the database.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        queue, oldest, up = self._families()
+        try:
+            with pymongo.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
+                lengths = {status.value: self.store.queue_length(status) for status in QUEUE_STATUSES}
+                since = {level: self.store.oldest_pending(level=level) for level in self.store.levels}
+        except PyMongoError as exc:
+            log.warning("metrics: the database did not answer: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        for status, by_level in lengths.items():
+            for level, length in by_level.items():
+                queue.add_metric([level, status], length)
+        now = utcnow()
+        for level, created in since.items():
+            oldest.add_metric([level], 0.0 if created is None else max((now - created).total_seconds(), 0.0))
+        up.add_metric([], 1)
+        yield from (queue, oldest, up)

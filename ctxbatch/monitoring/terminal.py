@@ -1,0 +1,80 @@
+"""The stats as text: `ctxbatch stats` prints it once, `ctxbatch top` keeps it on screen.
+
+On a terminal `top` redraws in place; into a pipe or a file it writes one line per refresh, so a
+log of it reads as a time series.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g} s" if value < 100 else f"{value:,.0f} s"
+
+
+def _percentiles(values: dict[str, float | None]) -> str:
+    return "  ".join(f"{name} {_seconds(v)}" for name, v in values.items())
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
+    """The stats JSON as a few aligned lines for a person."""
+    queue = "  ".join(f"{level} {n}" for level, n in stats["queue_length"].items())
+    return [
+        f"{title}, last {stats['window_seconds']:g} s",
+        f"  finished    completed {stats['completed']}  failed {stats['failed']}  retried {stats['retried']}"
+        f"  ({stats['throughput_per_second']:.2f}/s, success {_rate(stats['success_rate'])})",
+        f"  latency     {_percentiles(stats['latency_seconds'])}",
+        f"  processing  {_percentiles(stats['processing_seconds'])}",
+        f"  queue       {queue}  (oldest {_seconds(stats['oldest_pending_seconds'])}, in flight {stats['in_flight']})",
+    ]
+
+
+def stats_line(stats: dict[str, Any], now: dt.datetime | None = None) -> str:
+    """The stats in one line, stamped with the time: what `top` writes when it is not on a terminal."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%H:%M:%S")
+    queue = sum(stats["queue_length"].values())
+    latency = stats["latency_seconds"]
+    return (
+        f"{stamp} completed={stats['completed']} failed={stats['failed']} retried={stats['retried']} "
+        f"rate={stats['throughput_per_second']:.2f}/s success={_rate(stats['success_rate'])} "
+        f"p50={_seconds(latency['p50'])} p95={_seconds(latency['p95'])} "
+        f"pending={queue} oldest={_seconds(stats['oldest_pending_seconds'])} in_flight={stats['in_flight']}"
+    )
+
+
+def top(
+    read: Callable[[], dict[str, Any]],
+    out: TextIO,
+    interval: float,
+    refreshes: int | None = None,
+    title: str = "all batches",
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Show `read()` every `interval` seconds, `refreshes` times (None: until interrupted); returns how many."""
+    on_terminal = out.isatty()
+    shown = 0
+    while refreshes is None or shown < refreshes:
+        if shown:
+            sleep(interval)
+        stats = read()
+        if on_terminal:
+            stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S UTC")
+            footer = f"\n{stamp}, every {interval:g} s; Ctrl-C to stop"
+            out.write(CLEAR_SCREEN + "\n".join(stats_lines(stats, title)) + footer + "\n")
+        else:
+            out.write(stats_line(stats) + "\n")
+        out.flush()
+        shown += 1
+    return shown

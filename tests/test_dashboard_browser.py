@@ -1,0 +1,123 @@
+"""The /ctxbatch page of a running loop, loaded in headless Chromium: Bokeh drew its plots, with data.
+
+Chromium is a system package (Debian's `chromium`; `.ci/run` installs it). Without it this test
+skips on a developer's machine, and fails under CI=true, where it must run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from ctxbatch import ContextStore
+from ctxbatch.pipeline import Pipeline
+from tests.browser import Browser, find_chromium
+
+pytestmark = pytest.mark.timeout(150)
+
+# Rows per named data source of the page's Bokeh document, and how many hold a real number.
+SOURCES_JS = """(() => {
+  if (!window.Bokeh || !Bokeh.documents.length) return null;
+  const found = {};
+  for (const model of Bokeh.documents[0].all_models) {
+    if (!model.name || !model.get_length) continue;
+    const columns = Object.entries(model.data).filter(([key]) => key !== "at" && key !== "level");
+    const numbers = columns.flatMap(([, values]) => Array.from(values))
+      .filter(v => typeof v === "number" && isFinite(v) && v > 0);
+    found[model.name] = {rows: model.get_length() || 0, positive: numbers.length};
+  }
+  return found;
+})()"""
+PLOTS = ("throughput", "latency", "success", "queue", "batch_size", "in_flight")
+# The plots' line colours (ctxbatch/monitoring/page.py): painted pixels, not only data in memory.
+COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44), "red": (214, 39, 40)}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("no chromium on PATH (apt-get install chromium); CI runs this test")
+    return binary
+
+
+@pytest.fixture
+def running_loop(store: ContextStore) -> Iterator[str]:
+    """A loop on its own LocalCluster working through a queue; yields the page address it announced."""
+    # Rows of 20 ms on two workers: the run lasts well beyond the test, so the queue never drains.
+    store.submit([{"payload": {"i": i, "sleep": 0.02}, "priority": (i * 37) % 101} for i in range(4000)])
+    said: list[str] = []
+    config = {
+        "dask": {"n_workers": 2},
+        "worker": {"min_batch_size": 20, "max_batch_size": 200, "batch_size": 20, "target_batch_seconds": 1,
+                   "batch_timeout_seconds": 0},
+    }  # fmt: skip
+    pipeline = Pipeline("tests.engines:nap", config, store, announce=said.append)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline.run()
+        except BaseException as exc:  # shown by the test, not lost in a thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="dashboard-loop")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("ctxbatch: ") for line in said):
+            assert not failure, failure
+            assert time.monotonic() < deadline, f"the loop announced no page: {said}"
+            time.sleep(0.1)
+        yield next(line for line in said if line.startswith("ctxbatch: ")).removeprefix("ctxbatch: ")
+    finally:
+        pipeline.stop(now=True)
+        thread.join(timeout=60)
+    assert not thread.is_alive() and not failure, failure
+
+
+def painted(png: bytes) -> dict[str, int]:
+    """How many pixels of each plot colour the screenshot holds."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    counts = dict.fromkeys(COLOURS, 0)
+    for count, pixel in image.getcolors(maxcolors=1 << 24) or []:
+        for name, colour in COLOURS.items():
+            if sum(abs(p - c) for p, c in zip(pixel, colour, strict=True)) < 30:
+                counts[name] += count
+    return counts
+
+
+def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, running_loop: str, tmp_path: Any) -> None:
+    with Browser(chromium) as browser:
+        # When the page of the running loop is open in the browser
+        browser.open(running_loop)
+
+        # Then Bokeh's document holds data in every plot...
+        def every_plot_has_data() -> Any:
+            sources = browser.evaluate(SOURCES_JS)
+            ready = sources and all(sources.get(name, {}).get("positive", 0) > 0 for name in PLOTS)
+            # two reads of the batches in flight: a line to draw, not a lone point
+            ready = ready and sources["in_flight"]["rows"] >= 2
+            return sources if ready else None
+
+        try:
+            sources = browser.wait_for_value(every_plot_has_data, seconds=60)
+        except TimeoutError:
+            (tmp_path / "page.png").write_bytes(browser.screenshot())
+            raise
+        assert sources["queue"]["rows"] == 3  # one bar per priority level
+        # ...and drew it: each plot colour is on the page (a first bucket is one marker of ~30 pixels)
+        png = browser.screenshot()
+        (tmp_path / "page.png").write_bytes(png)
+        colours = painted(png)
+        assert all(count > 20 for count in colours.values()), colours
+        assert "ctxbatch" in browser.evaluate("document.title")

@@ -1,0 +1,144 @@
+"""The stats where users read them: `ctxbatch stats` and `top`, `GET /api/stats`, and the queue's metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from ctxbatch.cli import main
+from ctxbatch.config import Settings
+from ctxbatch.io import ContextStore
+from ctxbatch.monitoring import terminal
+from ctxbatch.service import create_app
+from ctxbatch.service.security import TOKEN_VARIABLE
+
+ERROR = {"type": "ValueError", "message": "bad", "traceback": ""}
+
+
+@pytest.fixture
+def worked(store: ContextStore) -> str:
+    """A batch with 3 completed, 1 failed and 2 pending contexts; its id."""
+    batch_id = store.submit([{"payload": {"i": i}, "priority": 5} for i in range(6)])
+    claim = store.claim(4, "loop")
+    store.settle(claim, results=dict.fromkeys(claim.ids[:3], 1), errors={claim.ids[3]: ERROR}, retry_at=None)
+    return batch_id
+
+
+def cli(mongo_uri: str, database: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--mongo-uri", mongo_uri, "--database", database, *args])
+
+
+def without_times(stats: dict[str, Any]) -> dict[str, Any]:
+    """The stats less what moves between two reads (ages and percentiles stay; seconds pass)."""
+    return {k: v for k, v in stats.items() if k != "oldest_pending_seconds"}
+
+
+# -- ctxbatch stats and top -------------------------------------------------------------------
+
+
+def test_stats_json_is_the_stores_stats(mongo_uri: str, database: str, store: ContextStore, worked: str) -> None:
+    result = cli(mongo_uri, database, "stats", "--json", "--window", "120")
+    assert result.exit_code == 0, result.stderr
+    assert without_times(json.loads(result.stdout)) == without_times(store.stats(window_seconds=120))
+
+
+def test_stats_of_a_batch_print_its_counts_for_a_person(mongo_uri: str, database: str, worked: str) -> None:
+    result = cli(mongo_uri, database, "stats", worked)
+    assert result.exit_code == 0, result.stderr
+    assert f"batch {worked}, last 300 s" in result.stdout
+    assert "completed 3  failed 1  retried 0" in result.stdout
+    assert "success 75.0%" in result.stdout
+    assert "queue       high 2  medium 0  low 0" in result.stdout
+
+
+def test_stats_of_an_unknown_batch_is_one_line_and_exit_1(mongo_uri: str, database: str, store: ContextStore) -> None:
+    result = cli(mongo_uri, database, "stats", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: no batch with id 'nope'\n"
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("window", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_window_is_a_usage_error(mongo_uri: str, database: str, window: str) -> None:
+    result = cli(mongo_uri, database, "stats", "--window", window)
+    assert result.exit_code == 2
+    assert "--window" in result.stderr and "Traceback" not in result.output
+
+
+def test_top_writes_one_line_per_refresh_off_a_terminal(mongo_uri: str, database: str, worked: str) -> None:
+    result = cli(mongo_uri, database, "top", "--interval", "0.01", "-n", "3")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert all("completed=3 failed=1" in line and "pending=2" in line for line in lines)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_top_redraws_in_place_on_a_terminal(store: ContextStore, worked: str) -> None:
+    screen = Terminal()
+    shown = terminal.top(store.stats, screen, interval=0.01, refreshes=2)
+    assert shown == 2
+    frames = screen.getvalue().split(terminal.CLEAR_SCREEN)
+    assert frames[0] == "" and len(frames) == 3
+    assert all("completed 3  failed 1" in frame for frame in frames[1:])
+
+
+# -- GET /api/stats ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    with TestClient(create_app(store, Settings())) as opened:
+        yield opened
+
+
+def test_api_stats_answer_the_stores_stats(client: TestClient, store: ContextStore, worked: str) -> None:
+    answer = client.get("/api/stats", params={"window": 60})
+    assert answer.status_code == 200
+    assert without_times(answer.json()) == without_times(store.stats(window_seconds=60))
+
+
+def test_api_stats_of_a_batch(client: TestClient, store: ContextStore, worked: str) -> None:
+    store.submit([{"payload": {}}])
+    answer = client.get("/api/stats", params={"batch_id": worked})
+    assert answer.status_code == 200
+    assert answer.json()["queue_length"] == {"high": 2, "medium": 0, "low": 0}
+
+
+def test_api_stats_of_an_unknown_batch_is_404(client: TestClient) -> None:
+    answer = client.get("/api/stats", params={"batch_id": "nope"})
+    assert answer.status_code == 404
+    assert "nope" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("window", ["0", "-3", "nan", "inf", "soon", str(10**9)])
+def test_api_stats_refuse_a_bad_window_with_422(client: TestClient, window: str) -> None:
+    answer = client.get("/api/stats", params={"window": window})
+    assert answer.status_code == 422
+    assert answer.json()["problems"][0]["field"] == "window"
+
+
+# -- the database's metrics, the same in serve and in the loop --------------------------------
+
+
+def test_metrics_report_the_age_of_the_oldest_pending_context_per_level(
+    client: TestClient, store: ContextStore, worked: str
+) -> None:
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    ages = {s.labels["level"]: s.value for s in families["ctxbatch_oldest_pending_seconds"].samples}
+    assert set(ages) == {"high", "medium", "low"}
+    assert ages["high"] >= 0 and ages["medium"] == ages["low"] == 0
+    queue = {(s.labels["level"], s.labels["status"]): s.value for s in families["ctxbatch_queue_length"].samples}
+    assert queue[("high", "pending")] == 2
