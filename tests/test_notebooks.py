@@ -12,7 +12,7 @@ from pymongo import MongoClient
 
 from tests.notebook_kernel import NOTEBOOKS, execute, outputs, use_this_python
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
