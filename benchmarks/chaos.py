@@ -139,7 +139,7 @@ class Harness:
         seen: collections.Counter[tuple[str, int]] = collections.Counter()
         attempts: dict[tuple[str, int], int] = {}
         figures = Figures(name, submitted=sum(expected.values()))
-        for doc in store.contexts.find({}, {"payload.tag": 1, "payload.i": 1, "status": 1, "attempts": 1, "result": 1}):
+        for doc in store.contexts.find({}, {"payload": 1, "status": 1, "attempts": 1, "result": 1}):
             key = (doc["payload"].get("tag"), doc["payload"].get("i"))
             seen[key] += 1
             attempts[key] = doc.get("attempts", 0)
