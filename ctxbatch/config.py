@@ -136,6 +136,9 @@ class WorkerSettings(_Section):
 class MongoSettings(_Section):
     uri: str | None = Field(None, description="MongoDB URI; None starts the embedded server.")
     database: str = Field("ctxbatch", min_length=1, description="Database holding `contexts` and `batches`.")
+    outage_seconds: float = Field(
+        120, gt=0, description="How long a loop waits out a database that does not answer before it exits."
+    )
 
 
 class AdaptiveSettings(_Section):

@@ -117,13 +117,15 @@ def test_a_stale_record_is_replaced(home: Path) -> None:
     assert servers_for(home) == [saved["pid"]]
 
 
-def test_db_stop_stops_the_server_and_forgets_it(home: Path) -> None:
+def test_db_stop_stops_the_server_and_keeps_only_its_port(home: Path) -> None:
     ctxbatch("db", "start")
+    port = record(home)["port"]
     result = ctxbatch("db", "stop")
     assert result.exit_code == 0
     assert "stopped" in result.stderr
     assert servers_for(home) == []
-    assert not (home / "server.json").exists()
+    assert record(home) == {"port": port}  # where the next start goes back to
+    assert not embedded.status().running
 
 
 def test_db_stop_when_nothing_runs_says_so(home: Path) -> None:

@@ -60,6 +60,7 @@ def _chunked(size: int) -> Iterator[bytes]:
 
 Post = Callable[[TestClient], Any]
 BULK = "/api/contexts/bulk"
+JSON_BODY = {"Content-Type": "application/json"}
 
 
 def _json(body: Any) -> Post:
@@ -67,7 +68,7 @@ def _json(body: Any) -> Post:
 
 
 def _raw(body: bytes) -> Post:
-    return lambda client: client.post(BULK, content=body)
+    return lambda client: client.post(BULK, content=body, headers=JSON_BODY)
 
 
 # name -> (how to send it, status, the (index, field) pairs the problems must name, or None)
@@ -97,12 +98,12 @@ BAD_BODIES: dict[str, tuple[Post, int, list[tuple[int | None, str | None]] | Non
     "key already stored": (_json([*_ok(2), {"payload": {}, "key": "taken"}]), 409, [(2, "key")]),
     "lone surrogate in payload": (_raw(b'[{"payload": {"t": "\\ud800"}}]'), 422, [(0, "payload")]),
     "lone surrogate in key": (_raw(b'[{"payload": {}, "key": "\\udfff"}]'), 422, [(0, "key")]),
-    "integer beyond 64 bits": (_json([{"payload": {"n": 2**70}}]), 422, [(0, "payload")]),
+    "integer beyond 64 bits": (_json([{"payload": {"n": 2**70}}]), 422, [(0, "payload.n")]),
     "NUL in a payload key": (_json([{"payload": {"a\x00b": 1}}]), 422, [(0, "payload")]),
     "10,001 contexts": (_json(_ok(10_001)), 413, None),
     # Made when sent, not at import: 70 MB each.
-    "70 MB body": (lambda c: c.post(BULK, content=b" " * (70 * MB)), 413, None),
-    "70 MB chunked body": (lambda c: c.post(BULK, content=_chunked(70 * MB)), 413, None),
+    "70 MB body": (lambda c: c.post(BULK, content=b" " * (70 * MB), headers=JSON_BODY), 413, None),
+    "70 MB chunked body": (lambda c: c.post(BULK, content=_chunked(70 * MB), headers=JSON_BODY), 413, None),
     "broken JSON": (_raw(b'[{"payload": {'), 400, None),
     "empty body": (_raw(b""), 400, None),
     "not UTF-8": (_raw(b'[{"payload": {"t": "\xff"}}]'), 400, None),
@@ -253,6 +254,8 @@ def test_a_refused_body_leaves_no_trace_in_json_either(client: TestClient, store
     # Given a valid body but for its last context
     contexts = [*_ok(3), {"payload": {}, "priority": 101}]
 
-    client.post("/api/contexts/bulk", content=json.dumps({"contexts": contexts, "name": "n"}).encode())
+    client.post(
+        "/api/contexts/bulk", content=json.dumps({"contexts": contexts, "name": "n"}).encode(), headers=JSON_BODY
+    )
 
     assert _snapshot(store) == ([], [])

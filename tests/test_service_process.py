@@ -98,7 +98,7 @@ def test_a_served_chunked_body_past_the_limit_is_refused(http: httpx.Client) -> 
             yield b" " * (BODY_LIMIT // 2)
         yield b"]"
 
-    answer = http.post("/api/contexts/bulk", content=chunks())
+    answer = http.post("/api/contexts/bulk", content=chunks(), headers={"Content-Type": "application/json"})
 
     assert answer.status_code == 413
     assert "bytes" in answer.json()["error"]

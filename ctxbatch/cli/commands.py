@@ -71,20 +71,30 @@ def results(state: State, batch_id: str, output: str | None) -> None:
     """Print or save a batch's contexts with their results and errors."""
     if output is None:
         for row in state.store.iter_results(batch_id):
-            click.echo(json.dumps(row, default=json_default))
+            click.echo(_json_line(row), nl=False)
         return
     writers: dict[str, Callable[[Any, Path], None]] = {
         ".parquet": lambda frame, path: _to_parquet(frame, path),
-        ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True, date_format="iso"),
         ".csv": lambda frame, path: _json_columns(frame).to_csv(path, index=False),
     }
     path = Path(output)
-    writer = writers.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        # The same encoder as stdout, row by row: pandas' to_json keeps 10 digits of a float.
+        with path.open("w", encoding="utf-8") as out:
+            written = sum(out.write(_json_line(row)) > 0 for row in state.store.iter_results(batch_id))
+        say(f"wrote {written} contexts to {path}")
+        return
+    writer = writers.get(suffix)
     if writer is None:
         raise click.BadParameter("the file must end in .parquet, .jsonl or .csv", param_hint="--output")
     frame = state.store.results(batch_id)
     writer(frame, path)
     say(f"wrote {len(frame)} contexts to {path}")
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, default=json_default) + "\n"
 
 
 def _json_columns(frame: Any) -> Any:

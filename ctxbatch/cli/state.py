@@ -10,6 +10,7 @@ from pymongo.errors import PyMongoError
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import CtxbatchError
 from ctxbatch.io import ContextStore, connect, mask_uri
+from ctxbatch.io.outage import short_reason
 
 
 def say(message: str) -> None:
@@ -29,7 +30,7 @@ class OneLineErrors(click.Group):
             ctx.exit(130)
         except PyMongoError as exc:
             uri = ctx.obj.uri if isinstance(ctx.obj, State) and ctx.obj.uri else "the database"
-            raise click.ClickException(f"cannot talk to MongoDB at {mask_uri(uri)}: {exc}") from None
+            raise click.ClickException(f"cannot talk to MongoDB at {mask_uri(uri)}: {short_reason(exc)}") from None
 
 
 class State:
@@ -54,6 +55,8 @@ class State:
             # connect() reads CTXBATCH_MONGO_URI when no --mongo-uri was given (the one place it is read).
             self._store = connect(self.uri, self.database, config=self.config, announce=say)
             self.uri = self._store.uri
+            # The next command that touches the database finishes or drops interrupted submissions.
+            self._store.tidy_submissions()
         return self._store
 
 

@@ -2,6 +2,11 @@
 
 Its record `{pid, port, uri}` lives in `$CTXBATCH_HOME/server.json`; data under
 `$CTXBATCH_HOME/db`. A file lock keeps two commands from starting two servers at once.
+
+A server that comes back (after a crash or `db stop`) takes its recorded port again when that
+port is free, so the clients still connected to it (a loop, `serve`, Dask workers) find it where
+they left it; only when the port is taken does it move, and clients started on the embedded
+default re-read the record (`located()`).
 """
 
 from __future__ import annotations
@@ -93,10 +98,29 @@ def _locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
+def _free_port(wanted: int = 0) -> int:
+    """`wanted` if it is free (0: any free port)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        # As the server binds (asyncio sets SO_REUSEADDR): a killed server's connections in
+        # TIME_WAIT do not make its port look taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", wanted))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _recorded_port() -> int:
+    record = _read_record()
+    port = record.get("port") if record else None
+    return port if isinstance(port, int) and 0 < port < 65536 else 0
+
+
+def located() -> str | None:
+    """Where the record says the running server is, or None."""
+    current = status()
+    return current.uri if current.running else None
 
 
 def _wait_until_answering(uri: str, process: subprocess.Popen[bytes]) -> None:
@@ -126,7 +150,7 @@ def start(announce: Callable[[str], None] | None = None) -> ServerState:
         if current.running:
             return current
         _data_dir().mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = _free_port(_recorded_port())
         uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         log = open(home() / "server.log", "ab")  # noqa: SIM115 - handed to the child
         command = [
@@ -152,7 +176,10 @@ def stop() -> bool:
     """Stop the server; True if one was running."""
     with _locked():
         current = status()
+        port = _recorded_port()
         _record_path().unlink(missing_ok=True)
+        if port:  # the port is kept for the next start
+            _record_path().write_text(json.dumps({"port": port}))
         if not current.running or current.pid is None:
             return False
         os.kill(current.pid, signal.SIGTERM)

@@ -20,6 +20,7 @@ from pymongo.cursor import Cursor
 
 from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.errors import SubmitError
+from ctxbatch.io.limits import NotStorable, check_json_value
 
 DEFAULT_PRIORITY = 50
 MAX_KEY_LENGTH = 256
@@ -141,6 +142,10 @@ def validate_request(index: int, record: Any, default_priority: int) -> ContextR
     if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _encodable(key)):
         raise SubmitError(index, "key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
     try:
+        check_json_value(payload)
+    except NotStorable as exc:
+        raise SubmitError(index, exc.path, exc.message) from None
+    try:
         size = len(bson.encode(payload))
     # ValueError: a string with a lone surrogate (JSON "\\ud800") has no UTF-8 form.
     except (InvalidDocument, TypeError, OverflowError, ValueError) as exc:
@@ -167,17 +172,25 @@ def _checked(records: Iterable[Any], default: int) -> Iterator[ContextRequest | 
         yield request
 
 
-def validate_requests(records: Iterable[Any], default_priority: int | None = None) -> list[ContextRequest]:
-    """Validate a whole submission before anything is written; the first problem is raised."""
+def iter_requests(records: Iterable[Any], default_priority: int | None = None) -> Iterator[ContextRequest]:
+    """Validate a submission as it streams: each record's request, or the first problem raised.
+
+    Raises SubmitError at the end when there were no records at all.
+    """
     default = DEFAULT_PRIORITY if default_priority is None else validate_priority(default_priority)
-    requests: list[ContextRequest] = []
+    seen = False
     for checked in _checked(records, default):
         if isinstance(checked, SubmitError):
             raise checked
-        requests.append(checked)
-    if not requests:
+        seen = True
+        yield checked
+    if not seen:
         raise SubmitError(None, None, "the submission holds no contexts")
-    return requests
+
+
+def validate_requests(records: Iterable[Any], default_priority: int | None = None) -> list[ContextRequest]:
+    """Validate a whole submission before anything is written; the first problem is raised."""
+    return list(iter_requests(records, default_priority))
 
 
 def collect_problems(

@@ -26,34 +26,29 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-from bson import ObjectId
 from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, PyMongoError
 
 from ctxbatch.config import DEFAULT_LEVELS, level_ranges
 from ctxbatch.errors import SubmitError
+from ctxbatch.io import staging
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import (
     BATCH_INDEXES,
     CONTEXT_INDEXES,
-    ContextRequest,
     Status,
-    context_document,
     epoch_ms,
     held_by,
     in_one_reply,
+    iter_requests,
     utcnow,
     validate_name,
-    validate_requests,
 )
 from ctxbatch.io.schema import (
     eq as _eq,
 )
 from ctxbatch.io.stats import Statistics
 
-INSERT_CHUNK = 10_000
-ID_LOOKUP_CHUNK = 5_000
 CLAIM_ROUNDS = 3
 
 
@@ -79,10 +74,10 @@ def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
     return {"$currentDate": dict.fromkeys(fields, True)}
 
 
-def as_records(source: Iterable[Any] | pd.DataFrame) -> list[Any]:
-    """What `submit` accepts: records (dicts), or a DataFrame with a `payload` column."""
+def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
+    """What `submit` accepts: records (dicts, streamed as given), or a DataFrame with a `payload` column."""
     if not isinstance(source, pd.DataFrame):
-        return list(source)
+        return source
     if "payload" not in source.columns:
         raise SubmitError(None, "payload", "the DataFrame has no 'payload' column")
     frame = source.astype(object).where(source.notna(), None)
@@ -108,11 +103,37 @@ class ContextStore(Statistics):
         self.uri = uri
         self.database_name = database
         self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
-        self.client: MongoClient[dict[str, Any]] = client or MongoClient(uri, tz_aware=True, connect=False)
-        self.db = self.client[database]
+        self._bind(client or MongoClient(uri, tz_aware=True, connect=False))
+        self._indexed = False
+        # Set by connect() when this store is on the embedded default, whose port may move.
+        self.embedded = False
+
+    def _bind(self, client: MongoClient[dict[str, Any]]) -> None:
+        self.client = client
+        self.db = self.client[self.database_name]
         self.contexts: Collection[dict[str, Any]] = self.db["contexts"]
         self.batches: Collection[dict[str, Any]] = self.db["batches"]
-        self._indexed = False
+        # Submissions on their way in, and their staged chunks (io/staging.py).
+        self.submissions: Collection[dict[str, Any]] = self.db["submissions"]
+        self.staged: Collection[dict[str, Any]] = self.db["staged"]
+
+    def follow_embedded(self) -> bool:
+        """On the embedded default: reconnect when the server now runs elsewhere; True if it moved.
+
+        Called when the database does not answer. The server comes back on its port when it can
+        (io/embedded.py); this covers the case where that port was taken meanwhile.
+        """
+        if not self.embedded:
+            return False
+        from ctxbatch.io import embedded
+
+        uri = embedded.located()
+        if uri is None or uri == self.uri:
+            return False
+        # The old client is left open: parts of the loop (its monitor) may hold it; it idles.
+        self.uri = uri
+        self._bind(MongoClient(uri, tz_aware=True, connect=False))
+        return True
 
     def __repr__(self) -> str:
         return f"<ContextStore {mask_uri(self.uri)} database={self.database_name!r}>"
@@ -130,6 +151,7 @@ class ContextStore(Statistics):
         if not self._indexed:
             self.contexts.create_indexes(CONTEXT_INDEXES)
             self.batches.create_indexes(BATCH_INDEXES)
+            self.staged.create_indexes(staging.STAGED_INDEXES)
             self._indexed = True
 
     # -- submit ---------------------------------------------------------------------------
@@ -141,41 +163,28 @@ class ContextStore(Statistics):
         name: str | None = None,
     ) -> str:
         """Store a whole submission as one batch and return its id; all of it or nothing."""
-        name = validate_name(name)
-        requests = validate_requests(as_records(records), priority)
-        self.ensure_indexes()
-        self._refuse_known_keys(requests)
-        batch_id = str(ObjectId())
-        now = utcnow()
-        try:
-            for start in range(0, len(requests), INSERT_CHUNK):
-                chunk = requests[start : start + INSERT_CHUNK]
-                documents = [
-                    context_document(r, r.key if r.key is not None else str(ObjectId()), batch_id, now) for r in chunk
-                ]
-                try:
-                    self.contexts.insert_many(documents, ordered=False)
-                except BulkWriteError as exc:
-                    first = exc.details["writeErrors"][0]
-                    # Point at the user's record, not the chunk's.
-                    raise SubmitError(start + first["index"], "key", first.get("errmsg", "refused")) from exc
-            self.batches.insert_one(
-                {"_id": batch_id, "name": name, "total": len(requests), "created_at": now, "updated_at": now}
-            )
-        except (SubmitError, PyMongoError):
-            self.contexts.delete_many({"batch_id": _eq(batch_id)})
-            raise
-        return batch_id
+        return self.submit_counted(records, priority, name)[0]
 
-    def _refuse_known_keys(self, requests: list[ContextRequest]) -> None:
-        keyed = {r.key: i for i, r in enumerate(requests) if r.key is not None}
-        keys = list(keyed)
-        for start in range(0, len(keys), ID_LOOKUP_CHUNK):
-            found = self.contexts.find_one({"_id": {"$in": keys[start : start + ID_LOOKUP_CHUNK]}}, {"batch_id": 1})
-            if found:
-                raise SubmitError(
-                    keyed[found["_id"]], "key", f"{found['_id']!r} already exists (batch {found['batch_id']})"
-                )
+    def submit_counted(
+        self,
+        records: Iterable[Any] | pd.DataFrame,
+        priority: int | None = None,
+        name: str | None = None,
+    ) -> tuple[str, int]:
+        """submit(), also returning how many contexts were stored.
+
+        The records are streamed (an iterator is never held whole): validated, encoded and
+        staged in chunks, and invisible until the whole submission is committed (io/staging.py).
+        """
+        name = validate_name(name)
+        requests = iter_requests(as_records(records), priority)
+        self.ensure_indexes()
+        staging.tidy(self)
+        return staging.submit_staged(self, requests, name)
+
+    def tidy_submissions(self) -> int:
+        """The janitor of interrupted submissions (see io/staging.py); how many it settled."""
+        return staging.tidy(self)
 
     # -- claim and settle -----------------------------------------------------------------
 
@@ -407,6 +416,9 @@ def connect(
     uri = uri or os.environ.get("CTXBATCH_MONGO_URI") or (config.mongo.uri if config else None)
     database = database or (config.mongo.database if config else "ctxbatch")
     levels = config.worker.priorities.ranges() if config else None
+    on_default = uri is None
     if uri is None:
         uri = embedded.ensure_running(announce)
-    return ContextStore(uri, database, levels=levels)
+    store = ContextStore(uri, database, levels=levels)
+    store.embedded = on_default
+    return store

@@ -13,6 +13,7 @@ from ctxbatch.config import DaskSettings
 from ctxbatch.errors import CtxbatchError
 from ctxbatch.hosts import is_loopback
 from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.quiet import quiet_compute_failures
 
 CONNECT_TIMEOUT = "20s"
 
@@ -44,6 +45,7 @@ def dask_client(
     A cluster started here shows the ctxbatch page on its dashboard (an existing one does if its
     scheduler was started with the preload, see ctxbatch/monitoring/dashboard.py).
     """
+    quiet_compute_failures()  # a cluster of threads logs in this process
     if given is not None:
         yield given, None
         return

@@ -28,5 +28,6 @@ class LeaseKeeper:
         for claim in claims:
             self.store.renew(claim, self.lease_seconds)
         reaped = self.store.reap_expired(max_attempts=self.max_attempts)
+        self.store.tidy_submissions()  # the janitor of interrupted submissions
         self._due = time.monotonic() + self.every
         return reaped

@@ -26,6 +26,7 @@ from pymongo.errors import PyMongoError
 from ctxbatch.config import Settings, load_config
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, connect, error_record
+from ctxbatch.io.outage import short_reason
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.loop import LoopMonitor
 from ctxbatch.pipeline import worker
@@ -189,20 +190,28 @@ class Pipeline:
 
     def _loop(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> None:
         outages = 0
+        outage_began: float | None = None
+        bound = self.settings.mongo.outage_seconds
         while not self._stop_now.is_set():
             try:
                 if self._step(client, leases, until_empty, max_contexts):
                     return
-                outages = 0
+                outages, outage_began = 0, None
             except (PyMongoError, DatabaseUnavailable) as exc:
                 # A database outage stops no batch by itself: their leases hold (and are fenced),
-                # so wait it out with the batch backoff, and give up only when it lasts.
+                # so wait it out with the batch backoff, and give up only when it outlasts the bound.
                 outages += 1
-                retry = self.settings.worker.retry
-                if outages > max(retry.batch_retries, 1):
-                    raise DatabaseUnavailable(f"lost the database {outages} times in a row: {exc}") from exc
-                log.warning("the database did not answer (%s); trying again", exc)
-                self._stop_now.wait(retry.backoff(outages))
+                outage_began = outage_began or time.monotonic()
+                if self.store.follow_embedded():
+                    log.warning("the embedded database moved to %s; following it", self.store.uri)
+                lasted = time.monotonic() - outage_began
+                reason = short_reason(exc)
+                if lasted >= bound:
+                    raise DatabaseUnavailable(
+                        f"the database did not answer for {lasted:.0f} s (mongo.outage_seconds is {bound:g}): {reason}"
+                    ) from exc
+                log.warning("the database did not answer (%s); trying again", reason)
+                self._stop_now.wait(min(self.settings.worker.retry.backoff(outages), bound - lasted))
 
     def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> bool:
         """One turn of the loop; True when the run is over."""
@@ -346,7 +355,11 @@ class Pipeline:
         retry = self.settings.worker.retry
         left = self.store.held(flight.claim)
         log.warning(
-            "batch %s stopped by %s: %s (%d contexts left)", flight.label, error["type"], error["message"], len(left)
+            "batch %s stopped by %s: %s (%d contexts left)",
+            flight.label,
+            error["type"],
+            short_reason(Exception(error["message"])),
+            len(left),
         )
         flight.claim = left
         failed, released, retries_left = 0, False, 0

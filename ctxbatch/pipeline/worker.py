@@ -22,6 +22,7 @@ from distributed import Client, WorkerPlugin, get_worker
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import ContextStore
 from ctxbatch.pipeline.engine import Engine
+from ctxbatch.pipeline.quiet import quiet_compute_failures
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -38,6 +39,7 @@ class WorkerResources(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker: Worker | None = None) -> None:
+        quiet_compute_failures()
         self._lock = threading.Lock()
         self._stores: dict[tuple[str, str], ContextStore] = {}
         self._engines: dict[str, Engine] = {}

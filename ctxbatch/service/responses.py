@@ -19,6 +19,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, Wa
 from starlette.exceptions import HTTPException
 
 from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, InvalidCursor, SubmitError
+from ctxbatch.io.outage import short_reason
 from ctxbatch.io.views import RESULT_COLUMNS, json_default
 
 log = logging.getLogger("ctxbatch.service")
@@ -124,9 +125,11 @@ def install_error_answers(app: FastAPI) -> None:
     async def refused(_: Request, exc: Exception) -> JSONAnswer:
         return error_answer(400, str(exc))
 
-    async def database_error(_: Request, exc: Exception) -> JSONAnswer:
+    async def database_error(request: Request, exc: Exception) -> JSONAnswer:
         if isinstance(exc, UNAVAILABLE):
-            return error_answer(503, f"the database is unavailable: {exc}")
+            # An embedded server that came back on another port is followed from the next request on.
+            request.app.state.store.follow_embedded()
+            return error_answer(503, f"the database is unavailable: {short_reason(exc)}")
         log.error("database error", exc_info=exc)
         return error_answer(500, f"the database refused the operation: {exc}")
 

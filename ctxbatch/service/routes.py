@@ -63,14 +63,16 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         "/api/contexts/bulk",
         status_code=202,
         response_model=Accepted,
-        responses={**COMMON, **_errors(400, 409, 413)},
+        responses={**COMMON, **_errors(400, 409, 413, 415)},
         openapi_extra={"requestBody": BULK_BODY},
         summary="Submit contexts as one batch",
     )
     async def submit_contexts(request: Request) -> JSONAnswer:
         """Store the contexts as one batch, all or nothing; poll the `Location` for its status."""
+        kind = bulk.body_type(request)
         body = await bulk.read_body(request, settings.api.max_body_bytes)
-        batch_id, count = await run_in_threadpool(bulk.accept, store, body, settings.api.max_contexts_per_request)
+        limit = settings.api.max_contexts_per_request
+        batch_id, count = await run_in_threadpool(bulk.accept, store, body, limit, kind)
         metrics.submitted.inc(count)
         location = f"/api/batches/{batch_id}"
         return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})

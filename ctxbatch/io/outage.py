@@ -1,0 +1,26 @@
+"""A database outage told in one short line; pymongo's whole topology description at debug level."""
+
+from __future__ import annotations
+
+import logging
+
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger("ctxbatch.io.outage")
+
+# pymongo appends these (a server selection's whole topology) to its messages.
+DETAIL_MARKERS = (", Timeout:", ", Topology Description:", " (configured timeouts:")
+MAX_REASON = 160
+
+
+def short_reason(exc: BaseException) -> str:
+    """The error's type and the head of its message, one line of at most MAX_REASON characters."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    for marker in DETAIL_MARKERS:
+        text = text.split(marker)[0]
+    if len(text) > MAX_REASON:
+        text = text[: MAX_REASON - 3] + "..."
+    if isinstance(exc, PyMongoError) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    log.debug("database error in full: %s", exc)
+    return text

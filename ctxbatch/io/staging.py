@@ -1,0 +1,232 @@
+"""Submissions that are all or nothing on any MongoDB: staged in chunks, committed by one update.
+
+A submission streams in: its records are validated and encoded in chunks (at most CHUNK_CONTEXTS
+contexts or CHUNK_BYTES of BSON), and each chunk is written to `staged` as one document holding its
+contexts as BSON bytes, under a document in `submissions` in state `staging` that carries a lease
+(owner, token, expiry), renewed while the input streams. Nothing of it is in `contexts` or `batches`
+yet: not claimable, counted or shown. When the last chunk is stored, ONE single-document update sets
+the submission `committed` — the commit point. Then the chunks move into `contexts` (insert_many
+ordered=False with the ids given at encoding, so a resumed move skips what is there), the batch
+document is written, and the staging is deleted.
+
+A refused or interrupted submission is deleted at once when possible; otherwise the janitor
+(`tidy`, run by the loop's reaper and at the start of every submit and CLI command) deletes the
+staging of a submission whose lease expired before its commit, and finishes the move of a committed
+one. No multi-document transaction is needed, so it works on a standalone mongod as on nx-27017.
+
+Contexts are held as BSON bytes, not as subdocuments: a payload may nest to MongoDB's limit inside
+its context document, which nested two levels deeper in a chunk document would pass; and the bytes
+go back into `contexts` exactly as encoded (dates included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import bson
+from bson import ObjectId
+from pymongo import ASCENDING, IndexModel
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from ctxbatch.errors import SubmitError
+from ctxbatch.io.schema import MAX_BSON_BYTES, ContextRequest, context_document, epoch_ms, eq, utcnow
+
+
+class ContextStore(Protocol):
+    """The collections of a store this module writes (the store imports this module, not the reverse)."""
+
+    contexts: Collection[dict[str, Any]]
+    batches: Collection[dict[str, Any]]
+    submissions: Collection[dict[str, Any]]
+    staged: Collection[dict[str, Any]]
+
+
+log = logging.getLogger("ctxbatch.io.staging")
+
+CHUNK_CONTEXTS = 5_000
+# A chunk document holds its contexts' BSON plus a few small fields.
+CHUNK_BYTES = MAX_BSON_BYTES - 32 * 1024
+LEASE_SECONDS = 60.0
+DUPLICATE_KEY = 11000
+STAGING = "staging"
+COMMITTED = "committed"
+STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Stager:
+    """One submission on its way in: chunks staged under a lease, then committed and moved."""
+
+    def __init__(self, store: ContextStore, name: str | None) -> None:
+        self.store = store
+        self.name = name
+        self.batch_id = str(ObjectId())
+        self.token = uuid.uuid4().hex
+        self.created_at = utcnow()
+        self.count = 0
+        self.chunks = 0
+        self._renew_at = 0.0
+
+    def _lease(self) -> dict[str, Any]:
+        expires = utcnow() + dt.timedelta(seconds=LEASE_SECONDS)
+        self._renew_at = time.monotonic() + LEASE_SECONDS / 3
+        return {"owner": _owner(), "token": self.token, "expires_ms": epoch_ms(expires)}
+
+    def _mine(self) -> dict[str, Any]:
+        return {"_id": self.batch_id, "lease.token": eq(self.token)}
+
+    def begin(self) -> None:
+        self.store.submissions.insert_one(
+            {"_id": self.batch_id, "state": STAGING, "name": self.name, "created_at": self.created_at,
+             "lease": self._lease()}
+        )  # fmt: skip
+
+    def renew(self) -> None:
+        """Extend the lease when a third of it is spent; lost to the janitor means refused."""
+        if time.monotonic() < self._renew_at:
+            return
+        if not self.store.submissions.update_one(self._mine(), {"$set": {"lease": self._lease()}}).matched_count:
+            raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
+
+    def stage(self, documents: list[bytes]) -> None:
+        self.renew()
+        self.store.staged.insert_one(
+            {"_id": f"{self.batch_id}:{self.chunks:08d}", "batch_id": self.batch_id, "seq": self.chunks,
+             "n": len(documents), "contexts": bson.Binary(b"".join(documents))}
+        )  # fmt: skip
+        self.chunks += 1
+        self.count += len(documents)
+
+    def commit(self) -> None:
+        """The commit point: one single-document update, only while this lease holds the submission."""
+        done = self.store.submissions.update_one(
+            {**self._mine(), "state": eq(STAGING)},
+            {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease()}},
+        )
+        if not done.matched_count:
+            raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
+
+    def abandon(self) -> None:
+        """Best effort: delete what was staged (the janitor does it later if the database is away)."""
+        try:
+            if self.store.submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count:
+                self.store.staged.delete_many({"batch_id": eq(self.batch_id)})
+        except PyMongoError as exc:
+            log.info("submission %s: staging left for the janitor (%s)", self.batch_id, type(exc).__name__)
+
+
+def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[list[bytes]]:
+    """The requests as BSON context documents, in chunks of at most CHUNK_CONTEXTS and CHUNK_BYTES."""
+    chunk: list[bytes] = []
+    size = 0
+    now = stager.created_at
+    for request in requests:
+        context_id = request.key if request.key is not None else str(ObjectId())
+        encoded = bson.encode(context_document(request, context_id, stager.batch_id, now))
+        if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(encoded)
+        size += len(encoded)
+    if chunk:
+        yield chunk
+
+
+def _refuse_known_keys(store: ContextStore, chunk: list[bytes], first_index: int) -> None:
+    """A chunk's keys already in `contexts` refuse the submission, naming the user's record."""
+    keyed: dict[str, int] = {}
+    for offset, raw in enumerate(chunk):
+        document = bson.decode(raw)
+        if "key" in document:
+            keyed[document["_id"]] = first_index + offset
+    if keyed:
+        found = store.contexts.find_one({"_id": {"$in": list(keyed)}}, {"batch_id": 1})
+        if found:
+            message = f"{found['_id']!r} already exists (batch {found['batch_id']})"
+            raise SubmitError(keyed[found["_id"]], "key", message)
+
+
+def submit_staged(store: ContextStore, requests: Iterable[ContextRequest], name: str | None) -> tuple[str, int]:
+    """Stage, commit and move a submission (see the module's note); (batch id, contexts)."""
+    stager = Stager(store, name)
+    stager.begin()
+    try:
+        for chunk in _encoded(requests, stager):
+            _refuse_known_keys(store, chunk, stager.count)
+            stager.stage(chunk)
+        if not stager.count:
+            raise SubmitError(None, None, "the submission holds no contexts")
+        stager.commit()
+    except BaseException:
+        stager.abandon()
+        raise
+    try:
+        finish(store, stager.batch_id)
+    except PyMongoError as exc:
+        # Committed, so whole and durable: the janitor finishes the move when the database is back.
+        log.warning("batch %s is stored; its move into the queue finishes later (%s)", stager.batch_id, exc)
+    return stager.batch_id, stager.count
+
+
+def finish(store: ContextStore, batch_id: str) -> None:
+    """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent."""
+    submission = store.submissions.find_one({"_id": eq(batch_id)})
+    if submission is None or submission["state"] != COMMITTED:
+        return
+    stamp = submission["created_at"]
+    # Written first: a resumed move finds it there.
+    with contextlib.suppress(DuplicateKeyError):
+        store.batches.insert_one(
+            {"_id": batch_id, "name": submission.get("name"), "total": submission["total"], "created_at": stamp,
+             "updated_at": stamp}
+        )  # fmt: skip
+    for chunk in store.staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
+        _move(store, batch_id, bson.decode_all(chunk["contexts"]))
+        store.staged.delete_one({"_id": chunk["_id"]})
+    store.submissions.delete_one({"_id": batch_id})
+
+
+def _move(store: ContextStore, batch_id: str, documents: list[dict[str, Any]]) -> None:
+    try:
+        store.contexts.insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        # A resumed move finds its own contexts there; a key another batch took in between is not ours.
+        ids = [documents[e["index"]]["_id"] for e in errors]
+        foreign = store.contexts.count_documents({"_id": {"$in": ids}, "batch_id": {"$ne": batch_id}})
+        if foreign:
+            log.warning("batch %s: %d keyed contexts were taken by another batch meanwhile", batch_id, foreign)
+
+
+def tidy(store: ContextStore) -> int:
+    """The janitor: drop the staging of expired uncommitted submissions, finish committed ones.
+
+    Returns how many submissions it settled. Acts only on submissions whose lease expired, so it
+    never races a submit that is still streaming or moving.
+    """
+    now_ms = epoch_ms(utcnow())
+    settled = 0
+    for submission in store.submissions.find({"lease.expires_ms": {"$lt": now_ms}}, {"state": 1}):
+        batch_id = submission["_id"]
+        if submission["state"] == COMMITTED:
+            finish(store, batch_id)
+        elif store.submissions.delete_one(
+            {"_id": batch_id, "state": eq(STAGING), "lease.expires_ms": {"$lt": now_ms}}
+        ).deleted_count:
+            store.staged.delete_many({"batch_id": eq(batch_id)})
+        settled += 1
+    return settled

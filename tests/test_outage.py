@@ -1,0 +1,133 @@
+# ruff: noqa: F811 - `home` is test_embedded's fixture, imported to be requested by name
+"""The embedded server SIGKILLed mid-run: it comes back on its recorded port, the loop rides it out.
+
+Each test has a CTXBATCH_HOME of its own (the `home` fixture of test_embedded), so the server it
+kills is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client
+from pymongo import MongoClient
+from test_embedded import home, servers_for  # noqa: F401 - the fixture
+
+from ctxbatch.errors import DatabaseUnavailable
+from ctxbatch.io import ContextStore, connect, embedded
+from ctxbatch.pipeline import Pipeline
+
+RUN: dict[str, Any] = {
+    "worker": {
+        "batch_size": 20,
+        "dynamic_batch_sizing": False,
+        "max_parallel_batches": 2,
+        "batch_timeout_seconds": 0,
+        "lease_seconds": 30,
+        "retry": {"batch_retries": 50, "backoff_seconds": [0.2], "context_retries": 0},
+    },
+    "dask": {"dashboard_address": None},
+}
+
+
+def kill_server(home: Path) -> int:
+    (pid,) = servers_for(home)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while servers_for(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
+
+
+def test_a_restarted_server_takes_its_recorded_port(home: Path) -> None:
+    first = embedded.start()
+    kill_server(home)
+    again = embedded.start()
+    assert again.pid != first.pid and again.uri == first.uri
+
+
+def test_a_stopped_server_starts_again_on_its_port(home: Path) -> None:
+    first = embedded.start()
+    assert embedded.stop()
+    assert embedded.start().uri == first.uri
+
+
+def test_a_store_on_the_default_follows_a_server_that_had_to_move(home: Path) -> None:
+    # Given a store on the default, and a server that must come back elsewhere: its port is taken
+    embedded.start()
+    store = connect()
+    kill_server(home)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        (home / "server.json").write_text(json.dumps({"port": taken.getsockname()[1]}))
+        moved = embedded.start()
+        # Then the store follows the record there
+        assert moved.uri != store.uri
+        assert store.follow_embedded() and store.uri == moved.uri
+        assert store.ping() > 0
+    store.close()
+
+
+def test_a_loop_rides_out_a_sigkilled_server_and_loses_nothing(home: Path, client: Client, tmp_path: Path) -> None:
+    # Given a loop running over 400 contexts on the embedded default
+    embedded.start()
+    store = connect()
+    calls = tmp_path / "calls"
+    total = 400
+    batch_id = store.submit([{"payload": {"i": i, "calls_file": str(calls), "sleep": 0.01}} for i in range(total)])
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Pipeline("tests.engines:record_call", RUN, store, client).run(until_empty=True)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    loop = threading.Thread(target=run)
+    loop.start()
+    watcher = ContextStore(store.uri, store.database_name)
+    deadline = time.monotonic() + 60
+    while watcher.batch_status(batch_id)["counts"]["completed"] < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watcher.close()
+    # When the server is SIGKILLed mid-run and started again
+    kill_server(home)
+    time.sleep(1)  # an outage of a second: the loop's database calls fail meanwhile
+    embedded.start()
+    loop.join(120)
+    # Then the run finishes with every context completed, and each ran at least once
+    assert not loop.is_alive() and not failure, failure
+    counts = store.batch_status(batch_id)["counts"]
+    assert counts["completed"] == total, counts
+    ran = {int(line) for line in calls.read_text().split()}
+    assert ran == set(range(total))
+    store.close()
+
+
+def test_a_loop_gives_up_after_mongo_outage_seconds_with_one_line(home: Path, client: Client) -> None:
+    embedded.start()
+    uri = embedded.located()
+    assert uri is not None
+    quick: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=200)
+    store = ContextStore(uri, "outage", client=quick)
+    store.ping()
+
+    class KillAtStart:
+        def on_run_started(self, _: object) -> None:
+            kill_server(home)
+
+    settings = {**RUN, "mongo": {"outage_seconds": 1}}
+    with pytest.raises(DatabaseUnavailable) as gave_up:
+        Pipeline("tests.engines:echo", settings, store, client, subscribers=[KillAtStart()]).run(until_empty=True)
+    message = str(gave_up.value)
+    assert "\n" not in message and "mongo.outage_seconds" in message and "Topology" not in message
+    store.close()

@@ -1,0 +1,175 @@
+"""Submissions invisible until whole, streamed in chunks; interrupted ones cleaned by the janitor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import monitoring
+from pymongo.errors import AutoReconnect
+
+from ctxbatch.errors import SubmitError
+from ctxbatch.io import ContextStore, staging
+from ctxbatch.io.schema import epoch_ms, utcnow
+
+
+def records(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
+    for i in range(start, start + n):
+        yield {"payload": {"i": i, "text": "x" * 100}}
+
+
+def nothing_claimable(store: ContextStore) -> bool:
+    return not store.claim(100_000, "checker", 60).ids and store.contexts.count_documents({}) == 0
+
+
+def expire_leases(store: ContextStore) -> None:
+    # What the passing of LEASE_SECONDS does, without waiting for it.
+    store.submissions.update_many({}, {"$set": {"lease.expires_ms": epoch_ms(utcnow()) - 1}})
+
+
+class FirstInsert(monitoring.CommandListener):
+    """Notes how many records the generator had given when the first insert went out."""
+
+    def __init__(self, pulled: list[int]) -> None:
+        self.pulled = pulled
+        self.at: int | None = None
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert" and event.command.get("insert") in ("staged", "contexts") and self.at is None:
+            self.at = self.pulled[0]
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_generator_is_streamed_not_materialised(mongo_uri: str, database: str) -> None:
+    pulled = [0]
+    listener = FirstInsert(pulled)
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    store = ContextStore(mongo_uri, database, client=client)
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for record in records(3 * staging.CHUNK_CONTEXTS):
+            pulled[0] += 1
+            yield record
+
+    try:
+        _, count = store.submit_counted(counted())
+    finally:
+        store.close()
+    assert count == 3 * staging.CHUNK_CONTEXTS
+    assert listener.at is not None and listener.at <= staging.CHUNK_CONTEXTS + 1
+
+
+def test_a_submission_refused_at_its_last_record_is_never_claimable(store: ContextStore) -> None:
+    # Given a submission that has streamed most of its records and waits before its last one
+    staged, go_on = threading.Event(), threading.Event()
+    outcome: list[BaseException] = []
+
+    def stalling() -> Iterator[Any]:
+        yield from records(2 * staging.CHUNK_CONTEXTS + 10)
+        staged.set()
+        go_on.wait(30)
+        yield {"payload": {"n": float("nan")}}
+
+    def submit() -> None:
+        try:
+            store.submit(stalling())
+        except SubmitError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=submit)
+    worker.start()
+    assert staged.wait(30)
+    # When a loop claims meanwhile, it finds nothing of it
+    assert store.staged.count_documents({}) >= 2
+    assert nothing_claimable(store)
+    assert store.list_batches() == []
+    go_on.set()
+    worker.join(30)
+    # Then the refusal names the last record, and its staging is gone
+    assert outcome and isinstance(outcome[0], SubmitError) and outcome[0].index == 2 * staging.CHUNK_CONTEXTS + 10
+    assert nothing_claimable(store)
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
+
+
+SUBMITTER = """
+import sys
+from ctxbatch.io import ContextStore
+store = ContextStore(sys.argv[1], sys.argv[2])
+def stream():
+    for i in range(10**7):
+        if i == 12_000:
+            print("staged", flush=True)
+        yield {"payload": {"i": i}}
+store.submit(stream())
+"""
+
+
+def test_a_submit_sigkilled_midway_leaves_nothing_claimable_and_the_janitor_cleans_it(
+    mongo_uri: str, database: str, store: ContextStore
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUBMITTER, mongo_uri, database], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "staged"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(30)
+    assert nothing_claimable(store)
+    assert store.staged.count_documents({}) >= 2
+    # The janitor leaves a submission alone while its lease holds: it may still be streaming.
+    assert store.tidy_submissions() == 0
+    expire_leases(store)
+    assert store.tidy_submissions() == 1
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
+    assert nothing_claimable(store) and store.list_batches() == []
+
+
+def test_a_committed_submission_cut_off_while_moving_is_finished_by_the_janitor(
+    store: ContextStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a submission committed, whose move stops after its first chunk (the database went away)
+    real_move = staging._move
+    moves = [0]
+
+    def cut_off(store_: ContextStore, batch_id: str, documents: list[dict[str, Any]]) -> None:
+        moves[0] += 1
+        if moves[0] > 1:
+            raise AutoReconnect("gone")
+        real_move(store_, batch_id, documents)
+
+    monkeypatch.setattr(staging, "_move", cut_off)
+    total = 3 * staging.CHUNK_CONTEXTS
+    batch_id = store.submit(records(total))
+    monkeypatch.setattr(staging, "_move", real_move)
+    assert store.contexts.count_documents({}) == staging.CHUNK_CONTEXTS
+    # When the janitor runs once its lease has expired
+    expire_leases(store)
+    assert store.tidy_submissions() == 1
+    # Then every context is there once, and the staging is gone
+    assert store.batch_status(batch_id)["counts"]["pending"] == total
+    assert len({d["_id"] for d in store.contexts.find({}, {"_id": 1})}) == total
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
+
+
+def test_a_key_already_stored_is_refused_in_a_later_chunk_naming_the_record(store: ContextStore) -> None:
+    store.submit([{"payload": {}, "key": "taken"}])
+    late = staging.CHUNK_CONTEXTS + 7
+    with pytest.raises(SubmitError) as refused:
+        store.submit([*records(late), {"payload": {}, "key": "taken"}])
+    assert (refused.value.index, refused.value.field) == (late, "key")
+    assert store.contexts.count_documents({}) == 1
+    assert store.staged.count_documents({}) == 0
