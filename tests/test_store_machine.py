@@ -11,7 +11,14 @@ from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from pymongo import MongoClient
 
 from ctxbatch.io import Claim, ContextStore
@@ -160,11 +167,10 @@ def _uri_client() -> MongoClient[dict[str, Any]]:
 def test_the_store_keeps_its_promises_under_any_interleaving(mongo_uri: str) -> None:
     _uri["uri"] = mongo_uri
     try:
-        run = settings(
+        run_state_machine_as_test(StoreMachine, settings=settings(
             max_examples=25, stateful_step_count=20, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        )(StoreMachine.TestCase)  # fmt: skip
-        run().runTest()
+        ))  # fmt: skip
     finally:
         for client in _clients:
             client.close()
