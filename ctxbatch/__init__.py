@@ -13,6 +13,7 @@ from ctxbatch.errors import (
     EngineError,
     InputError,
     LeaseLost,
+    RetryLater,
     SubmitError,
 )
 from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
@@ -43,6 +44,7 @@ __all__ = [
     "EngineError",
     "InputError",
     "LeaseLost",
+    "RetryLater",
     "SubmitError",
     # Configuration
     "Settings",

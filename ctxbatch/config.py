@@ -37,6 +37,9 @@ class RetrySettings(_Section):
         [5, 15, 30], min_length=1, description="Wait before retry i (the last value repeats)."
     )
     context_retries: int = Field(3, ge=0, description="Retries of one failed context before it is failed for good.")
+    max_deferrals: int = Field(
+        20, ge=0, description="Times one context may be deferred by RetryLater before it is failed for good."
+    )
 
     @field_validator("backoff_seconds")
     @classmethod
@@ -116,6 +119,9 @@ class WorkerSettings(_Section):
     batch_timeout_seconds: float = Field(60, ge=0, description="Longest wait for a batch to fill.")
     lease_seconds: float = Field(300, gt=0, description="How long a claim holds its contexts unless renewed.")
     engine_concurrency: int = Field(16, ge=1, description="Payloads an async engine runs at once per partition.")
+    context_timeout_seconds: float | None = Field(
+        None, gt=0, description="Longest engine call (a batch engine's: per partition); past it the row fails."
+    )
     target_batch_seconds: float = Field(10, gt=0, description="Batch duration the dynamic sizer aims for.")
     memory_high_fraction: float = Field(0.8, gt=0, le=1, description="Worker memory use that makes batches shrink.")
     sizer: str | None = Field(

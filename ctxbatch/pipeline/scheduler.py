@@ -119,6 +119,7 @@ class Pipeline:
             self.store.database_name,
             RetryPolicy.of(self.settings.worker.retry),
             self.settings.worker.engine_concurrency,
+            self.settings.worker.context_timeout_seconds,
         )
         self._in_flight: list[_InFlight] = []
         self._listeners: list[Any] = []
