@@ -11,6 +11,7 @@ from ctxbatch.errors import (
     CtxbatchError,
     DatabaseUnavailable,
     EngineError,
+    FailNow,
     InputError,
     LeaseLost,
     RetryLater,
@@ -44,6 +45,7 @@ __all__ = [
     "EngineError",
     "InputError",
     "LeaseLost",
+    "FailNow",
     "RetryLater",
     "SubmitError",
     # Configuration

@@ -84,6 +84,13 @@ class RetryLater(CtxbatchError):
         self.reason = reason
 
 
+class FailNow(CtxbatchError):
+    """Raised by an engine when retrying cannot help (the request itself is bad, e.g. an HTTP 400).
+
+    The context fails at once, without spending its remaining `context_retries`.
+    """
+
+
 class InvalidCursor(CtxbatchError):
     """Raised when a page cursor is not one that ContextStore.results_page handed out."""
 

@@ -22,6 +22,7 @@ class Script:
     busy_first: int = 0  # calls per payload answered 429 before it is served
     retry_after: str = "1"
     hang_on: int | None = None  # the payload whose calls never answer while the service runs
+    bad_on: int | None = None  # the payload answered 400 (a bad request) every time
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -33,6 +34,8 @@ class Script:
             seen = self.calls[key]
         if key == self.hang_on:
             self.stopping.wait()
+        if key == self.bad_on:
+            return 400, {}, b'{"error": "field i is odd today"}'
         if seen <= self.busy_first:
             return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
         return 200, {}, json.dumps({"i": key}).encode()

@@ -10,7 +10,7 @@ import pytest
 from distributed import Client
 from service_app import Script, serve
 
-from ctxbatch import ContextStore
+from ctxbatch import ConfigError, ContextStore
 from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
@@ -99,3 +99,59 @@ def test_a_batch_engine_past_the_timeout_fails_its_partition_with_a_timeout() ->
     assert outcome.results == {}
     assert {e["type"] for e in outcome.errors.values()} == {"TimeoutError"}
     assert len(outcome.errors) == 4
+
+
+def http_config(url: str, **retry: Any) -> dict[str, Any]:
+    settings = config(**retry)
+    settings["http"] = {"url": url, "headers": {"X-Key": "${CTXBATCH_TEST_KEY}"}, "timeout_seconds": 5}
+    return settings
+
+
+def test_the_http_engine_defers_on_429_and_fails_a_bad_request_at_once(
+    store: ContextStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a service that answers 429 to the first call of every payload and 400 to payload 4
+    monkeypatch.setenv("CTXBATCH_TEST_KEY", "k")
+    script = Script(busy_first=1, retry_after="0", bad_on=4)
+    with serve(script) as url:
+        batch = store.submit([{"payload": {"i": i}} for i in range(10)])
+        report = Pipeline("http", http_config(url, context_retries=2), store, client).run(until_empty=True)
+    # Then the others completed with the service's JSON, deferred once, their retries unspent
+    assert (report.completed, report.failed) == (9, 1)
+    done = list(store.contexts.find({"batch_id": batch, "status": "completed"}))
+    assert {(d["attempts"], d["deferrals"]) for d in done} == {(1, 1)}
+    assert all(d["result"] == {"i": d["payload"]["i"]} for d in done)
+    # And the bad request failed on its first try, with the status and the body in its error
+    (bad,) = store.contexts.find({"batch_id": batch, "status": "failed"})
+    assert (bad["payload"]["i"], bad["attempts"], bad["error"]["type"]) == (4, 1, "FailNow")
+    assert "HTTP 400" in bad["error"]["message"] and "field i is odd today" in bad["error"]["message"]
+    assert script.calls[4] == 1
+
+
+def _http_clients(dask_worker: Any) -> list[int]:
+    engines = dask_worker.plugins["ctxbatch"]._engines.values()
+    return [id(e.fn._client) for e in engines if e.name == "http" and e.fn._client is not None]
+
+
+def test_the_http_engine_makes_one_client_per_worker(
+    store: ContextStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run of the http engine over many partitions on two workers
+    monkeypatch.setenv("CTXBATCH_TEST_KEY", "k")
+    with serve(Script()) as url:
+        store.submit([{"payload": {"i": i}} for i in range(60)])
+        report = Pipeline("http", http_config(url), store, client).run(until_empty=True)
+    assert report.completed == 60
+    # Then each worker set the engine up once: one client each, shared by all its partitions
+    clients = client.run(_http_clients)
+    assert sorted(len(found) for found in clients.values()) == [1, 1]
+    assert len({found[0] for found in clients.values()}) == 2
+
+
+def test_the_http_engine_refuses_a_header_naming_a_missing_variable(store: ContextStore) -> None:
+    # Given a header that names an environment variable nobody set
+    settings = http_config("http://127.0.0.1:9/")
+    settings["http"]["headers"] = {"Authorization": "Bearer ${CTXBATCH_NOT_SET_ANYWHERE}"}
+    # Then the loop refuses to start, naming the header and the variable
+    with pytest.raises(ConfigError, match=r"http.headers.Authorization: .*CTXBATCH_NOT_SET_ANYWHERE"):
+        Pipeline("http", settings, store)

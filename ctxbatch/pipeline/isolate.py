@@ -26,8 +26,9 @@ import pandas as pd
 from distributed.comm.core import CommClosedError
 from pymongo.errors import ConnectionFailure
 
-from ctxbatch.errors import CriticalError, DatabaseUnavailable, RetryLater
+from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class PartitionOutcome:
     row_seconds: dict[str, float] = field(default_factory=dict)
     # The failed contexts whose engine said RetryLater: the wait it asked for (None: the backoff).
     deferred: dict[str, float | None] = field(default_factory=dict)
+    # The failed contexts whose engine said retrying cannot help (FailNow): failed without retries.
+    final: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:
         return f"<PartitionOutcome completed={len(self.results)} failed={len(self.errors)} seconds={self.seconds:.3f}>"
@@ -86,6 +89,8 @@ class PartitionOutcome:
         self.errors[context_id] = row_error(exc)
         if isinstance(exc, RetryLater):
             self.deferred[context_id] = exc.after_seconds
+        elif isinstance(exc, FailNow):
+            self.final.add(context_id)
 
 
 def run_partition(
@@ -93,12 +98,14 @@ def run_partition(
     frame: pd.DataFrame,
     concurrency: int = 16,
     timeout: float | None = None,
+    calls: WorkerCalls | None = None,
 ) -> PartitionOutcome:
     """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
 
     Raises what stops the batch (STOPS_THE_BATCH) unchanged; every other failure is some row's error record.
     `timeout` bounds each call (a batch engine's: the partition's) in seconds; a call past it fails its
-    rows with a TimeoutError.
+    rows with a TimeoutError. With a worker's `calls`, an async engine runs on the worker's loop and
+    `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]
@@ -110,7 +117,7 @@ def run_partition(
     if engine.kind == "batch":
         _bisect(engine, frame, ids, payloads, outcome, timeout)
     elif engine.kind == "async":
-        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout)
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls)
     else:
         _run_rows(engine.fn, ids, payloads, outcome, timeout)
     outcome.seconds = time.perf_counter() - started
@@ -177,6 +184,7 @@ def _run_async(
     concurrency: int,
     outcome: PartitionOutcome,
     timeout: float | None = None,
+    calls: WorkerCalls | None = None,
 ) -> None:
     values: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
@@ -196,7 +204,7 @@ def _run_async(
                 outcome.row_seconds[cid] = time.perf_counter() - started
 
     async def run_all() -> None:
-        gate = asyncio.Semaphore(concurrency)
+        gate = calls.gate(concurrency) if calls else asyncio.Semaphore(concurrency)
         tasks = [asyncio.ensure_future(one(cid, payload, gate)) for cid, payload in zip(ids, payloads, strict=True)]
         try:
             await asyncio.gather(*tasks)
@@ -207,7 +215,10 @@ def _run_async(
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    run_coroutine(run_all())
+    if calls:
+        calls.run(run_all())
+    else:
+        run_coroutine(run_all())
     # Results are checked after the loop so BSON encoding never holds up calls in flight.
     for cid, payload in zip(ids, payloads, strict=True):
         if cid in failures:

@@ -21,6 +21,7 @@ from ctxbatch.config import RetrySettings, backoff_after
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
 from ctxbatch.io.schema import epoch_ms
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.worker import worker_resources
@@ -126,11 +127,16 @@ def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
 def process_partition(frame: pd.DataFrame, claim: Claim, job: PartitionJob) -> dict[str, Any]:
     """Run the engine over one partition with this worker's resources and write its outcome back."""
     resources = worker_resources()
-    return process_with(resources.store(job.uri, job.database), resources.ready, frame, claim, job)
+    return process_with(resources.store(job.uri, job.database), resources.ready, frame, claim, job, resources.calls)
 
 
 def process_with(
-    store: ContextStore, ready: Callable[[Engine], Engine], frame: pd.DataFrame, claim: Claim, job: PartitionJob
+    store: ContextStore,
+    ready: Callable[[Engine], Engine],
+    frame: pd.DataFrame,
+    claim: Claim,
+    job: PartitionJob,
+    calls: WorkerCalls | None = None,
 ) -> dict[str, Any]:
     """The engine (made `ready` first) over one partition, then one fenced write back; returns its summary.
 
@@ -140,12 +146,14 @@ def process_with(
     if frame.empty:
         return summary()
     try:
-        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout)
+        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls)
     except CriticalError as exc:
         return summary(len(frame), critical=error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     now = utcnow()
-    retry_at = {cid: job.policy.retry_at(attempts[cid], now) for cid in outcome.errors}
+    retry_at = {
+        cid: None if cid in outcome.final else job.policy.retry_at(attempts[cid], now) for cid in outcome.errors
+    }
     deferrals = frame.attrs.get(DEFERRALS, {})
     deferred = set()
     for cid, after in outcome.deferred.items():
