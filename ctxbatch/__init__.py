@@ -11,8 +11,10 @@ from ctxbatch.errors import (
     CtxbatchError,
     DatabaseUnavailable,
     EngineError,
+    FailNow,
     InputError,
     LeaseLost,
+    RetryLater,
     SubmitError,
 )
 from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
@@ -43,6 +45,8 @@ __all__ = [
     "EngineError",
     "InputError",
     "LeaseLost",
+    "FailNow",
+    "RetryLater",
     "SubmitError",
     # Configuration
     "Settings",

@@ -69,6 +69,28 @@ class CriticalError(CtxbatchError):
     """Raised by an engine to stop the whole batch: its contexts are released and it is retried."""
 
 
+class RetryLater(CtxbatchError):
+    """Raised (or returned per row by a batch engine) when a service says "not now" (429, 503).
+
+    The context goes back to `pending`, claimable after `after_seconds` (or the retry backoff), without
+    spending its `context_retries`; `retry.max_deferrals` deferrals at most, then it fails with this reason.
+    """
+
+    def __init__(self, after_seconds: float | None = None, reason: str = "") -> None:
+        if after_seconds is not None and not after_seconds >= 0:
+            raise ValueError(f"after_seconds must be >= 0 or None, got {after_seconds!r}")
+        super().__init__(reason or "the service asked to retry later")
+        self.after_seconds = after_seconds
+        self.reason = reason
+
+
+class FailNow(CtxbatchError):
+    """Raised by an engine when retrying cannot help (the request itself is bad, e.g. an HTTP 400).
+
+    The context fails at once, without spending its remaining `context_retries`.
+    """
+
+
 class InvalidCursor(CtxbatchError):
     """Raised when a page cursor is not one that ContextStore.results_page handed out."""
 

@@ -22,6 +22,7 @@ BUILTIN_ENGINES: dict[str, str] = {
     "service": "ctxbatch.engines.service:call_service",
     "batched-call": "ctxbatch.engines.service:batched_call",
     "echo": "ctxbatch.engines.trivial:echo",
+    "http": "ctxbatch.engines.http:http_engine",
 }
 
 Refuse = Callable[[str], CtxbatchError]

@@ -7,14 +7,18 @@ raised once) keep it in marker files, created with O_EXCL so exactly one call wi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from typing import Any
 
 import pandas as pd
 
-from ctxbatch.errors import CriticalError
+from ctxbatch.errors import CriticalError, RetryLater
 from ctxbatch.pipeline.engine import batch_engine
 
 
@@ -115,3 +119,54 @@ def nap_then_fail_when_flagged(payload: dict[str, Any]) -> dict[str, Any]:
     """nap(), then fail_when_flagged(): slow enough rows for several loops to share them."""
     nap(payload)
     return fail_when_flagged(payload)
+
+
+def _post(payload: dict[str, Any]) -> Any:
+    """POST the payload to `payload["url"]`; a 429 becomes RetryLater with the service's Retry-After."""
+    request = urllib.request.Request(
+        payload["url"], json.dumps(payload).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 429:
+            raise RetryLater(float(exc.headers.get("Retry-After", 0)), f"429 from {payload['url']}") from None
+        raise
+
+
+def call_service(payload: dict[str, Any]) -> Any:
+    return _post(payload)
+
+
+async def async_call_service(payload: dict[str, Any]) -> Any:
+    """The same call over asyncio streams: a client per call would cost more than the call itself."""
+    url = urllib.parse.urlsplit(payload["url"])
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        body = json.dumps(payload).encode()
+        head = f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(f"{head}Connection: close\r\n\r\n".encode() + body)
+        raw_head, _, raw_body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    status_line, *header_lines = raw_head.decode().split("\r\n")
+    status = int(status_line.split()[1])
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    if status == 429:
+        raise RetryLater(float(headers.get("Retry-After", 0)), "429")
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}")
+    return json.loads(raw_body)
+
+
+@batch_engine
+def batch_call_service(frame: pd.DataFrame) -> list[Any]:
+    """One call per row; a row the service turns away is returned as a RetryLater instance."""
+    results: list[Any] = []
+    for payload in frame["payload"]:
+        try:
+            results.append(_post(payload))
+        except RetryLater as later:
+            results.append(later)
+    return results

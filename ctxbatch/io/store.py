@@ -21,7 +21,7 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -236,11 +236,14 @@ class ContextStore(Statistics):
         errors: Mapping[str, Mapping[str, Any]] | None = None,
         retry_at: Mapping[str, dt.datetime | None] | dt.datetime | None = None,
         release: Iterable[str] = (),
+        deferred: Set[str] = frozenset(),
     ) -> WriteReport:
         """One fenced bulk write: complete `results`, fail or reschedule `errors`, release the rest.
 
         `retry_at` gives, per failed context (or for all), when it may run again; None fails it
         for good. Released contexts go back to `pending` as they were, their try uncounted.
+        `deferred` names the rescheduled errors that are deferrals (RetryLater): their try is not
+        counted in `attempts` but in `deferrals`.
         """
         # A settled context keeps its last lease (users never see it): its token says which
         # claim made the last change, so a partly fenced-out write can tell what it lost, and
@@ -255,7 +258,7 @@ class ContextStore(Statistics):
             for cid, result in (results or {}).items()
         ]  # fmt: skip
         if errors:
-            ops += self._failure_ops(claim, errors, retry_at, fence)
+            ops += self._failure_ops(claim, errors, retry_at, fence, deferred)
         released = list(release)
         if released:
             # Released contexts lose the lease: nobody's claim, as if never claimed.
@@ -285,6 +288,7 @@ class ContextStore(Statistics):
         errors: Mapping[str, Mapping[str, Any]],
         retry_at: Mapping[str, dt.datetime | None] | dt.datetime | None,
         fence: dict[str, Any],
+        deferred: Set[str] = frozenset(),
     ) -> list[ReplaceOne[dict[str, Any]]]:
         # Whole-document replaces, fenced like the rest: the only way to store a future
         # `next_attempt_at` as a date on nx-27017 (see the module's note).
@@ -298,6 +302,8 @@ class ContextStore(Statistics):
                 doc.update(status=Status.FAILED.value, finished_at=now, finished_ms=epoch_ms(now))
             else:
                 doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=epoch_ms(when))
+                if cid in deferred:
+                    doc.update(attempts=doc["attempts"] - 1, deferrals=doc.get("deferrals", 0) + 1)
             doc.update(error=dict(errors[cid]))
             ops.append(ReplaceOne({"_id": cid, **fence}, doc))
         return ops

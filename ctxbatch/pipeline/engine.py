@@ -10,6 +10,8 @@ Names resolve with the one resolver (`ctxbatch.resolve`): an Engine passes throu
 a short alias names a built-in, "module:callable" is imported with the current directory on sys.path, and
 anything else is refused with an EngineError that says what was expected.
 
+An engine may give itself a `configure(settings)` attribute returning the engine to run: the loop calls it
+with the run's Settings before shipping the engine (the built-in `http` engine reads its `http:` section).
 An engine may give itself `setup()` and `teardown()` attributes: each Dask worker calls `setup()` once
 before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.worker`).
 """
@@ -114,6 +116,15 @@ def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:
     if callable(spec):
         return Engine(spec, kind_of(spec), _name_of(spec))
     raise EngineError(f"cannot use a {type(spec).__name__} as an engine; {EXPECTED}")
+
+
+def configured(engine: Engine, settings: Any) -> Engine:
+    """The engine its own `configure(settings)` returns, if it has one; shipped as itself, not re-imported."""
+    configure = getattr(engine.fn, "configure", None)
+    if not callable(configure):
+        return engine
+    fn = configure(settings)
+    return Engine(fn, kind_of(fn), engine.name)
 
 
 def _import_engine(name: str, spec: str, search_path: str | None) -> Engine:

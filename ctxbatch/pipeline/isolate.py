@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
@@ -25,8 +26,9 @@ import pandas as pd
 from distributed.comm.core import CommClosedError
 from pymongo.errors import ConnectionFailure
 
-from ctxbatch.errors import CriticalError, DatabaseUnavailable
+from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,18 @@ class PartitionOutcome:
     seconds: float = 0.0
     # Engine seconds per context (a batch engine's call shared evenly by its rows), for the metrics.
     row_seconds: dict[str, float] = field(default_factory=dict)
+    # The failed contexts whose engine said RetryLater: the wait it asked for (None: the backoff).
+    deferred: dict[str, float | None] = field(default_factory=dict)
+    # The failed contexts whose engine said retrying cannot help (FailNow): failed without retries.
+    final: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:
         return f"<PartitionOutcome completed={len(self.results)} failed={len(self.errors)} seconds={self.seconds:.3f}>"
 
     def add(self, context_id: str, value: Any, payload: Any) -> None:
+        if isinstance(value, RetryLater):  # a batch engine defers single rows by returning one
+            self.fail(context_id, value)
+            return
         try:
             self.results[context_id] = storable(value, payload)
         except UnstorableResult as exc:
@@ -78,14 +87,25 @@ class PartitionOutcome:
     def fail(self, context_id: str, exc: BaseException) -> None:
         log.debug("context %s failed: %s: %s", context_id, type(exc).__name__, exc)
         self.errors[context_id] = row_error(exc)
+        if isinstance(exc, RetryLater):
+            self.deferred[context_id] = exc.after_seconds
+        elif isinstance(exc, FailNow):
+            self.final.add(context_id)
 
 
 def run_partition(
-    engine: Engine | str | Callable[..., Any], frame: pd.DataFrame, concurrency: int = 16
+    engine: Engine | str | Callable[..., Any],
+    frame: pd.DataFrame,
+    concurrency: int = 16,
+    timeout: float | None = None,
+    calls: WorkerCalls | None = None,
 ) -> PartitionOutcome:
     """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
 
     Raises what stops the batch (STOPS_THE_BATCH) unchanged; every other failure is some row's error record.
+    `timeout` bounds each call (a batch engine's: the partition's) in seconds; a call past it fails its
+    rows with a TimeoutError. With a worker's `calls`, an async engine runs on the worker's loop and
+    `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]
@@ -95,20 +115,58 @@ def run_partition(
         return outcome
     started = time.perf_counter()
     if engine.kind == "batch":
-        _bisect(engine, frame, ids, payloads, outcome)
+        _bisect(engine, frame, ids, payloads, outcome, timeout)
     elif engine.kind == "async":
-        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome)
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls)
     else:
-        _run_rows(engine.fn, ids, payloads, outcome)
+        _run_rows(engine.fn, ids, payloads, outcome, timeout)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
-def _run_rows(fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], outcome: PartitionOutcome) -> None:
+def timed_out(timeout: float) -> TimeoutError:
+    return TimeoutError(f"the engine call took longer than {timeout:g} s (worker.context_timeout_seconds)")
+
+
+def call_within(timeout: float | None, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, or a TimeoutError once it takes longer than `timeout` seconds.
+
+    A thread cannot be stopped: past the timeout the call is abandoned in its daemon thread, and
+    whatever it returns later is dropped with the holder, which nothing reads any more; the
+    partition's settle is built from the TimeoutError, so a late result can never be written.
+    """
+    if timeout is None:
+        return fn(*args)
+    holder: list[Any] = []
+
+    def call() -> None:
+        try:
+            holder.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the caller's thread as it is
+            holder.append((False, exc))
+
+    thread = threading.Thread(target=call, name="ctxbatch-engine-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not holder:
+        raise timed_out(timeout)
+    ok, value = holder[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _run_rows(
+    fn: Callable[[Any], Any],
+    ids: list[str],
+    payloads: list[Any],
+    outcome: PartitionOutcome,
+    timeout: float | None = None,
+) -> None:
     for cid, payload in zip(ids, payloads, strict=True):
         started = time.perf_counter()
         try:
-            value = fn(payload)
+            value = call_within(timeout, fn, payload)
         except STOPS_THE_BATCH:
             raise
         except Exception as exc:
@@ -120,26 +178,33 @@ def _run_rows(fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], out
 
 
 def _run_async(
-    fn: Callable[[Any], Any], ids: list[str], payloads: list[Any], concurrency: int, outcome: PartitionOutcome
+    fn: Callable[[Any], Any],
+    ids: list[str],
+    payloads: list[Any],
+    concurrency: int,
+    outcome: PartitionOutcome,
+    timeout: float | None = None,
+    calls: WorkerCalls | None = None,
 ) -> None:
     values: dict[str, Any] = {}
-    failures: dict[str, dict[str, str]] = {}
+    failures: dict[str, Exception] = {}
 
     async def one(cid: str, payload: Any, gate: asyncio.Semaphore) -> None:
         async with gate:
             started = time.perf_counter()
             try:
-                values[cid] = await fn(payload)
+                values[cid] = await asyncio.wait_for(fn(payload), timeout)
             except STOPS_THE_BATCH:
                 raise
+            except TimeoutError as exc:  # past the timeout wait_for cancelled the call
+                failures[cid] = exc if timeout is None else timed_out(timeout)
             except Exception as exc:
-                log.debug("context %s failed: %s: %s", cid, type(exc).__name__, exc)
-                failures[cid] = row_error(exc)
+                failures[cid] = exc
             finally:
                 outcome.row_seconds[cid] = time.perf_counter() - started
 
     async def run_all() -> None:
-        gate = asyncio.Semaphore(concurrency)
+        gate = calls.gate(concurrency) if calls else asyncio.Semaphore(concurrency)
         tasks = [asyncio.ensure_future(one(cid, payload, gate)) for cid, payload in zip(ids, payloads, strict=True)]
         try:
             await asyncio.gather(*tasks)
@@ -150,17 +215,25 @@ def _run_async(
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    run_coroutine(run_all())
+    if calls:
+        calls.run(run_all())
+    else:
+        run_coroutine(run_all())
     # Results are checked after the loop so BSON encoding never holds up calls in flight.
     for cid, payload in zip(ids, payloads, strict=True):
         if cid in failures:
-            outcome.errors[cid] = failures[cid]
+            outcome.fail(cid, failures[cid])
         else:
             outcome.add(cid, values[cid], payload)
 
 
 def _bisect(
-    engine: Engine, frame: pd.DataFrame, ids: list[str], payloads: list[Any], outcome: PartitionOutcome
+    engine: Engine,
+    frame: pd.DataFrame,
+    ids: list[str],
+    payloads: list[Any],
+    outcome: PartitionOutcome,
+    timeout: float | None = None,
 ) -> None:
     """Call the batch engine on `frame`; when it raises, split in halves down to the single rows that raise.
 
@@ -169,9 +242,16 @@ def _bisect(
     values: list[Any] | None = None
     started = time.perf_counter()
     try:
-        values = _call_batch(engine, frame)
+        values = call_within(timeout, _call_batch, engine, frame)
     except STOPS_THE_BATCH:
         raise
+    except (RetryLater, TimeoutError) as exc:
+        # Not one row's fault, or too slow to bisect: the whole partition waits or fails together.
+        share = (time.perf_counter() - started) / len(ids)
+        for cid in ids:
+            outcome.row_seconds[cid] = share
+            outcome.fail(cid, exc)
+        return
     except Exception as exc:
         if len(ids) == 1:
             outcome.row_seconds[ids[0]] = time.perf_counter() - started
@@ -180,8 +260,8 @@ def _bisect(
         log.debug("batch engine %s raised on %d rows (%s); bisecting", engine.name, len(ids), type(exc).__name__)
     if values is None:
         mid = len(ids) // 2
-        _bisect(engine, frame.iloc[:mid], ids[:mid], payloads[:mid], outcome)
-        _bisect(engine, frame.iloc[mid:], ids[mid:], payloads[mid:], outcome)
+        _bisect(engine, frame.iloc[:mid], ids[:mid], payloads[:mid], outcome, timeout)
+        _bisect(engine, frame.iloc[mid:], ids[mid:], payloads[mid:], outcome, timeout)
         return
     share = (time.perf_counter() - started) / len(ids)
     for cid, value, payload in zip(ids, values, payloads, strict=True):

@@ -21,12 +21,14 @@ from ctxbatch.config import RetrySettings, backoff_after
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
 from ctxbatch.io.schema import epoch_ms
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.worker import worker_resources
 
-COUNTS = ("completed", "retried", "failed", "lost")
+COUNTS = ("completed", "retried", "failed", "lost", "deferred")
 CREATED_MS = "ctxbatch_created_ms"
+DEFERRALS = "ctxbatch_deferrals"
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,23 @@ class RetryPolicy:
 
     context_retries: int
     backoff_seconds: tuple[float, ...]
+    max_deferrals: int = 20
 
     @classmethod
     def of(cls, retry: RetrySettings) -> RetryPolicy:
-        return cls(retry.context_retries, tuple(retry.backoff_seconds))
+        return cls(retry.context_retries, tuple(retry.backoff_seconds), retry.max_deferrals)
 
     def retry_at(self, attempts: int, now: dt.datetime) -> dt.datetime | None:
         if attempts > self.context_retries:
             return None
         return now + dt.timedelta(seconds=backoff_after(self.backoff_seconds, attempts))
+
+    def defer_at(self, deferrals: int, after_seconds: float | None, now: dt.datetime) -> dt.datetime | None:
+        """When a context deferred `deferrals` times before may run again; None once deferrals are spent."""
+        if deferrals >= self.max_deferrals:
+            return None
+        wait = backoff_after(self.backoff_seconds, deferrals + 1) if after_seconds is None else after_seconds
+        return now + dt.timedelta(seconds=wait)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class PartitionJob:
     database: str
     policy: RetryPolicy
     concurrency: int
+    timeout: float | None = None
 
 
 def summary(
@@ -109,17 +120,23 @@ def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
         }
     )
     frame.attrs[CREATED_MS] = {d["_id"]: epoch_ms(d["created_at"]) for d in held if "created_at" in d}
+    frame.attrs[DEFERRALS] = {d["_id"]: int(d["deferrals"]) for d in held if d.get("deferrals")}
     return frame
 
 
 def process_partition(frame: pd.DataFrame, claim: Claim, job: PartitionJob) -> dict[str, Any]:
     """Run the engine over one partition with this worker's resources and write its outcome back."""
     resources = worker_resources()
-    return process_with(resources.store(job.uri, job.database), resources.ready, frame, claim, job)
+    return process_with(resources.store(job.uri, job.database), resources.ready, frame, claim, job, resources.calls)
 
 
 def process_with(
-    store: ContextStore, ready: Callable[[Engine], Engine], frame: pd.DataFrame, claim: Claim, job: PartitionJob
+    store: ContextStore,
+    ready: Callable[[Engine], Engine],
+    frame: pd.DataFrame,
+    claim: Claim,
+    job: PartitionJob,
+    calls: WorkerCalls | None = None,
 ) -> dict[str, Any]:
     """The engine (made `ready` first) over one partition, then one fenced write back; returns its summary.
 
@@ -129,13 +146,22 @@ def process_with(
     if frame.empty:
         return summary()
     try:
-        outcome = run_partition(ready(job.engine), frame, job.concurrency)
+        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls)
     except CriticalError as exc:
         return summary(len(frame), critical=error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     now = utcnow()
-    retry_at = {cid: job.policy.retry_at(attempts[cid], now) for cid in outcome.errors}
-    written = store.settle(claim, outcome.results, outcome.errors, retry_at)
+    retry_at = {
+        cid: None if cid in outcome.final else job.policy.retry_at(attempts[cid], now) for cid in outcome.errors
+    }
+    deferrals = frame.attrs.get(DEFERRALS, {})
+    deferred = set()
+    for cid, after in outcome.deferred.items():
+        # Deferred while deferrals last; then failed for good with the service's last answer.
+        retry_at[cid] = job.policy.defer_at(deferrals.get(cid, 0), after, now)
+        if retry_at[cid] is not None:
+            deferred.add(cid)
+    written = store.settle(claim, outcome.results, outcome.errors, retry_at, deferred=deferred)
     lost = set(written.lost)
     done = [cid for cid in outcome.results if cid not in lost]
     created, now_ms = frame.attrs.get(CREATED_MS, {}), epoch_ms(utcnow())
@@ -148,4 +174,5 @@ def process_with(
         retried=sum(1 for cid, when in retry_at.items() if when is not None and cid not in lost),
         failed=sum(1 for cid, when in retry_at.items() if when is None and cid not in lost),
         lost=len(lost),
+        deferred=sum(1 for cid in deferred if cid not in lost),
     )

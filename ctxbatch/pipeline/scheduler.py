@@ -31,7 +31,7 @@ from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.loop import LoopMonitor
 from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import dask_client
-from ctxbatch.pipeline.engine import Engine, resolve_engine
+from ctxbatch.pipeline.engine import Engine, configured, resolve_engine
 from ctxbatch.pipeline.events import (
     BatchClaimed,
     BatchCritical,
@@ -98,7 +98,7 @@ class Pipeline:
         subscribers: Sequence[Subscriber | str] = (),
     ) -> None:
         self.settings = load_config(config)
-        self.engine = resolve_engine(engine)
+        self.engine = configured(resolve_engine(engine), self.settings)
         self.store = store or connect(config=self.settings, announce=announce)
         self.sizer: Sizer = resolve_sizer(sizer or self.settings.worker.sizer, self.settings.worker)
         self.client = client
@@ -120,6 +120,7 @@ class Pipeline:
             self.store.database_name,
             RetryPolicy.of(self.settings.worker.retry),
             self.settings.worker.engine_concurrency,
+            self.settings.worker.context_timeout_seconds,
         )
         self._in_flight: list[_InFlight] = []
         self._listeners: list[Any] = []

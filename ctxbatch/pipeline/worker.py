@@ -1,8 +1,9 @@
 """What each Dask worker holds for the partitions it runs: a WorkerPlugin, registered by the loop.
 
-Per worker: one ContextStore (one MongoClient and its pool) per (uri, database), and each engine's
-optional `setup()` called once before the worker's first partition with it; at close, each set-up
-engine's optional `teardown()` and the stores' close. Partition tasks reach it with
+Per worker: one event loop for async engines and the limit on calls in flight (`WorkerCalls`), one
+ContextStore (one MongoClient and its pool) per (uri, database), and each engine's optional `setup()`
+called once before the worker's first partition with it; at close, each set-up engine's optional
+`teardown()`, the loop's stop and the stores' close. Partition tasks reach it with
 `worker_resources()` (`distributed.get_worker().plugins[PLUGIN_NAME]`).
 
 Registration is idempotent: a second run on the same cluster finds the plugin there and keeps the
@@ -21,6 +22,7 @@ from distributed import Client, WorkerPlugin, get_worker
 
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import ContextStore
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine
 from ctxbatch.pipeline.quiet import quiet_compute_failures
 
@@ -43,6 +45,7 @@ class WorkerResources(WorkerPlugin):
         self._lock = threading.Lock()
         self._stores: dict[tuple[str, str], ContextStore] = {}
         self._engines: dict[str, Engine] = {}
+        self.calls = WorkerCalls()
 
     def teardown(self, worker: Worker | None = None) -> None:
         with self._lock:
@@ -53,6 +56,7 @@ class WorkerResources(WorkerPlugin):
                         teardown()
                     except Exception:  # a worker closing goes on closing
                         log.exception("engine %s: teardown() raised", engine.name)
+            self.calls.close()
             for store in self._stores.values():
                 store.close()
             self._engines.clear()

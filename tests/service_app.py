@@ -1,0 +1,83 @@
+"""A small real HTTP service on 127.0.0.1 for the tests of engines that call services.
+
+`POST /` with a JSON payload `{"i": ...}` answers `{"i": ...}`; a `Script` says what else it does:
+answer 429 + Retry-After to the first calls of every payload, or hang on one payload (until the
+service stops).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Script:
+    busy_first: int = 0  # calls per payload answered 429 before it is served
+    retry_after: str = "1"
+    hang_on: int | None = None  # the payload whose calls never answer while the service runs
+    bad_on: int | None = None  # the payload answered 400 (a bad request) every time
+    stopping: threading.Event = field(default_factory=threading.Event)
+    calls: Counter[int] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, payload: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
+        key = int(str(payload.get("i", -1)))
+        with self.lock:
+            self.calls[key] += 1
+            seen = self.calls[key]
+        if key == self.hang_on:
+            self.stopping.wait()
+        if key == self.bad_on:
+            return 400, {}, b'{"error": "field i is odd today"}'
+        if seen <= self.busy_first:
+            return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
+        return 200, {}, json.dumps({"i": key}).encode()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 makes a burst of connections wait for SYN retries
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A caller that gave up (timed out) before its answer: not the service's error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+@contextmanager
+def serve(script: Script) -> Iterator[str]:
+    """Serve `script` on a free port of 127.0.0.1 in a thread; yields its URL; stopped on exit."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, headers, reply = script.answer(json.loads(body or b"{}"))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Type": "application/json"}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        script.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,48 @@
+"""`worker.engine_concurrency` bounds a worker's async engine calls over all the partitions it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ctxbatch.pipeline.calls import WorkerCalls
+from ctxbatch.pipeline.isolate import run_partition
+from ctxbatch.pipeline.partition import as_frame
+
+
+class Gauge:
+    """An async engine that records the most calls it had in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    async def __call__(self, payload: dict[str, Any]) -> int:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        await asyncio.sleep(0.01)
+        with self.lock:
+            self.now -= 1
+        return int(payload["i"])
+
+
+def partition(start: int) -> Any:
+    return as_frame(
+        [{"_id": f"c{i}", "payload": {"i": i}, "priority": 0, "attempts": 1} for i in range(start, start + 30)]
+    )
+
+
+def test_partitions_on_one_worker_share_its_limit_of_calls_in_flight() -> None:
+    # Given one worker's calls, a limit of 4, and three partitions run at once by its threads
+    calls, gauge = WorkerCalls(), Gauge()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = list(pool.map(lambda s: run_partition(gauge, partition(s), 4, None, calls), (0, 30, 60)))
+    finally:
+        calls.close()
+    # Then every row completed, and never more than 4 calls were in flight on the worker
+    assert sum(len(o.results) for o in outcomes) == 90
+    assert gauge.most == 4
