@@ -93,6 +93,11 @@ class QueueViews:
         """Contexts of every batch by status."""
         return self._count_by_status()
 
+    def drained(self) -> bool:
+        """Nothing pending or processing: two index-backed lookups of one id, not a count of every context."""
+        waiting = (Status.PENDING.value, Status.PROCESSING.value)
+        return all(self.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is None for s in waiting)
+
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
         """How many contexts (of the batch, if given) have this status, by priority level."""
         match: dict[str, Any] = {"status": _eq(str(status))}
