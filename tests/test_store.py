@@ -317,7 +317,9 @@ def index_keys(name: str) -> list[str]:
 
 
 def as_find(command: dict[str, Any]) -> dict[str, Any]:
-    """The find that an update's or an aggregate's $match would run, to explain it."""
+    """The find that an update's, a count's or an aggregate's $match would run, to explain it."""
+    if "query" in command:
+        return {"find": "contexts", "filter": command["query"]}
     if "updates" in command:
         return {"find": "contexts", "filter": command["updates"][0]["q"]}
     if "pipeline" in command:
@@ -383,9 +385,18 @@ def test_reading_a_lease_back_finds_its_ids_by_the_id_index(queue: ContextStore,
 
 def test_batch_counts_match_through_the_batch_status_index(queue: ContextStore, commands: Commands) -> None:
     queue.counts(queue.batches.find_one()["_id"])  # type: ignore[index]
-    (aggregate,) = commands.on("aggregate")
-    # nx-27017 cannot explain an aggregate; its $match runs as this find does.
-    assert index_used(queue, as_find(aggregate)) == index_keys("batch_status")
+    counts = commands.on("count")
+    assert len(counts) == len(Status)
+    # nx-27017 cannot explain a count; its query runs as this find does.
+    assert all(index_used(queue, as_find(count)) == index_keys("batch_status") for count in counts)
+
+
+def test_queue_lengths_count_each_level_through_the_claim_index(queue: ContextStore, commands: Commands) -> None:
+    lengths = queue.queue_length()
+    assert sum(lengths.values()) == 300
+    counts = commands.on("count")
+    assert len(counts) == len(queue.levels)
+    assert all(index_used(queue, as_find(count)) == index_keys("claim") for count in counts)
 
 
 def test_renew_finds_the_lease_by_the_id_index(queue: ContextStore, commands: Commands) -> None:
@@ -427,8 +438,9 @@ def test_stats_read_the_window_through_the_finished_index_comparing_no_dates(
     queue.complete(claim, dict.fromkeys(claim.ids, 1))
     commands.events.clear()
     queue.stats()
-    windowed = [c for c in commands.on("aggregate") if "finished_ms" in c["pipeline"][0]["$match"]]
+    filters = [as_find(c)["filter"] for c in commands.on("count") + commands.on("aggregate")]
+    windowed = [f for f in filters if "finished_ms" in f]
     assert len(windowed) >= 3  # completed, failed, the percentiles' sample
-    for aggregate in windowed:
-        assert index_used(queue, as_find(aggregate)) == index_keys("finished")
-        assert dates_in(aggregate["pipeline"]) == []
+    for query in windowed:
+        assert index_used(queue, {"find": "contexts", "filter": query}) == index_keys("finished")
+        assert dates_in(query) == []

@@ -8,9 +8,10 @@ Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape
   compares a date in Python row by row, a number in SQL; and a window is a closed range (`$gte`
   and `$lte`), since a bare `$gte` falls back to Python there;
 - reading any field of a document costs ~10 us a row there (SQLite parses its JSON), while a count
-  over an index range reads the index alone. So the counts are `$group`s with `_id: None` and
-  `$sum: 1` over the `finished` index (status, finished_ms, attempts): one per status, and for
-  `retried` one per attempt number k >= 2 (the contexts tried at least k times), until none is;
+  over an index range reads the index alone; and every aggregate first counts the whole
+  collection. So the counts are `count` commands (QueueViews._count) over the `finished` index
+  (status, finished_ms, attempts): one per status, and for `retried` one per attempt number
+  k >= 2 (the contexts tried at least k times), until none is;
 - the percentiles come from a `$sample` of at most SAMPLE_SIZE completed contexts of the window
   (exact below that), so their cost does not grow with the window; the sample is not projected
   (a projection after `$sample` runs in Python there).
@@ -104,11 +105,6 @@ class Statistics(QueueViews):
         if batch_id is not None:
             match["batch_id"] = _eq(batch_id)
         return match
-
-    def _count(self, match: dict[str, Any]) -> int:
-        # `_id: None` and `$sum: 1` is a COUNT(*) that nx-27017 answers from the index alone.
-        found = list(self.contexts.aggregate([{"$match": match}, {"$group": {"_id": None, "n": {"$sum": 1}}}]))
-        return int(found[0]["n"]) if found else 0
 
     def _outcomes(self, match: dict[str, Any], retried: bool = True) -> dict[str, int]:
         """completed, failed, and retried: the tries of those contexts beyond their first."""
@@ -230,7 +226,7 @@ class Statistics(QueueViews):
         end_ms = epoch_ms(utcnow())
         bucket_ms = int(bucket * 1000)
         starts = [end_ms - (buckets - i) * bucket_ms for i in range(buckets)]
-        # One small `$group` per bucket: a computed group key runs in Python on nx-27017, a range in SQL.
+        # Counts per bucket: a computed group key runs in Python on nx-27017, a range count in SQL.
         rows = [self._outcomes(self._finished_between(s, s + bucket_ms, batch_id), retried=False) for s in starts]
         whole = self._finished_between(starts[0], end_ms, batch_id)
         latencies: list[list[float]] = [[] for _ in starts]
