@@ -42,6 +42,8 @@ CONTEXT_INDEXES = [
     # claim with priorities disabled: oldest first.
     IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="claim_fifo"),
     IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)], name="batch_status"),
+    # results pages: a key range over the batch's own ordinal, so a deep page costs what the first does.
+    IndexModel([("batch_id", ASCENDING), ("sort_id", ASCENDING)], name="results"),
     # stats() and timeline(): counts of what finished in a window, answered from the index alone
     # (reading a field from the documents costs ~10 us a row on nx-27017). nx-27017 rewrites every
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
@@ -226,6 +228,17 @@ def context_document(request: ContextRequest, context_id: str, batch_id: str, no
         "created_at": now,
         **({"key": request.key} if request.key is not None else {}),
     }
+
+
+def number(documents: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    """Give a submission's context documents their `sort_id`: the position in the batch, from `first`.
+
+    The results pages' key: an integer, because nx-27017 serves no range over string or ObjectId `_id`s.
+    The submit path calls this on each chunk it inserts, with the count of records before the chunk.
+    """
+    for position, document in enumerate(documents, first):
+        document["sort_id"] = position
+    return documents
 
 
 def error_record(exc: BaseException, traceback_text: str = "") -> dict[str, str]:

@@ -45,6 +45,7 @@ from ctxbatch.io.schema import (
     held_by,
     held_of,
     in_one_reply,
+    number,
     utcnow,
     validate_name,
     validate_requests,
@@ -155,9 +156,13 @@ class ContextStore(Statistics):
         try:
             for start in range(0, len(requests), INSERT_CHUNK):
                 chunk = requests[start : start + INSERT_CHUNK]
-                documents = [
-                    context_document(r, r.key if r.key is not None else str(ObjectId()), batch_id, now) for r in chunk
-                ]
+                documents = number(
+                    [
+                        context_document(r, r.key if r.key is not None else str(ObjectId()), batch_id, now)
+                        for r in chunk
+                    ],
+                    start,
+                )
                 try:
                     self.contexts.insert_many(documents, ordered=False)
                 except BulkWriteError as exc:
