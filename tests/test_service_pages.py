@@ -140,3 +140,15 @@ def test_pages_hold_no_sort_key_and_start_where_the_last_ended(store: ContextSto
 
     assert [row["payload"]["i"] for row in first + second] == list(range(7)) and end is None
     assert all("sort_id" not in row for row in first + second)
+
+
+def test_a_batch_stored_without_sort_ids_is_numbered_on_its_first_page(store: ContextStore) -> None:
+    # Given a batch as an earlier version stored it: no sort_id
+    batch_id = store.submit([{"payload": {"i": i}} for i in range(5)])
+    store.contexts.update_many({"batch_id": {"$eq": batch_id}}, {"$unset": {"sort_id": ""}})
+    # When it is paged
+    first, cursor = store.results_page(batch_id, limit=3)
+    second, end = store.results_page(batch_id, limit=3, cursor=cursor)
+    # Then every context comes once, in id order
+    assert [row["id"] for row in first + second] == sorted(row["id"] for row in store.iter_results(batch_id))
+    assert end is None

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 
 from ctxbatch.display import html_table
@@ -146,13 +146,25 @@ class QueueViews:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        self._batch(batch_id)
+        batch = self._batch(batch_id)
         start = 0 if cursor is None else self._cursor_offset(cursor)
+        if start == 0 and batch.get("total") and self._unnumbered(batch_id):
+            self._number_batch(batch_id)
         projection = None if payload else {"payload": 0}
         page = self.contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start}}, projection)
         found = list(in_one_reply(page.sort("sort_id", ASCENDING).limit(limit + 1), limit + 1))
         following = self._page_cursor(found[limit]["sort_id"]) if len(found) > limit else None
         return [context_view(doc) for doc in found[:limit]], following
+
+    def _unnumbered(self, batch_id: str) -> bool:
+        return self.contexts.find_one({"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}, {"_id": 1}) is None
+
+    def _number_batch(self, batch_id: str) -> None:
+        """Give a batch stored before `sort_id` existed its positions, in id order (once, on its first page)."""
+        ids = self.contexts.find({"batch_id": _eq(batch_id)}, {"_id": 1}).sort("_id", ASCENDING)
+        ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"sort_id": n}}) for n, d in enumerate(ids)]
+        for begin in range(0, len(ops), 10_000):
+            self.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
 
     @staticmethod
     def _page_cursor(offset: int) -> str:
