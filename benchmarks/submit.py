@@ -68,7 +68,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
         for line in lines:
             record = json.loads(line)
             request = ContextRequest(record["payload"], record["priority"])
-            docs.append(context_document(request, str(ObjectId()), batch_id, now))
+            docs.append(context_document(request, str(ObjectId()), batch_id, now, len(docs)))
     return docs
 
 

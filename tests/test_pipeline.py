@@ -255,3 +255,14 @@ def test_a_progress_hook_that_raises_does_not_stop_the_run(store: ContextStore, 
     report = Pipeline("tests.engines:echo", config(), store, client, on_progress=hook).run(until_empty=True)
     assert report.completed == 20
     assert calls
+
+
+def test_an_empty_run_until_empty_starts_no_cluster(store: ContextStore) -> None:
+    # Given an empty queue and a scheduler address nothing listens on (connecting would fail)
+    settings = config()
+    settings["dask"]["scheduler_address"] = "tcp://127.0.0.1:1"
+    # When the loop runs until the queue is empty without a client of its own
+    report = Pipeline("tests.engines:echo", settings, store).run(until_empty=True)
+    # Then it stops at once, having connected to no cluster
+    assert report.stopped_by == "empty"
+    assert report.claimed == 0

@@ -109,3 +109,46 @@ def test_listing_batches_uses_an_index(watched: ContextStore, commands: Commands
 def test_an_unknown_status_is_refused(store: ContextStore) -> None:
     with pytest.raises(ValueError):
         store.list_batches("done")
+
+
+def test_a_deep_page_is_a_key_range_on_the_results_index_not_a_skip(watched: ContextStore, commands: Commands) -> None:
+    store = watched
+    batch_id = store.submit([{"payload": {"i": i}} for i in range(35)])
+    cursor = None
+    for _ in range(3):  # the fourth page of ten
+        _, cursor = store.results_page(batch_id, limit=10, cursor=cursor)
+    commands.clear()
+
+    page, _ = store.results_page(batch_id, limit=10, cursor=cursor)
+
+    (command,) = commands.on("find")
+    assert "skip" not in command
+    assert command["filter"]["sort_id"] == {"$gte": 30}
+    assert [row["payload"]["i"] for row in page] == list(range(30, 35))
+    plan = _plan(store, command)
+    _assert_index_backed(plan)
+    # An index bound on sort_id: "=? AND >?" on nx-27017's SQL plan, the `results` index on MongoDB.
+    bound = "batch_id_sort_id (<expr>=? AND <expr>>?)" in plan or '"indexName": "results"' in plan
+    assert bound and "SKIP" not in plan
+
+
+def test_pages_hold_no_sort_key_and_start_where_the_last_ended(store: ContextStore) -> None:
+    batch_id = store.submit([{"payload": {"i": i}} for i in range(7)])
+
+    first, cursor = store.results_page(batch_id, limit=4, cursor=None)
+    second, end = store.results_page(batch_id, limit=4, cursor=cursor)
+
+    assert [row["payload"]["i"] for row in first + second] == list(range(7)) and end is None
+    assert all("sort_id" not in row for row in first + second)
+
+
+def test_a_batch_stored_without_sort_ids_is_numbered_on_its_first_page(store: ContextStore) -> None:
+    # Given a batch as an earlier version stored it: no sort_id
+    batch_id = store.submit([{"payload": {"i": i}} for i in range(5)])
+    store.contexts.update_many({"batch_id": {"$eq": batch_id}}, {"$unset": {"sort_id": ""}})
+    # When it is paged
+    first, cursor = store.results_page(batch_id, limit=3)
+    second, end = store.results_page(batch_id, limit=3, cursor=cursor)
+    # Then every context comes once, in id order
+    assert [row["id"] for row in first + second] == sorted(row["id"] for row in store.iter_results(batch_id))
+    assert end is None

@@ -379,12 +379,12 @@ def test_the_claim_update_uses_the_id_index(queue: ContextStore, commands: Comma
     assert index_used(queue, as_find(update)) == ["_id"]
 
 
-def test_reading_a_lease_back_uses_the_lease_token_index(queue: ContextStore, commands: Commands) -> None:
+def test_reading_a_lease_back_finds_its_ids_by_the_id_index(queue: ContextStore, commands: Commands) -> None:
     claim = queue.claim(10, "loop")
     commands.events.clear()
     queue.held(claim)
     (by_token,) = commands.on("find")
-    assert index_used(queue, as_find(by_token)) == index_keys("lease_token")
+    assert index_used(queue, as_find(by_token)) == ["_id"]
 
 
 def test_batch_counts_match_through_the_batch_status_index(queue: ContextStore, commands: Commands) -> None:
@@ -403,12 +403,12 @@ def test_queue_lengths_count_each_level_through_the_claim_index(queue: ContextSt
     assert all(index_used(queue, as_find(count)) == index_keys("claim") for count in counts)
 
 
-def test_renew_finds_the_lease_through_the_lease_token_index(queue: ContextStore, commands: Commands) -> None:
+def test_renew_finds_the_lease_by_the_id_index(queue: ContextStore, commands: Commands) -> None:
     claim = queue.claim(10, "loop")
     commands.events.clear()
     queue.renew(claim)
     (update,) = commands.on("update")
-    assert index_used(queue, as_find(update)) == index_keys("lease_token")
+    assert index_used(queue, as_find(update)) == ["_id"]
 
 
 def test_reap_expired_finds_processing_contexts_through_a_status_index(queue: ContextStore, commands: Commands) -> None:
@@ -429,10 +429,10 @@ def test_settling_finds_each_context_by_id(queue: ContextStore, commands: Comman
     assert index_used(queue, as_find(update)) == ["_id"]
 
 
-def test_results_read_the_batch_through_the_batch_status_index(queue: ContextStore, commands: Commands) -> None:
+def test_results_read_the_batch_through_a_batch_led_index(queue: ContextStore, commands: Commands) -> None:
     list(queue.iter_results(queue.batches.find_one()["_id"]))  # type: ignore[index]
     find = commands.on("find")[-1]
-    assert index_used(queue, as_find(find)) == index_keys("batch_status")
+    assert index_used(queue, as_find(find)) in (index_keys("results"), index_keys("batch_status"))
 
 
 def test_stats_read_the_window_through_the_finished_index_comparing_no_dates(

@@ -165,6 +165,12 @@ def run(
 def _run_pipeline(
     state: State, settings: Settings, engine: str, until_empty: bool, max_contexts: int | None = None
 ) -> None:
+    from ctxbatch.pipeline.report import RunReport
+
+    if until_empty and state.store.drained():
+        # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
+        say(RunReport(stopped_by="empty").summary_line())
+        return
     from ctxbatch.pipeline import Pipeline
     from ctxbatch.pipeline.progress import Progress
 

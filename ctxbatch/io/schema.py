@@ -43,12 +43,16 @@ CONTEXT_INDEXES = [
     # claim with priorities disabled: oldest first.
     IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="claim_fifo"),
     IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)], name="batch_status"),
-    IndexModel([("lease.token", ASCENDING)], name="lease_token"),
+    # results pages: a key range over the batch's own ordinal, so a deep page costs what the first does.
+    IndexModel([("batch_id", ASCENDING), ("sort_id", ASCENDING)], name="results"),
     # stats() and timeline(): counts of what finished in a window, answered from the index alone
     # (reading a field from the documents costs ~10 us a row on nx-27017). nx-27017 rewrites every
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
     IndexModel([("status", ASCENDING), ("finished_ms", ASCENDING), ("attempts", ASCENDING)], name="finished"),
 ]
+# Indexes an earlier version made that cost every status change and serve nothing now: the lease's
+# reads and writes name their ids, so the `_id` index finds them (dropped by ensure_indexes).
+RETIRED_INDEXES = ("lease_token",)
 BATCH_INDEXES = [IndexModel([("created_at", DESCENDING)], name="newest")]
 
 
@@ -78,6 +82,15 @@ def epoch_ms(moment: dt.datetime) -> int:
 def held_by(token: str) -> dict[str, Any]:
     """The fence of every write back and read on the workers: still `processing`, under this lease."""
     return {"status": eq(Status.PROCESSING.value), "lease.token": eq(token)}
+
+
+def held_of(token: str, ids: list[str]) -> dict[str, Any]:
+    """These ids, as far as the lease still holds them: found through the `_id` index.
+
+    `$in` for the status, not `$eq`: with `$eq` nx-27017 walks the status index over every
+    processing context instead of the ids.
+    """
+    return {"_id": {"$in": ids}, "status": {"$in": [Status.PROCESSING.value]}, "lease.token": eq(token)}
 
 
 def utcnow() -> dt.datetime:
@@ -214,10 +227,16 @@ def collect_problems(
     return problems
 
 
-def context_document(request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime) -> dict[str, Any]:
+def context_document(
+    request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime, position: int
+) -> dict[str, Any]:
+    """A new pending context, the `position`-th of its batch (from 0)."""
     return {
         "_id": context_id,
         "batch_id": batch_id,
+        # The results pages' key: an integer, because nx-27017 serves no range over string or
+        # ObjectId `_id`s.
+        "sort_id": position,
         "priority": request.priority,
         "status": Status.PENDING.value,
         "payload": request.payload,

@@ -132,9 +132,9 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
     chunk: list[bytes] = []
     size = 0
     now = stager.created_at
-    for request in requests:
+    for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
-        encoded = bson.encode(context_document(request, context_id, stager.batch_id, now))
+        encoded = bson.encode(context_document(request, context_id, stager.batch_id, now, position))
         if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
             yield chunk
             chunk, size = [], 0

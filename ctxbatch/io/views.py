@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 
 from ctxbatch.display import html_table
@@ -25,7 +25,7 @@ RESULT_COLUMNS = [
     "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
-INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms")
+INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms", "sort_id")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
@@ -75,10 +75,10 @@ class QueueViews:
         )
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
-        """The batch's contexts one by one, in id order (submission order, unless keys were given), streamed."""
+        """The batch's contexts one by one, in submission order (their `sort_id`), streamed."""
         self._batch(batch_id)
         projection = None if payload else {"payload": 0}
-        found = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("_id", ASCENDING)
+        found = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("sort_id", ASCENDING)
         for doc in in_replies_of(found, STREAM_REPLY):
             yield context_view(doc)
 
@@ -95,6 +95,11 @@ class QueueViews:
     def status_counts(self) -> dict[str, int]:
         """Contexts of every batch by status."""
         return self._count_by_status()
+
+    def drained(self) -> bool:
+        """Nothing pending or processing: two index-backed lookups of one id, not a count of every context."""
+        waiting = (Status.PENDING.value, Status.PROCESSING.value)
+        return all(self.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is None for s in waiting)
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
         """How many contexts (of the batch, if given) have this status, by priority level."""
@@ -135,19 +140,31 @@ class QueueViews:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
 
-        The cursor is opaque; it holds an offset. That is stable because a batch's contexts never
-        change after submit, and it is what nx-27017 serves from an index: `{"_id": {"$gt": ...}}`
-        is evaluated in Python over the whole collection there, and `_id` cannot join an index.
+        The cursor is opaque; it holds the `sort_id` the next page starts at (a context's position
+        in its batch, given at submit). A page is a key range on the `results` index (batch_id,
+        sort_id), so a deep page costs what the first does; `skip` would read every row before it.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        self._batch(batch_id)
-        offset = 0 if cursor is None else self._cursor_offset(cursor)
+        batch = self._batch(batch_id)
+        start = 0 if cursor is None else self._cursor_offset(cursor)
+        if start == 0 and batch.get("total") and self._unnumbered(batch_id):
+            self._number_batch(batch_id)
         projection = None if payload else {"payload": 0}
-        page = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("_id", ASCENDING)
-        found = list(in_one_reply(page.skip(offset).limit(limit + 1), limit + 1))
-        following = self._page_cursor(offset + limit) if len(found) > limit else None
+        page = self.contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start}}, projection)
+        found = list(in_one_reply(page.sort("sort_id", ASCENDING).limit(limit + 1), limit + 1))
+        following = self._page_cursor(found[limit]["sort_id"]) if len(found) > limit else None
         return [context_view(doc) for doc in found[:limit]], following
+
+    def _unnumbered(self, batch_id: str) -> bool:
+        return self.contexts.find_one({"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}, {"_id": 1}) is None
+
+    def _number_batch(self, batch_id: str) -> None:
+        """Give a batch stored before `sort_id` existed its positions, in id order (once, on its first page)."""
+        ids = self.contexts.find({"batch_id": _eq(batch_id)}, {"_id": 1}).sort("_id", ASCENDING)
+        ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"sort_id": n}}) for n, d in enumerate(ids)]
+        for begin in range(0, len(ops), 10_000):
+            self.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
 
     @staticmethod
     def _page_cursor(offset: int) -> str:

@@ -92,17 +92,16 @@ def submit_batch(
 ) -> list[Future]:
     """Submit the claim as `partitions` load -> process pairs; the futures of the process tasks."""
     parts = claim.split(partitions)
-    whole = len(parts) == 1
     futures = []
     for i, part in enumerate(parts):
-        loaded = client.submit(load_partition, part, job, whole, key=(f"{label}-load-{run}", i))
+        loaded = client.submit(load_partition, part, job, key=(f"{label}-load-{run}", i))
         futures.append(client.submit(process_partition, loaded, part, job, key=(f"{label}-partition-{run}", i)))
     return futures
 
 
-def load_partition(claim: Claim, job: PartitionJob, whole: bool) -> pd.DataFrame:
+def load_partition(claim: Claim, job: PartitionJob) -> pd.DataFrame:
     """The payloads of this part of the claim that its lease still holds, as the engine's DataFrame."""
-    return as_frame(worker_resources().store(job.uri, job.database).load(claim, whole=whole))
+    return as_frame(worker_resources().store(job.uri, job.database).load(claim))
 
 
 def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:

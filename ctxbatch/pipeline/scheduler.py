@@ -156,6 +156,11 @@ class Pipeline:
         self._stop_now.clear()
         self._next, self._fill_since = None, None
         self.store.ensure_indexes()
+        if until_empty and self.client is None and self.store.drained():
+            # Nothing to do: no cluster, no metrics port; an empty run costs about a connection.
+            self.report.stopped_by = "empty"
+            log.info("run finished: %s", self.report.summary_line())
+            return self.report
         leases = LeaseKeeper(self.store, self.settings.worker)
         dask = self.settings.dask
         # Here, not at the top: monitoring's subscribers import the pipeline's events.
@@ -231,7 +236,7 @@ class Pipeline:
             if not can_claim:
                 self.report.stopped_by = self.report.stopped_by or ("stop" if self._stop.is_set() else "max_contexts")
                 return True
-            if until_empty and not started and self._queue_drained():
+            if until_empty and not started and self.store.drained():
                 self.report.stopped_by = "empty"
                 return True
         if not started:
@@ -245,10 +250,6 @@ class Pipeline:
                 wait(running, timeout=IDLE_SECONDS, return_when="FIRST_COMPLETED")
         else:
             self._stop_now.wait(POLL_SECONDS if self._in_flight else IDLE_SECONDS)
-
-    def _queue_drained(self) -> bool:
-        counts = self.store.status_counts()
-        return counts["pending"] == 0 and counts["processing"] == 0
 
     # -- claim and submit -----------------------------------------------------------------
 
