@@ -86,6 +86,7 @@ class Harness:
         }  # fmt: skip
         self.env.pop("CTXBATCH_MONGO_URI", None)
         self.processes: list[subprocess.Popen[Any]] = []
+        self.logs: dict[int, str] = {}
         self.db("start")
 
     # -- processes --------------------------------------------------------------------------
@@ -107,12 +108,25 @@ class Harness:
 
     def spawn(self, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
         # A session of its own: SIGKILL of the group kills a loop with its Dask workers, as a crash would.
-        process = subprocess.Popen(
-            self.ctxbatch(*args), env=self.env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs,
-        )  # fmt: skip
+        # Its stderr goes to a file of its own, shown when it exits non-zero (see `wait`).
+        with (self.home.parent / f"{args[0]}-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                self.ctxbatch(*args), env=self.env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=log, **kwargs,
+            )  # fmt: skip
         self.processes.append(process)
+        self.logs[process.pid] = log.name
         return process
+
+    def wait(self, process: subprocess.Popen[Any], timeout: float = 600) -> int:
+        """The process's exit code; when not 0, the end of its stderr and of the server's log, to stderr."""
+        code = process.wait(timeout)
+        if code != 0:
+            for path in (Path(self.logs[process.pid]), self.home / "server.log"):
+                if path.exists():
+                    tail = path.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- {path.name} (exit {code}) ---", *tail, sep="\n", file=sys.stderr)
+        return code
 
     def loop(self) -> subprocess.Popen[Any]:
         return self.spawn("run", "--until-empty", "--engine", "chaos_engine:record", "--config", str(self.config))
@@ -162,10 +176,6 @@ class Harness:
         return figures
 
 
-def wait(process: subprocess.Popen[Any], timeout: float = 600) -> int:
-    return process.wait(timeout)
-
-
 def completed(harness: Harness, at_least: int, timeout: float = 120) -> None:
     """Until at least this many contexts are completed (the moment to inject the fault)."""
     store = harness.store()
@@ -195,7 +205,7 @@ def database_restarts(harness: Harness, n: int, restarts: int = 3) -> tuple[dict
         harness.kill_db()
         time.sleep(1.0)
         harness.db("start")
-    assert wait(loop) == 0, "the loop did not ride out the restarts"
+    assert harness.wait(loop) == 0, "the loop did not ride out the restarts"
     return {"db": n}, set()
 
 
@@ -222,7 +232,7 @@ def worker_killed(harness: Harness, n: int) -> tuple[dict[str, int], set[str]]:
     # The nannies' children are the workers: kill one in the middle of its partition.
     workers = [w for nanny in _workers_of(loop.pid) for w in _workers_of(nanny)] or _workers_of(loop.pid)
     os.kill(max(workers), signal.SIGKILL)
-    assert wait(loop) == 0
+    assert harness.wait(loop) == 0
     return {"worker": n}, set()
 
 
@@ -234,7 +244,7 @@ def loop_killed(harness: Harness, n: int) -> tuple[dict[str, int], set[str]]:
     completed(harness, n // 3)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    assert wait(harness.loop()) == 0
+    assert harness.wait(harness.loop()) == 0
     return {"loop": n}, set()
 
 
@@ -243,7 +253,7 @@ def three_loops(harness: Harness, n: int) -> tuple[dict[str, int], set[str]]:
     store.submit(harness.records("race", n))
     store.close()
     loops = [harness.loop() for _ in range(3)]
-    assert all(wait(loop) == 0 for loop in loops)
+    assert all(harness.wait(loop) == 0 for loop in loops)
     return {"race": n}, set()
 
 
@@ -275,7 +285,7 @@ def submit_killed(harness: Harness, n: int) -> tuple[dict[str, int], set[str]]:
     assert killed.stdout is not None and killed.stdout.readline().strip() == "staged"
     os.kill(killed.pid, signal.SIGKILL)
     assert refused.wait(300) == 1
-    assert wait(loop) == 0
+    assert harness.wait(loop) == 0
     # The killed submission's lease has not expired yet: what the janitor will find later.
     from ctxbatch.io.schema import epoch_ms, utcnow
 
@@ -319,8 +329,8 @@ def api_submitters(harness: Harness, n: int, clients: int = 20) -> tuple[dict[st
     for thread in threads:
         thread.join(300)
     # Contexts submitted after the loop drained the queue: a second loop takes them.
-    assert wait(loop) == 0
-    assert wait(harness.loop()) == 0
+    assert harness.wait(loop) == 0
+    assert harness.wait(harness.loop()) == 0
     return acknowledged, refused
 
 

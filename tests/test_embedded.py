@@ -117,6 +117,21 @@ def test_a_stale_record_is_replaced(home: Path) -> None:
     assert servers_for(home) == [saved["pid"]]
 
 
+def test_a_server_killed_a_moment_ago_does_not_stop_the_next_start(home: Path) -> None:
+    # A killed server is a zombie until reaped: it still answers kill(0), so nx-27017 took the pid
+    # file naming it for a live server and refused to start ("already running", exit 1).
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    try:
+        home.mkdir()
+        (home / "nx-27017.pid").write_text(str(zombie.pid))
+        (home / "server.json").write_text(json.dumps({"pid": zombie.pid, "port": 1, "uri": "mongodb://127.0.0.1:1/"}))
+        assert embedded.start().running
+        assert servers_for(home) == [record(home)["pid"]]
+    finally:
+        zombie.wait()
+
+
 def test_db_stop_stops_the_server_and_keeps_only_its_port(home: Path) -> None:
     ctxbatch("db", "start")
     port = record(home)["port"]

@@ -98,6 +98,22 @@ def _locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _forget_dead_pid_file() -> None:
+    """Remove nx-27017's pid file when the process it names is gone.
+
+    nx-27017 refuses to start while its pid file names a process that answers kill(0), and a
+    killed server is a zombie that does until its parent reaps it: a start right after a crash
+    would exit 1 ("already running"). A live server's pid file is left alone.
+    """
+    pid_file = home() / "nx-27017.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if not _alive(pid):
+        pid_file.unlink(missing_ok=True)
+
+
 def _free_port(wanted: int = 0) -> int:
     """`wanted` if it is free (0: any free port)."""
     with socket.socket() as sock:
@@ -150,6 +166,7 @@ def start(announce: Callable[[str], None] | None = None) -> ServerState:
         if current.running:
             return current
         _data_dir().mkdir(parents=True, exist_ok=True)
+        _forget_dead_pid_file()
         port = _free_port(_recorded_port())
         uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         log = open(home() / "server.log", "ab")  # noqa: SIM115 - handed to the child
