@@ -123,6 +123,9 @@ class WorkerSettings(_Section):
     engine_concurrency: int = Field(
         64, ge=1, description="Async engine calls in flight at once per worker, over all its partitions."
     )
+    rate_limit_per_second: float | None = Field(
+        None, gt=0, description="Engine calls per second over all workers of a run (each loop its own); calls wait."
+    )
     context_timeout_seconds: float | None = Field(
         None, gt=0, description="Longest engine call (a batch engine's: per partition); past it the row fails."
     )

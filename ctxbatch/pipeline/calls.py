@@ -5,16 +5,44 @@ runs, not per partition: a worker running three partitions of an async engine sh
 thread, started on first use) and one semaphore of that size. One loop per worker is also what lets an
 engine keep one client (an `httpx.AsyncClient`) for the worker's whole life: a client is bound to the
 loop it first ran on.
+
+`worker.rate_limit_per_second` is met the same way: the loop gives each worker a share of the rate
+(R / workers of the run, recomputed per batch as workers come and go) and the worker's `TokenBucket`
+spaces every engine call it starts, async or row, over all its partitions; a call waits for its
+token, none is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class TokenBucket:
+    """At most `rate` calls per second: a token every 1/rate s, no burst (pure: `now` is given).
+
+    A call takes a token only when one is free, and the next is free 1/rate s after that, counted
+    from when it was taken: a caller that woke late (a busy loop, a held GIL) cannot bunch the calls
+    that follow it.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._next = float("-inf")  # when the next token is free
+        self._lock = threading.Lock()
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken at `now`; else the seconds to wait before asking again."""
+        with self._lock:
+            if now < self._next:
+                return self._next - now
+            self._next = now + 1 / self.rate
+            return 0.0
 
 
 class WorkerCalls:
@@ -25,6 +53,7 @@ class WorkerCalls:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: asyncio.Semaphore | None = None
         self._limit = 0
+        self._bucket: TokenBucket | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -40,6 +69,29 @@ class WorkerCalls:
         if self._gate is None or limit != self._limit:
             self._gate, self._limit = asyncio.Semaphore(max(1, limit)), limit
         return self._gate
+
+    def pace(self, rate: float | None) -> TokenBucket | None:
+        """The worker's bucket for its share `rate` of the rate limit (None: no limit); kept as the share changes."""
+        with self._lock:
+            if rate is None:
+                self._bucket = None
+            elif self._bucket is None:
+                self._bucket = TokenBucket(rate)
+            else:
+                self._bucket.rate = rate
+            return self._bucket
+
+    def wait_for_token(self, rate: float | None) -> None:
+        """Block a worker thread (a row engine's call) until its token is free."""
+        bucket = self.pace(rate)
+        while bucket is not None and (wait := bucket.take(time.monotonic())):
+            time.sleep(wait)
+
+    async def token(self, rate: float | None) -> None:
+        """Wait on the loop (an async engine's call) until its token is free."""
+        bucket = self.pace(rate)
+        while bucket is not None and (wait := bucket.take(time.monotonic())):
+            await asyncio.sleep(wait)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the worker's loop from a worker thread; waits for its result."""
