@@ -136,7 +136,7 @@ def hand_written(uri: str, database: str, url: str) -> float:
         pending = contexts.find({"status": {"$eq": "pending"}}, {"payload": 1})
         gate = asyncio.Semaphore(K)
         done: list[UpdateOne] = []
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=K), trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=K)) as client:
 
             async def one(doc: dict[str, Any]) -> None:
                 async with gate:
