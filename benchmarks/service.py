@@ -6,6 +6,7 @@ told K. Rows, `--contexts` each (one run, fresh database per row):
 
   (a)  ctxbatch defaults, `--engine http` (the default batch sizing: 10-20 contexts per batch)
   (a') the same with batches that hold >= engine_concurrency x workers contexts
+  (b)  (a') with `engine_concurrency: auto`
   (c)  a hand-written asyncio + httpx loop with a semaphore of K, reading and writing the same database
   (d)  the bound, K / 0.1 s
   (r)  (a') with `worker.rate_limit_per_second: 200`
@@ -163,6 +164,10 @@ def measure(uri: str, workdir: Path, count: int) -> list[tuple[str, float, int, 
     ways: list[tuple[str, Any]] = [
         ("(a) ctxbatch defaults, --engine http", lambda db, url: run_ctxbatch(uri, db, workdir, url, {})),
         ("(a') + batch sizes >= concurrency x workers", lambda db, url: run_ctxbatch(uri, db, workdir, url, SIZED)),
+        (
+            "(b) (a') + engine_concurrency: auto",
+            lambda db, url: run_ctxbatch(uri, db, workdir, url, {**SIZED, "engine_concurrency": "auto"}),
+        ),
         (f"(c) hand-written asyncio + httpx, semaphore {K}", lambda db, url: hand_written(uri, db, url)),
         (
             f"(r) (a') + rate_limit_per_second {RATE}",

@@ -64,3 +64,18 @@ def test_a_token_bucket_spaces_calls_at_its_rate_and_follows_a_new_share() -> No
     bucket.rate = 5
     assert bucket.take(now=100.45) == 0
     assert bucket.take(now=100.5) == pytest.approx(0.15)
+
+
+def test_an_auto_limit_climbs_on_a_fast_engine_and_stays_within_its_bounds() -> None:
+    # Given a worker's calls with engine_concurrency: auto between 2 and 16, and a 10 ms engine
+    calls, gauge = WorkerCalls(), Gauge()
+    rows = as_frame([{"_id": f"c{i}", "payload": {"i": i}, "priority": 0, "attempts": 1} for i in range(300)])
+    try:
+        outcome = run_partition(gauge, rows, 16, None, calls, adaptive=(2, 16))
+        gate = calls.gate(16, (2, 16))
+    finally:
+        calls.close()
+    # Then every row completed, the limit rose above its minimum, and calls in flight never passed the maximum
+    assert len(outcome.results) == 300
+    assert 2 < gauge.most <= 16
+    assert gate.limit > 2

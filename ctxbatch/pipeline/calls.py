@@ -20,6 +20,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ctxbatch.pipeline.limits import AdaptiveLimit
+
 T = TypeVar("T")
 
 
@@ -45,14 +47,46 @@ class TokenBucket:
             return 0.0
 
 
+class Gate:
+    """At most `limit` calls inside at once; with an `AdaptiveLimit`, a limit that follows the calls."""
+
+    def __init__(self, limit: int, adaptive: AdaptiveLimit | None = None) -> None:
+        self.fixed, self.adaptive = max(1, limit), adaptive
+        self.inside = 0
+        self._turn = asyncio.Condition()
+
+    @property
+    def limit(self) -> int:
+        return int(self.adaptive.limit) if self.adaptive else self.fixed
+
+    async def __aenter__(self) -> None:
+        async with self._turn:
+            await self._turn.wait_for(lambda: self.inside < self.limit)
+            self.inside += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._turn:
+            self.inside -= 1
+            self._turn.notify_all()  # a raised limit may let in more than one
+
+    def answered(self, seconds: float, overloaded: bool) -> None:
+        """One call done (inside the gate still): what an adaptive limit learns from."""
+        if self.adaptive is None:
+            return
+        if overloaded:
+            self.adaptive.overloaded()
+        else:
+            self.adaptive.observe(seconds, self.inside)
+
+
 class WorkerCalls:
     """A worker's event loop thread and its gate of `engine_concurrency` calls in flight."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._gate: asyncio.Semaphore | None = None
-        self._limit = 0
+        self._gate: Gate | None = None
+        self._limit: tuple[int, tuple[int, int] | None] = (0, None)
         self._bucket: TokenBucket | None = None
 
     @property
@@ -64,10 +98,14 @@ class WorkerCalls:
                 self._loop = loop
             return self._loop
 
-    def gate(self, limit: int) -> asyncio.Semaphore:
-        """The worker's semaphore of `limit` calls; called on the loop. A new limit makes a new gate."""
-        if self._gate is None or limit != self._limit:
-            self._gate, self._limit = asyncio.Semaphore(max(1, limit)), limit
+    def gate(self, limit: int, adaptive: tuple[int, int] | None = None) -> Gate:
+        """The worker's gate of `limit` calls, or adaptive within (min, max); called on the loop.
+
+        New settings make a new gate; the same settings keep the gate, and an adaptive limit what it learnt.
+        """
+        if self._gate is None or (limit, adaptive) != self._limit:
+            self._gate = Gate(limit, AdaptiveLimit(*adaptive) if adaptive else None)
+            self._limit = (limit, adaptive)
         return self._gate
 
     def pace(self, rate: float | None) -> TokenBucket | None:

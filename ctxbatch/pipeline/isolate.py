@@ -28,7 +28,7 @@ from pymongo.errors import ConnectionFailure
 
 from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
-from ctxbatch.pipeline.calls import WorkerCalls
+from ctxbatch.pipeline.calls import Gate, WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def run_partition(
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
     rate: float | None = None,
+    adaptive: tuple[int, int] | None = None,
 ) -> PartitionOutcome:
     """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
 
@@ -108,7 +109,8 @@ def run_partition(
     rows with a TimeoutError. With a worker's `calls`, an async engine runs on the worker's loop and
     `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
     With `calls`, `rate` (the worker's share of `worker.rate_limit_per_second`) paces every call of a row
-    or async engine; a batch engine's call is not paced.
+    or async engine; a batch engine's call is not paced. With `calls`, `adaptive` (min, max) makes the
+    async limit `worker.engine_concurrency: auto`, learnt from the calls (pipeline.limits).
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]
@@ -120,7 +122,7 @@ def run_partition(
     if engine.kind == "batch":
         _bisect(engine, frame, ids, payloads, outcome, timeout)
     elif engine.kind == "async":
-        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls, rate)
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls, rate, adaptive)
     else:
         _run_rows(engine.fn, ids, payloads, outcome, timeout, calls, rate)
     outcome.seconds = time.perf_counter() - started
@@ -193,11 +195,12 @@ def _run_async(
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
     rate: float | None = None,
+    adaptive: tuple[int, int] | None = None,
 ) -> None:
     values: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
 
-    async def one(cid: str, payload: Any, gate: asyncio.Semaphore) -> None:
+    async def one(cid: str, payload: Any, gate: Gate) -> None:
         async with gate:
             if calls:
                 await calls.token(rate)
@@ -212,9 +215,10 @@ def _run_async(
                 failures[cid] = exc
             finally:
                 outcome.row_seconds[cid] = time.perf_counter() - started
+            gate.answered(outcome.row_seconds[cid], isinstance(failures.get(cid), RetryLater | TimeoutError))
 
     async def run_all() -> None:
-        gate = calls.gate(concurrency) if calls else asyncio.Semaphore(concurrency)
+        gate = calls.gate(concurrency, adaptive) if calls else Gate(concurrency)
         tasks = [asyncio.ensure_future(one(cid, payload, gate)) for cid, payload in zip(ids, payloads, strict=True)]
         try:
             await asyncio.gather(*tasks)

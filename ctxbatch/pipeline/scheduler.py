@@ -114,13 +114,16 @@ class Pipeline:
             if adaptive
             else None
         )
+        work = self.settings.worker
+        auto = work.engine_concurrency == "auto"
         self._job = PartitionJob(
             self.engine,
             self.store.uri,
             self.store.database_name,
-            RetryPolicy.of(self.settings.worker.retry),
-            self.settings.worker.engine_concurrency,
-            self.settings.worker.context_timeout_seconds,
+            RetryPolicy.of(work.retry),
+            work.max_engine_concurrency if auto else int(work.engine_concurrency),
+            work.context_timeout_seconds,
+            adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,
         )
         self._in_flight: list[_InFlight] = []
         self._listeners: list[Any] = []
