@@ -120,8 +120,14 @@ class WorkerSettings(_Section):
     lease_seconds: float = Field(300, gt=0, description="How long a claim holds its contexts unless renewed.")
     # 64: a waiting engine costs a worker almost nothing per call in flight, and most services serve
     # tens of calls at once; 64 keeps a 100 ms service at ~640 calls/s per worker.
-    engine_concurrency: int = Field(
-        64, ge=1, description="Async engine calls in flight at once per worker, over all its partitions."
+    engine_concurrency: int | Literal["auto"] = Field(
+        64,
+        description="Async engine calls in flight at once per worker, over all its partitions; 'auto' learns it.",
+    )
+    min_engine_concurrency: int = Field(4, ge=1, description="Lowest limit of engine_concurrency: auto.")
+    max_engine_concurrency: int = Field(256, ge=1, description="Highest limit of engine_concurrency: auto.")
+    rate_limit_per_second: float | None = Field(
+        None, gt=0, description="Engine calls per second over all workers of a run (each loop its own); calls wait."
     )
     context_timeout_seconds: float | None = Field(
         None, gt=0, description="Longest engine call (a batch engine's: per partition); past it the row fails."
@@ -134,8 +140,20 @@ class WorkerSettings(_Section):
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
+    @field_validator("engine_concurrency")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
+
     @model_validator(mode="after")
     def _bounds_ordered(self) -> WorkerSettings:
+        if self.min_engine_concurrency > self.max_engine_concurrency:
+            raise ValueError(
+                f"min_engine_concurrency ({self.min_engine_concurrency}) is larger than "
+                f"max_engine_concurrency ({self.max_engine_concurrency})"
+            )
         if self.min_batch_size > self.max_batch_size:
             raise ValueError(
                 f"min_batch_size ({self.min_batch_size}) is larger than max_batch_size ({self.max_batch_size})"

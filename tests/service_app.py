@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,12 +26,14 @@ class Script:
     bad_on: int | None = None  # the payload answered 400 (a bad request) every time
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every call
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, payload: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
         key = int(str(payload.get("i", -1)))
         with self.lock:
             self.calls[key] += 1
+            self.arrivals.append(time.monotonic())
             seen = self.calls[key]
         if key == self.hang_on:
             self.stopping.wait()

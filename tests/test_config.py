@@ -63,3 +63,18 @@ def test_a_yaml_error_is_a_config_error(tmp_path: Path) -> None:
 def test_backoff_repeats_its_last_period() -> None:
     retry = load_config({"worker": {"retry": {"backoff_seconds": [1, 2]}}}).worker.retry
     assert [retry.backoff(a) for a in (1, 2, 3, 7)] == [1, 2, 2, 2]
+
+
+def test_engine_concurrency_takes_a_number_or_auto_within_ordered_bounds() -> None:
+    assert load_config({"worker": {"engine_concurrency": "auto"}}).worker.engine_concurrency == "auto"
+    assert load_config({"worker": {"rate_limit_per_second": 20}}).worker.rate_limit_per_second == 20
+    with pytest.raises(ConfigError, match="engine_concurrency"):
+        load_config({"worker": {"engine_concurrency": 0}})
+    with pytest.raises(ConfigError, match="engine_concurrency"):
+        load_config({"worker": {"engine_concurrency": "fast"}})
+    with pytest.raises(ConfigError, match="min_engine_concurrency"):
+        load_config(
+            {"worker": {"engine_concurrency": "auto", "min_engine_concurrency": 9, "max_engine_concurrency": 8}}
+        )
+    with pytest.raises(ConfigError, match="rate_limit_per_second"):
+        load_config({"worker": {"rate_limit_per_second": 0}})

@@ -3,6 +3,7 @@ retries; `worker.context_timeout_seconds` bounds a call."""
 
 from __future__ import annotations
 
+import bisect
 import copy
 from typing import Any
 
@@ -155,3 +156,29 @@ def test_the_http_engine_refuses_a_header_naming_a_missing_variable(store: Conte
     # Then the loop refuses to start, naming the header and the variable
     with pytest.raises(ConfigError, match=r"http.headers.Authorization: .*CTXBATCH_NOT_SET_ANYWHERE"):
         Pipeline("http", settings, store)
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most calls the service saw in any one-second window [t, t + 1)."""
+    times = sorted(arrivals)
+    return max(bisect.bisect_left(times, t + 1) - i for i, t in enumerate(times))
+
+
+@pytest.mark.parametrize(
+    ("engine", "contexts"), [("tests.engines:async_call_service", 200), ("tests.engines:call_service", 100)]
+)
+def test_a_rate_limit_spaces_the_calls_of_all_workers(
+    store: ContextStore, client: Client, engine: str, contexts: int
+) -> None:
+    # Given a limit of 20 calls per second over the run's two workers
+    settings = config()
+    settings["worker"]["rate_limit_per_second"] = 20
+    script = Script()
+    with serve(script) as url:
+        store.submit([{"payload": {"i": i, "url": url}} for i in range(contexts)])
+        report = Pipeline(engine, settings, store, client).run(until_empty=True)
+    # Then every context completed, none refused, and the calls took as long as the limit says
+    assert (report.completed, report.failed) == (contexts, 0)
+    assert max(script.arrivals) - min(script.arrivals) >= (contexts / 20 - 1) * 0.95
+    # And the service never saw more than the limit in any one second (+1)
+    assert busiest_second(script.arrivals) <= 21

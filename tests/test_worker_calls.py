@@ -7,7 +7,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ctxbatch.pipeline.calls import WorkerCalls
+import pytest
+
+from ctxbatch.pipeline.calls import TokenBucket, WorkerCalls
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
 
@@ -46,3 +48,34 @@ def test_partitions_on_one_worker_share_its_limit_of_calls_in_flight() -> None:
     # Then every row completed, and never more than 4 calls were in flight on the worker
     assert sum(len(o.results) for o in outcomes) == 90
     assert gauge.most == 4
+
+
+def test_a_token_bucket_spaces_calls_at_its_rate_and_follows_a_new_share() -> None:
+    # Given a bucket of 10 calls per second
+    bucket = TokenBucket(10)
+    # Then a first call goes at once, and the next waits a tenth of a second after it
+    assert bucket.take(now=100.0) == 0
+    assert bucket.take(now=100.04) == pytest.approx(0.06)
+    assert bucket.take(now=100.1) == 0
+    # And a caller that woke late spaces the next call from when it took its token, not before
+    assert bucket.take(now=100.35) == 0
+    assert bucket.take(now=100.4) == pytest.approx(0.05)
+    # And a smaller share (more workers) spaces the calls after the next token further apart
+    bucket.rate = 5
+    assert bucket.take(now=100.45) == 0
+    assert bucket.take(now=100.5) == pytest.approx(0.15)
+
+
+def test_an_auto_limit_climbs_on_a_fast_engine_and_stays_within_its_bounds() -> None:
+    # Given a worker's calls with engine_concurrency: auto between 2 and 16, and a 10 ms engine
+    calls, gauge = WorkerCalls(), Gauge()
+    rows = as_frame([{"_id": f"c{i}", "payload": {"i": i}, "priority": 0, "attempts": 1} for i in range(300)])
+    try:
+        outcome = run_partition(gauge, rows, 16, None, calls, adaptive=(2, 16))
+        gate = calls.gate(16, (2, 16))
+    finally:
+        calls.close()
+    # Then every row completed, the limit rose above its minimum, and calls in flight never passed the maximum
+    assert len(outcome.results) == 300
+    assert 2 < gauge.most <= 16
+    assert gate.limit > 2

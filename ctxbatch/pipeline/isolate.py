@@ -28,7 +28,7 @@ from pymongo.errors import ConnectionFailure
 
 from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
-from ctxbatch.pipeline.calls import WorkerCalls
+from ctxbatch.pipeline.calls import Gate, WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def run_partition(
     concurrency: int = 16,
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
+    rate: float | None = None,
+    adaptive: tuple[int, int] | None = None,
 ) -> PartitionOutcome:
     """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
 
@@ -106,6 +108,9 @@ def run_partition(
     `timeout` bounds each call (a batch engine's: the partition's) in seconds; a call past it fails its
     rows with a TimeoutError. With a worker's `calls`, an async engine runs on the worker's loop and
     `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
+    With `calls`, `rate` (the worker's share of `worker.rate_limit_per_second`) paces every call of a row
+    or async engine; a batch engine's call is not paced. With `calls`, `adaptive` (min, max) makes the
+    async limit `worker.engine_concurrency: auto`, learnt from the calls (pipeline.limits).
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]
@@ -117,9 +122,9 @@ def run_partition(
     if engine.kind == "batch":
         _bisect(engine, frame, ids, payloads, outcome, timeout)
     elif engine.kind == "async":
-        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls)
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls, rate, adaptive)
     else:
-        _run_rows(engine.fn, ids, payloads, outcome, timeout)
+        _run_rows(engine.fn, ids, payloads, outcome, timeout, calls, rate)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -162,8 +167,12 @@ def _run_rows(
     payloads: list[Any],
     outcome: PartitionOutcome,
     timeout: float | None = None,
+    calls: WorkerCalls | None = None,
+    rate: float | None = None,
 ) -> None:
     for cid, payload in zip(ids, payloads, strict=True):
+        if calls:
+            calls.wait_for_token(rate)
         started = time.perf_counter()
         try:
             value = call_within(timeout, fn, payload)
@@ -185,12 +194,16 @@ def _run_async(
     outcome: PartitionOutcome,
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
+    rate: float | None = None,
+    adaptive: tuple[int, int] | None = None,
 ) -> None:
     values: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
 
-    async def one(cid: str, payload: Any, gate: asyncio.Semaphore) -> None:
+    async def one(cid: str, payload: Any, gate: Gate) -> None:
         async with gate:
+            if calls:
+                await calls.token(rate)
             started = time.perf_counter()
             try:
                 values[cid] = await asyncio.wait_for(fn(payload), timeout)
@@ -202,9 +215,10 @@ def _run_async(
                 failures[cid] = exc
             finally:
                 outcome.row_seconds[cid] = time.perf_counter() - started
+            gate.answered(outcome.row_seconds[cid], isinstance(failures.get(cid), RetryLater | TimeoutError))
 
     async def run_all() -> None:
-        gate = calls.gate(concurrency) if calls else asyncio.Semaphore(concurrency)
+        gate = calls.gate(concurrency, adaptive) if calls else Gate(concurrency)
         tasks = [asyncio.ensure_future(one(cid, payload, gate)) for cid, payload in zip(ids, payloads, strict=True)]
         try:
             await asyncio.gather(*tasks)

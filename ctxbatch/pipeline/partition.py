@@ -66,6 +66,8 @@ class PartitionJob:
     policy: RetryPolicy
     concurrency: int
     timeout: float | None = None
+    rate: float | None = None  # this batch's share per worker of worker.rate_limit_per_second
+    adaptive: tuple[int, int] | None = None  # (min, max) with engine_concurrency: auto
 
 
 def summary(
@@ -145,7 +147,7 @@ def process_with(
     if frame.empty:
         return summary()
     try:
-        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls)
+        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls, job.rate, job.adaptive)
     except CriticalError as exc:
         return summary(len(frame), critical=error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distributed import Client, Future, wait
@@ -114,13 +114,16 @@ class Pipeline:
             if adaptive
             else None
         )
+        work = self.settings.worker
+        auto = work.engine_concurrency == "auto"
         self._job = PartitionJob(
             self.engine,
             self.store.uri,
             self.store.database_name,
-            RetryPolicy.of(self.settings.worker.retry),
-            self.settings.worker.engine_concurrency,
-            self.settings.worker.context_timeout_seconds,
+            RetryPolicy.of(work.retry),
+            work.max_engine_concurrency if auto else int(work.engine_concurrency),
+            work.context_timeout_seconds,
+            adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,
         )
         self._in_flight: list[_InFlight] = []
         self._listeners: list[Any] = []
@@ -286,7 +289,11 @@ class Pipeline:
 
     def _submit(self, client: Client, flight: _InFlight) -> None:
         partitions = min(flight.plan.partitions, len(flight.claim))
-        flight.futures = submit_batch(client, flight.claim, partitions, flight.label, flight.retries, self._job)
+        job = self._job
+        limit = self.settings.worker.rate_limit_per_second
+        if limit is not None:  # each worker's fair share, as many workers as the batch's readings saw
+            job = replace(job, rate=limit / max(1, flight.readings.workers))
+        flight.futures = submit_batch(client, flight.claim, partitions, flight.label, flight.retries, job)
         flight.summaries, flight.critical = [], None
 
     # -- collect --------------------------------------------------------------------------

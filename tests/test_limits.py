@@ -1,0 +1,62 @@
+"""`worker.engine_concurrency: auto`: the adaptive limit, fed synthetic latencies (no clock)."""
+
+from __future__ import annotations
+
+from ctxbatch.pipeline.limits import AdaptiveLimit
+
+CAPACITY = 40  # calls the synthetic service serves at once; beyond, calls queue
+
+
+def latency(base: float, in_flight: int) -> float:
+    """A service of `base` seconds per call at CAPACITY at once: more in flight wait in its queue."""
+    return base * max(1.0, in_flight / CAPACITY)
+
+
+def feed(limit: AdaptiveLimit, base: float, calls: int) -> list[float]:
+    """`calls` calls, each with as many in flight as the limit allows; the limit after each."""
+    seen = []
+    for _ in range(calls):
+        in_flight = int(limit.limit)
+        limit.observe(latency(base, in_flight), in_flight)
+        seen.append(limit.limit)
+    return seen
+
+
+def test_the_limit_climbs_to_a_fast_services_capacity_and_holds_near_it() -> None:
+    # Given a limit starting at its minimum, and a 100 ms service of capacity 40 it does not know
+    limit = AdaptiveLimit(4, 256)
+    seen = feed(limit, 0.1, 600)
+    # Then it climbs past the capacity within a hundred calls, and holds near it, far below the maximum
+    assert seen[100] >= CAPACITY
+    assert all(CAPACITY <= value <= 2.5 * CAPACITY for value in seen[100:])
+
+
+def test_the_limit_falls_when_the_services_latency_triples() -> None:
+    # Given a limit that found the capacity of a 100 ms service
+    limit = AdaptiveLimit(4, 256)
+    before = feed(limit, 0.1, 300)[-1]
+    # When every call takes three times as long
+    after = feed(limit, 0.3, 30)
+    # Then within thirty calls the limit is below half of what it was
+    assert after[-1] < before / 2
+
+
+def test_an_overload_halves_the_limit_and_stops_at_the_minimum() -> None:
+    # Given a limit of 64
+    limit = AdaptiveLimit(8, 256)
+    limit.limit = 64.0
+    # Then each RetryLater or timeout halves it, never below the minimum
+    limit.overloaded()
+    assert limit.limit == 32
+    for _ in range(5):
+        limit.overloaded()
+    assert limit.limit == 8
+
+
+def test_an_unused_limit_does_not_climb() -> None:
+    # Given calls that never fill the limit (a few in flight out of 32)
+    limit = AdaptiveLimit(32, 256)
+    for _ in range(200):
+        limit.observe(0.1, 3)
+    # Then the limit stays where it was: nothing showed a higher one would be served
+    assert limit.limit == 32
