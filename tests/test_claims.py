@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import Commands
+from pymongo.errors import AutoReconnect
+from wire import command, reply_losing_proxy
 
 from ctxbatch.io import Claim, ContextStore, utcnow
 
@@ -332,3 +334,26 @@ def test_two_processes_never_claim_the_same_context(mongo_uri: str, store: Conte
     all_ids = set(store.results(submit(store, 600))["id"])
     first, second = run_claimer_processes(mongo_uri, store.database_name, tmp_path)
     assert_partition(all_ids, first, second)
+
+
+# -- a claim whose answer was lost -----------------------------------------------------------
+
+
+def test_a_claim_whose_reply_was_lost_is_given_back_by_the_next_claim(mongo_uri: str, database: str) -> None:
+    # Given a store behind a connection that loses the reply to the claim's update
+    with reply_losing_proxy(mongo_uri) as proxy:
+        store = ContextStore(proxy.uri, database)
+        batch_id = submit(store, 5)
+        proxy.lose_reply_to(command("update", "contexts"))
+        # When the claim's update is applied but its answer never comes
+        with pytest.raises(AutoReconnect):
+            store.claim(5, "loop-a", lease_seconds=300)
+        assert proxy.lost.is_set()
+        assert store.batch_status(batch_id)["counts"]["processing"] == 5
+        # Then the next claim gives back what the lost one took, its try uncounted, and takes it again
+        again = store.claim(5, "loop-a", lease_seconds=300)
+        assert len(again) == 5
+        assert set(again.attempts.values()) == {1}
+        assert {store.get_context(cid)["attempts"] for cid in again.ids} == {1}
+        store.client.drop_database(database)
+        store.close()

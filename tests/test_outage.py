@@ -107,7 +107,8 @@ def test_a_loop_rides_out_a_sigkilled_server_and_loses_nothing(home: Path, clien
     # Then the run finishes with every context completed, and each ran at least once
     assert not loop.is_alive() and not failure, failure
     counts = store.batch_status(batch_id)["counts"]
-    assert counts["completed"] == total, counts
+    unfinished = store.results(batch_id).query("status != 'completed'")
+    assert counts["completed"] == total, (counts, unfinished[["status", "error", "attempts"]].to_dict("records"))
     ran = {int(line) for line in calls.read_text().split()}
     assert ran == set(range(total))
     store.close()

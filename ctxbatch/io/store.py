@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
 
 from ctxbatch.config import DEFAULT_LEVELS, level_ranges
 from ctxbatch.errors import SubmitError
@@ -107,6 +108,8 @@ class ContextStore(Statistics):
         self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
         self._bind(client or MongoClient(uri, tz_aware=True, connect=False))
         self._indexed = False
+        # Claims whose update may have been applied though no answer came (see claim()).
+        self._unanswered: list[Claim] = []
         # Set by connect() when this store is on the embedded default, whose port may move.
         self.embedded = False
 
@@ -194,7 +197,14 @@ class ContextStore(Statistics):
     # -- claim and settle -----------------------------------------------------------------
 
     def claim(self, n: int, owner: str, lease_seconds: float = 300, *, by_priority: bool = True) -> Claim:
-        """Take up to n claimable contexts, most urgent then oldest first, under a fresh lease."""
+        """Take up to n claimable contexts, most urgent then oldest first, under a fresh lease.
+
+        When the database stops answering midway, the contexts this lease may have taken are
+        given back (fenced by its token) at the start of the next claim, their try uncounted:
+        otherwise they would sit under a lease nobody holds until it expired, and a context out
+        of retries would then fail for good without having run.
+        """
+        self.release_unanswered()
         token = uuid.uuid4().hex
         now = utcnow()
         expires_at = now + dt.timedelta(seconds=lease_seconds)
@@ -203,26 +213,33 @@ class ContextStore(Statistics):
         lease = _lease(owner, token, expires_at)
         fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
         held: list[dict[str, Any]] = []
-        for _ in range(CLAIM_ROUNDS):
-            wanted = n - len(held)
-            found = list(in_one_reply(self.contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
-            if not found:
-                break
-            # The status condition makes this the one conditional update: a context another
-            # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
-            # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
-            won = self.contexts.update_many(
-                {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
-                {"$set": {"status": Status.PROCESSING.value, "lease": lease},
-                 "$inc": {"attempts": 1}, **_stamp("started_at")},
-            ).modified_count  # fmt: skip
-            if won < len(found):
-                # Another loop took some in between: ask which ones this lease holds.
-                mine = {d["_id"] for d in self.contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
-                found = [d for d in found if d["_id"] in mine]
-            held += [{**d, "attempts": d["attempts"] + 1} for d in found]
-            if len(held) >= n:
-                break
+        asked: list[str] = []  # every id an update of this lease was sent for
+        try:
+            for _ in range(CLAIM_ROUNDS):
+                wanted = n - len(held)
+                found = list(in_one_reply(self.contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
+                if not found:
+                    break
+                asked += [d["_id"] for d in found]
+                # The status condition makes this the one conditional update: a context another
+                # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
+                # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
+                won = self.contexts.update_many(
+                    {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
+                    {"$set": {"status": Status.PROCESSING.value, "lease": lease},
+                     "$inc": {"attempts": 1}, **_stamp("started_at")},
+                ).modified_count  # fmt: skip
+                if won < len(found):
+                    # Another loop took some in between: ask which ones this lease holds.
+                    mine = {d["_id"] for d in self.contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
+                    found = [d for d in found if d["_id"] in mine]
+                held += [{**d, "attempts": d["attempts"] + 1} for d in found]
+                if len(held) >= n:
+                    break
+        except PyMongoError:
+            if asked:
+                self._unanswered.append(Claim(token, owner, expires_at, asked))
+            raise
         if by_priority:
             held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
         return Claim(
@@ -233,6 +250,14 @@ class ContextStore(Statistics):
             attempts={d["_id"]: d["attempts"] for d in held},
             batch_ids=sorted({d["batch_id"] for d in held}),
         )
+
+    def release_unanswered(self) -> int:
+        """Give back what claims cut off by the database took; how many. Raises while it is still away."""
+        given = 0
+        while self._unanswered:
+            given += self.release(self._unanswered[0]).written
+            self._unanswered.pop(0)
+        return given
 
     def settle(
         self,

@@ -401,3 +401,7 @@ class Pipeline:
         """Give back whatever this loop still holds (a second signal, stop(now=True), or an error)."""
         for flight in list(self._in_flight):
             self._give_back(flight)
+        try:
+            self.store.release_unanswered()
+        except PyMongoError as exc:
+            log.warning("could not give back a claim the database did not answer (%s); its lease will expire", exc)
