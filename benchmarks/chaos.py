@@ -162,9 +162,15 @@ class Harness:
                 figures.unexpected += 1
             elif doc["status"] != "completed" or doc.get("result") != {"i": key[1]}:
                 figures.lost += 1
+        arriving = store.submissions.count_documents({"state": "committed"})
+        if arriving:  # committed, never moved into the queue: what a lost acknowledged context looks like
+            figures.notes.append(f"{arriving} committed submissions not moved")
         store.close()
         wanted = {(tag, i) for tag, n in expected.items() for i in range(n)}
-        figures.lost += len(wanted - set(seen))
+        missing = sorted(wanted - set(seen))
+        figures.lost += len(missing)
+        if missing:
+            figures.notes.append(f"never stored: {missing[:5]}")
         figures.duplicated += sum(n - 1 for n in seen.values() if n > 1)
         calls = collections.Counter(tuple(json.loads(line)) for line in self.calls.read_text().split("\n") if line)
         figures.unexpected += sum(1 for key in calls if key not in wanted)

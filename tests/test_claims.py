@@ -245,6 +245,16 @@ def test_the_new_owner_writes_after_a_late_write(store: ContextStore, stolen: tu
     assert {store.get_context(cid)["result"] for cid in current.ids} == {"current"}
 
 
+def test_a_late_release_of_reaped_contexts_reports_them_lost(store: ContextStore) -> None:
+    # Reaped, the contexts are pending under no lease, as released ones are: the release must still tell
+    submit(store, 2)
+    claim = store.claim(2, "loop-a", lease_seconds=0.2)
+    expire(claim)
+    assert store.reap_expired() == 2
+    report = store.release(claim)
+    assert (report.written, sorted(report.lost)) == (0, sorted(claim.ids))
+
+
 def test_a_reaped_context_counts_both_tries(store: ContextStore, stolen: tuple[Claim, Claim]) -> None:
     _, current = stolen
     assert set(current.attempts.values()) == {2}

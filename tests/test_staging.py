@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from distributed import Client
 from pymongo import monitoring
 from pymongo.errors import AutoReconnect
+from wire import command, reply_losing_proxy
 
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore, staging
 from ctxbatch.io.schema import epoch_ms, utcnow
+from ctxbatch.pipeline import Pipeline
 
 
 def records(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
@@ -173,3 +176,41 @@ def test_a_key_already_stored_is_refused_in_a_later_chunk_naming_the_record(stor
     assert (refused.value.index, refused.value.field) == (late, "key")
     assert store.contexts.count_documents({}) == 1
     assert store.staged.count_documents({}) == 0
+
+
+def test_a_commit_whose_answer_was_lost_is_read_back_not_refused(mongo_uri: str, database: str) -> None:
+    # Given a connection that loses the answer to the commit (the one update of `submissions`)
+    with reply_losing_proxy(mongo_uri) as proxy:
+        store = ContextStore(proxy.uri, database)
+        proxy.lose_reply_to(command("update", "submissions"))
+        # When the commit is applied but its answer never comes
+        batch_id = store.submit(records(10))
+        # Then the submission is acknowledged, not refused, and is whole in the queue
+        assert proxy.lost.is_set()
+        assert store.batch_status(batch_id)["counts"]["pending"] == 10
+        assert store.submissions.count_documents({}) == 0
+        store.client.drop_database(database)
+        store.close()
+
+
+def test_a_run_until_empty_waits_for_a_submission_cut_off_on_its_way_in(
+    mongo_uri: str, database: str, client: Client
+) -> None:
+    # Given a committed submission whose move was cut off before any context reached the queue
+    with reply_losing_proxy(mongo_uri) as proxy:
+        cut = ContextStore(proxy.uri, database)
+        proxy.lose_reply_to(command("insert", "batches"))
+        batch_id = cut.submit(records(30))
+        assert proxy.lost.is_set() and cut.contexts.count_documents({}) == 0
+        cut.close()
+    store = ContextStore(mongo_uri, database)
+    # Then the queue is not drained: the submission is on its way in
+    assert not store.drained()
+    # And a run until empty moves it in (its move lease expired) and processes every context
+    settings = {"worker": {"lease_seconds": 2, "batch_timeout_seconds": 0}, "dask": {"dashboard_address": None}}
+    report = Pipeline("tests.engines:echo", settings, store, client).run(until_empty=True)
+    assert report.completed == 30
+    assert store.batch_status(batch_id)["counts"]["completed"] == 30
+    assert store.drained()
+    store.client.drop_database(database)
+    store.close()

@@ -35,7 +35,7 @@ import bson
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from ctxbatch.errors import SubmitError
 from ctxbatch.io.schema import MAX_BSON_BYTES, ContextRequest, context_document, epoch_ms, eq, utcnow
@@ -56,10 +56,18 @@ CHUNK_CONTEXTS = 5_000
 # A chunk document holds its contexts' BSON plus a few small fields.
 CHUNK_BYTES = MAX_BSON_BYTES - 32 * 1024
 LEASE_SECONDS = 60.0
+# A committed submission's move is leased for less, renewed per chunk: a loop waiting for it (see
+# `arriving`) takes over this soon after its submitter stopped. Taking over early costs nothing but
+# work done twice: the move is idempotent.
+MOVE_LEASE_SECONDS = 5.0
 DUPLICATE_KEY = 11000
 STAGING = "staging"
 COMMITTED = "committed"
 STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
+
+
+def _expires_ms(seconds: float) -> int:
+    return epoch_ms(utcnow() + dt.timedelta(seconds=seconds))
 
 
 def _owner() -> str:
@@ -79,10 +87,9 @@ class Stager:
         self.chunks = 0
         self._renew_at = 0.0
 
-    def _lease(self) -> dict[str, Any]:
-        expires = utcnow() + dt.timedelta(seconds=LEASE_SECONDS)
-        self._renew_at = time.monotonic() + LEASE_SECONDS / 3
-        return {"owner": _owner(), "token": self.token, "expires_ms": epoch_ms(expires)}
+    def _lease(self, seconds: float = LEASE_SECONDS) -> dict[str, Any]:
+        self._renew_at = time.monotonic() + seconds / 3
+        return {"owner": _owner(), "token": self.token, "expires_ms": _expires_ms(seconds)}
 
     def _mine(self) -> dict[str, Any]:
         return {"_id": self.batch_id, "lease.token": eq(self.token)}
@@ -110,12 +117,22 @@ class Stager:
         self.count += len(documents)
 
     def commit(self) -> None:
-        """The commit point: one single-document update, only while this lease holds the submission."""
-        done = self.store.submissions.update_one(
-            {**self._mine(), "state": eq(STAGING)},
-            {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease()}},
-        )
-        if not done.matched_count:
+        """The commit point: one single-document update, only while this lease holds the submission.
+
+        When the update's answer is lost (the connection or the server went down), it may have been
+        applied: the submission's state is read back, so that a submission is refused only when it
+        is not committed, never acknowledged as failed and then moved into the queue anyway.
+        """
+        staging = {**self._mine(), "state": eq(STAGING)}
+        committed = {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}}
+        try:
+            done = self.store.submissions.update_one(staging, committed).matched_count
+        except ConnectionFailure:
+            found = self.store.submissions.find_one(self._mine(), {"state": 1})
+            done = found is not None and (
+                found["state"] == COMMITTED or self.store.submissions.update_one(staging, committed).matched_count
+            )
+        if not done:
             raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
 
     def abandon(self) -> None:
@@ -181,7 +198,10 @@ def submit_staged(store: ContextStore, requests: Iterable[ContextRequest], name:
 
 
 def finish(store: ContextStore, batch_id: str) -> None:
-    """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent."""
+    """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent.
+
+    The move's lease is renewed before each chunk, so nobody takes over a move that is going on.
+    """
     submission = store.submissions.find_one({"_id": eq(batch_id)})
     if submission is None or submission["state"] != COMMITTED:
         return
@@ -193,9 +213,15 @@ def finish(store: ContextStore, batch_id: str) -> None:
              "updated_at": stamp}
         )  # fmt: skip
     for chunk in store.staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
+        store.submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
         _move(store, batch_id, bson.decode_all(chunk["contexts"]))
         store.staged.delete_one({"_id": chunk["_id"]})
     store.submissions.delete_one({"_id": batch_id})
+
+
+def arriving(store: ContextStore) -> bool:
+    """Whether a committed submission is still on its way into the queue: work a drained queue waits for."""
+    return store.submissions.find_one({"state": eq(COMMITTED)}, {"_id": 1}) is not None
 
 
 def _move(store: ContextStore, batch_id: str, documents: list[dict[str, Any]]) -> None:

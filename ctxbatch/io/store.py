@@ -291,10 +291,10 @@ class ContextStore(Statistics):
             ops += self._failure_ops(claim, errors, retry_at, fence, deferred)
         released = list(release)
         if released:
-            # Released contexts lose the lease: nobody's claim, as if never claimed.
+            # Back to `pending` as if never claimed; the lease stays, as on every settled context.
             ops.append(UpdateMany(
                 {"_id": {"$in": released}, **fence},
-                {"$set": {"status": Status.PENDING.value}, "$unset": {"lease": ""}, "$inc": {"attempts": -1}},
+                {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
             ))  # fmt: skip
         ids = [*(results or {}), *(errors or {}), *released]
         if not ops:
@@ -302,12 +302,10 @@ class ContextStore(Statistics):
         written = self.contexts.bulk_write(ops, ordered=False).modified_count
         lost: list[str] = []
         if written < len(ids):
-            # Lost: under another lease now, or (unless we released it) under none.
-            given_back = set(released)
+            # Lost: under another lease now, or under none (reaped).
             lost = sorted(
                 d["_id"]
-                for d in self.contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"lease": 1})
-                if d["_id"] not in given_back or "lease" in d
+                for d in self.contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"_id": 1})
             )
         self._touch(claim.batch_ids)
         return WriteReport(written, lost)

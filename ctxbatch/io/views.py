@@ -18,6 +18,7 @@ from pymongo.collection import Collection
 
 from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
+from ctxbatch.io import staging
 from ctxbatch.io.schema import Status, in_one_reply, in_replies_of
 from ctxbatch.io.schema import eq as _eq
 
@@ -34,6 +35,8 @@ STREAM_REPLY = 1000
 class QueueViews:
     contexts: Collection[dict[str, Any]]
     batches: Collection[dict[str, Any]]
+    submissions: Collection[dict[str, Any]]
+    staged: Collection[dict[str, Any]]
     levels: dict[str, tuple[int, int]]
 
     def _batch(self, batch_id: str) -> dict[str, Any]:
@@ -97,9 +100,15 @@ class QueueViews:
         return self._count_by_status()
 
     def drained(self) -> bool:
-        """Nothing pending or processing: two index-backed lookups of one id, not a count of every context."""
+        """Nothing pending, processing or on its way in: index-backed lookups of one id, not counts.
+
+        On its way in: a committed submission whose move into the queue was cut off (io/staging.py);
+        the loop's janitor finishes it.
+        """
         waiting = (Status.PENDING.value, Status.PROCESSING.value)
-        return all(self.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is None for s in waiting)
+        if any(self.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is not None for s in waiting):
+            return False
+        return not staging.arriving(self)
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
         """How many contexts (of the batch, if given) have this status, by priority level."""
