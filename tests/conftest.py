@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from collections.abc import Iterator
@@ -95,6 +96,29 @@ def watched(mongo_uri: str, database: str, commands: Commands) -> Iterator[Conte
     yield opened
     client.drop_database(database)
     client.close()
+
+
+# A small, quick run: batches of 10, two in flight, no waiting to fill, no retries, no dashboard.
+SMALL_RUN: dict[str, Any] = {
+    "worker": {
+        "batch_size": 10,
+        "dynamic_batch_sizing": False,
+        "max_parallel_batches": 2,
+        "batch_timeout_seconds": 0,
+        "lease_seconds": 30,
+        "retry": {"batch_retries": 2, "backoff_seconds": [0], "context_retries": 0},
+    },
+    "dask": {"dashboard_address": None},
+}
+
+
+def small_run(**worker: Any) -> dict[str, Any]:
+    """SMALL_RUN's settings with these `worker` keys changed (`retry` is merged key by key)."""
+    settings = copy.deepcopy(SMALL_RUN)
+    retry = worker.pop("retry", {})
+    settings["worker"].update(worker)
+    settings["worker"]["retry"].update(retry)
+    return settings
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import small_run
 from distributed import Client
 from pymongo import MongoClient
 from test_embedded import home, servers_for  # noqa: F401 - the fixture
@@ -25,17 +26,8 @@ from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import ContextStore, connect, embedded
 from ctxbatch.pipeline import Pipeline
 
-RUN: dict[str, Any] = {
-    "worker": {
-        "batch_size": 20,
-        "dynamic_batch_sizing": False,
-        "max_parallel_batches": 2,
-        "batch_timeout_seconds": 0,
-        "lease_seconds": 30,
-        "retry": {"batch_retries": 50, "backoff_seconds": [0.2], "context_retries": 0},
-    },
-    "dask": {"dashboard_address": None},
-}
+# Batches of 20; a batch the outage stopped runs again, up to 50 times.
+RUN = small_run(batch_size=20, retry={"batch_retries": 50, "backoff_seconds": [0.2]})
 
 
 def kill_server(home: Path) -> int:

@@ -4,10 +4,10 @@ retries; `worker.context_timeout_seconds` bounds a call."""
 from __future__ import annotations
 
 import bisect
-import copy
 from typing import Any
 
 import pytest
+from conftest import small_run
 from distributed import Client
 from service_app import Script, serve
 
@@ -17,23 +17,11 @@ from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
 
 CLUSTER = {"n_workers": 2}
-FAST: dict[str, Any] = {
-    "worker": {
-        "batch_size": 10,
-        "dynamic_batch_sizing": False,
-        "max_parallel_batches": 2,
-        "batch_timeout_seconds": 0,
-        "lease_seconds": 30,
-        "retry": {"batch_retries": 2, "backoff_seconds": [0], "context_retries": 1},
-    },
-    "dask": {"dashboard_address": None},
-}
 
 
 def config(**retry: Any) -> dict[str, Any]:
-    settings = copy.deepcopy(FAST)
-    settings["worker"]["retry"].update(retry)
-    return settings
+    """A small run with one retry per context, which a deferral must not spend."""
+    return small_run(retry={"context_retries": 1, **retry})
 
 
 @pytest.mark.parametrize(

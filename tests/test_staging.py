@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import small_run
 from distributed import Client
 from pymongo import monitoring
 from pymongo.errors import AutoReconnect
@@ -207,8 +208,7 @@ def test_a_run_until_empty_waits_for_a_submission_cut_off_on_its_way_in(
     # Then the queue is not drained: the submission is on its way in
     assert not store.drained()
     # And a run until empty moves it in (its move lease expired) and processes every context
-    settings = {"worker": {"lease_seconds": 2, "batch_timeout_seconds": 0}, "dask": {"dashboard_address": None}}
-    report = Pipeline("tests.engines:echo", settings, store, client).run(until_empty=True)
+    report = Pipeline("tests.engines:echo", small_run(lease_seconds=2), store, client).run(until_empty=True)
     assert report.completed == 30
     assert store.batch_status(batch_id)["counts"]["completed"] == 30
     assert store.drained()
