@@ -123,14 +123,14 @@ class Stager:
         applied: the submission's state is read back, so that a submission is refused only when it
         is not committed, never acknowledged as failed and then moved into the queue anyway.
         """
-        staging = {**self._mine(), "state": eq(STAGING)}
+        uncommitted = {**self._mine(), "state": eq(STAGING)}
         committed = {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}}
         try:
-            done = self.store.submissions.update_one(staging, committed).matched_count
+            done = self.store.submissions.update_one(uncommitted, committed).matched_count
         except ConnectionFailure:
             found = self.store.submissions.find_one(self._mine(), {"state": 1})
             done = found is not None and (
-                found["state"] == COMMITTED or self.store.submissions.update_one(staging, committed).matched_count
+                found["state"] == COMMITTED or self.store.submissions.update_one(uncommitted, committed).matched_count
             )
         if not done:
             raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")

@@ -394,7 +394,7 @@ class Pipeline:
         try:
             self.store.release(flight.claim)
         except PyMongoError as exc:
-            log.warning("could not release batch %s (%s); its lease will expire", flight.label, exc)
+            log.warning("could not release batch %s (%s); its lease will expire", flight.label, short_reason(exc))
         self._in_flight.remove(flight)
 
     def _release_all(self) -> None:
@@ -404,4 +404,5 @@ class Pipeline:
         try:
             self.store.release_unanswered()
         except PyMongoError as exc:
-            log.warning("could not give back a claim the database did not answer (%s); its lease will expire", exc)
+            reason = short_reason(exc)
+            log.warning("could not give back a claim the database did not answer (%s); its lease will expire", reason)
