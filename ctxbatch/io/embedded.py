@@ -31,6 +31,7 @@ from ctxbatch.errors import DatabaseUnavailable
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
+PORT_WAIT_SECONDS = 2.0  # how long a start waits for its recorded port before it moves
 
 
 def home() -> Path:
@@ -114,17 +115,22 @@ def _forget_dead_pid_file() -> None:
         pid_file.unlink(missing_ok=True)
 
 
-def _free_port(wanted: int = 0) -> int:
-    """`wanted` if it is free (0: any free port)."""
-    with socket.socket() as sock:
-        # As the server binds (asyncio sets SO_REUSEADDR): a killed server's connections in
-        # TIME_WAIT do not make its port look taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", wanted))
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(wanted: int = 0, wait_seconds: float = 0.0) -> int:
+    """`wanted` if it is free, or becomes free within `wait_seconds`; else any free port (0: any)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with socket.socket() as sock:
+            # As the server binds (asyncio sets SO_REUSEADDR): a killed server's connections in
+            # TIME_WAIT do not make its port look taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", wanted))
+                return int(sock.getsockname()[1])
+            except OSError:
+                if time.monotonic() >= deadline:
+                    sock.bind(("127.0.0.1", 0))
+                    return int(sock.getsockname()[1])
+        time.sleep(0.05)
 
 
 def _recorded_port() -> int:
@@ -167,7 +173,8 @@ def start(announce: Callable[[str], None] | None = None) -> ServerState:
             return current
         _data_dir().mkdir(parents=True, exist_ok=True)
         _forget_dead_pid_file()
-        port = _free_port(_recorded_port())
+        # A server killed a moment ago may still hold its port while the kernel closes its files.
+        port = _free_port(_recorded_port(), PORT_WAIT_SECONDS)
         uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         log = open(home() / "server.log", "ab")  # noqa: SIM115 - handed to the child
         command = [
