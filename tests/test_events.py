@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import small_run
 from distributed import Client
 from subscribers import Recorder
 
@@ -14,18 +14,11 @@ from ctxbatch import ConfigError, ContextStore
 from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.events import HOOKS, BatchCritical, LeasesReaped, PartitionFinished
 
-SETTINGS: dict[str, Any] = {
-    "worker": {
-        "batch_size": 4,
-        "dynamic_batch_sizing": False,
-        "max_parallel_batches": 1,
-        "batch_timeout_seconds": 0,
-        "lease_seconds": 30,
-        # A context retry, so the reaped contexts (tried once by the dead loop) run again.
-        "retry": {"batch_retries": 2, "backoff_seconds": [0], "context_retries": 1},
-    },
-    "dask": {"dashboard_address": None},
-}
+
+# Batches of 4, one at a time; a context retry, so the reaped contexts (tried once by the dead
+# loop) run again.
+def settings() -> dict[str, Any]:
+    return small_run(batch_size=4, max_parallel_batches=1, retry={"context_retries": 1})
 
 
 def test_a_subscriber_hears_every_event_of_a_run_in_order(store: ContextStore, client: Client, tmp_path: Path) -> None:
@@ -35,7 +28,7 @@ def test_a_subscriber_hears_every_event_of_a_run_in_order(store: ContextStore, c
     store.claim(2, "a-loop-that-died", lease_seconds=0.001)
     recorder = Recorder()
     # When a run drains the queue
-    report = Pipeline("tests.engines:critical_first_time", copy.deepcopy(SETTINGS), store, client,
+    report = Pipeline("tests.engines:critical_first_time", settings(), store, client,
                       subscribers=[recorder]).run(until_empty=True)  # fmt: skip
     hooks = recorder.hooks()
     # Then every kind of event came, the run's start first and its end last
@@ -66,7 +59,7 @@ def test_a_raising_subscriber_named_by_module_callable_is_logged_and_skipped(
     store.submit([{"payload": {"i": i}} for i in range(10)])
     recorder = Recorder()
     with caplog.at_level("ERROR", logger="ctxbatch.pipeline"):
-        report = Pipeline("tests.engines:echo", copy.deepcopy(SETTINGS), store, client,
+        report = Pipeline("tests.engines:echo", settings(), store, client,
                           subscribers=["tests.subscribers:Raising", recorder]).run(until_empty=True)  # fmt: skip
     # The run completed, the subscriber after the raising one still heard everything
     assert report.completed == 10
@@ -79,4 +72,4 @@ def test_a_raising_subscriber_named_by_module_callable_is_logged_and_skipped(
 
 def test_a_subscriber_name_that_does_not_resolve_is_refused(store: ContextStore) -> None:
     with pytest.raises(ConfigError, match=r"subscriber 'no_such_module_xyz:Thing': cannot import"):
-        Pipeline("tests.engines:echo", SETTINGS, store, subscribers=["no_such_module_xyz:Thing"])
+        Pipeline("tests.engines:echo", settings(), store, subscribers=["no_such_module_xyz:Thing"])
