@@ -1,5 +1,6 @@
 """ctxbatch: bulk processing of prioritised JSON contexts over MongoDB and Dask."""
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ctxbatch.config import Settings, load_config
@@ -13,22 +14,24 @@ from ctxbatch.errors import (
     EngineError,
     FailNow,
     InputError,
-    LeaseLost,
     RetryLater,
     SubmitError,
 )
 from ctxbatch.io import Claim, ContextStore, Status, WriteReport, connect
 
-# The pipeline's names load on first use: importing Dask and distributed costs about half a
-# second, which `ctxbatch status` and `ctxbatch submit` should not pay.
-_PIPELINE_NAMES = {"Pipeline", "RunReport", "Subscriber", "batch_engine"}
+# The run's names load on first use: importing Dask and distributed costs about half a second,
+# which `ctxbatch status` and `ctxbatch submit` should not pay.
+_LOADED_ON_USE = {
+    "Pipeline": "ctxbatch.run",
+    "RunReport": "ctxbatch.pipeline.report",
+    "Subscriber": "ctxbatch.pipeline.events",
+    "batch_engine": "ctxbatch.pipeline.engine",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _PIPELINE_NAMES:
-        import ctxbatch.pipeline
-
-        return getattr(ctxbatch.pipeline, name)
+    if name in _LOADED_ON_USE:
+        return getattr(importlib.import_module(_LOADED_ON_USE[name]), name)
     raise AttributeError(f"module 'ctxbatch' has no attribute {name!r}")
 
 
@@ -44,7 +47,6 @@ __all__ = [
     "DatabaseUnavailable",
     "EngineError",
     "InputError",
-    "LeaseLost",
     "FailNow",
     "RetryLater",
     "SubmitError",
@@ -65,4 +67,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ctxbatch.pipeline import Pipeline, RunReport, Subscriber, batch_engine
+    from ctxbatch.pipeline.engine import batch_engine
+    from ctxbatch.pipeline.events import Subscriber
+    from ctxbatch.pipeline.report import RunReport
+    from ctxbatch.run import Pipeline

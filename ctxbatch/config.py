@@ -7,7 +7,6 @@ flag, then environment variable, then config file, then the defaults written her
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +23,6 @@ DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 class _Section(BaseModel):
     # Unknown keys are refused so a typo never silently falls back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def backoff_after(periods: Sequence[float], attempt: int) -> float:
-    """The one backoff rule: period i after the i-th (1-based) failed attempt; the last period repeats."""
-    return periods[min(max(attempt, 1), len(periods)) - 1]
 
 
 class RetrySettings(_Section):
@@ -49,8 +43,9 @@ class RetrySettings(_Section):
         return value
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait after the given (1-based) failed attempt."""
-        return backoff_after(self.backoff_seconds, attempt)
+        """Seconds to wait after the given (1-based) failed attempt: period i after the i-th; the last repeats."""
+        periods = self.backoff_seconds
+        return periods[min(max(attempt, 1), len(periods)) - 1]
 
 
 def parse_level(text: str | int) -> tuple[int, int]:

@@ -48,15 +48,6 @@ class ContextNotFound(CtxbatchError):
         self.context_id = context_id
 
 
-class LeaseLost(CtxbatchError):
-    """Raised when a fenced write finds that another owner now holds some contexts."""
-
-    def __init__(self, token: str, lost: list[str]) -> None:
-        super().__init__(f"lease {token} no longer holds {len(lost)} context(s)")
-        self.token = token
-        self.lost = lost
-
-
 class DatabaseUnavailable(CtxbatchError):
     """Raised when MongoDB (or the embedded server) cannot be reached or started."""
 

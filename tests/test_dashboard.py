@@ -16,7 +16,7 @@ import httpx
 import pytest
 from distributed import Client, LocalCluster
 
-from ctxbatch import ContextStore
+from ctxbatch import ContextStore, Pipeline
 from ctxbatch.config import load_config
 from ctxbatch.io import utcnow
 from ctxbatch.io.alerts import AlertBook
@@ -25,7 +25,6 @@ from ctxbatch.monitoring.dashboard import DashboardSource, show_page
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import recent_decisions
 from ctxbatch.monitoring.snapshot import batches_in_flight, firing_alerts
-from ctxbatch.pipeline import Pipeline
 from ctxbatch.pipeline.cluster import dask_client
 
 ROOT = Path(__file__).resolve().parents[1]

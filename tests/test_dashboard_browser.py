@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from ctxbatch import ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ContextStore, Pipeline
 from tests.browser import Browser, find_chromium
 
 pytestmark = pytest.mark.timeout(150)

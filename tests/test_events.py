@@ -10,8 +10,7 @@ from conftest import small_run
 from distributed import Client
 from subscribers import Recorder
 
-from ctxbatch import ConfigError, ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ConfigError, ContextStore, Pipeline
 from ctxbatch.pipeline.events import HOOKS, BatchCritical, LeasesReaped, PartitionFinished
 
 

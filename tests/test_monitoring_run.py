@@ -22,10 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import WebhookReceiver, dead_url
 from test_stats import by_hand
 
-from ctxbatch import ContextStore, Subscriber
+from ctxbatch import ContextStore, Pipeline, Subscriber
 from ctxbatch.cli import main
 from ctxbatch.monitoring.loop import METRIC_NAMES
-from ctxbatch.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 60

@@ -22,9 +22,9 @@ from distributed import Client
 from pymongo import MongoClient
 from test_embedded import home, servers_for  # noqa: F401 - the fixture
 
+from ctxbatch import Pipeline
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import ContextStore, connect, embedded
-from ctxbatch.pipeline import Pipeline
 
 # Batches of 20; a batch the outage stopped runs again, up to 50 times.
 RUN = small_run(batch_size=20, retry={"batch_retries": 50, "backoff_seconds": [0.2]})

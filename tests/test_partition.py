@@ -7,7 +7,8 @@ from conftest import Commands
 from ctxbatch.config import RetrySettings
 from ctxbatch.io import ContextStore
 from ctxbatch.pipeline.engine import Engine, resolve_engine
-from ctxbatch.pipeline.partition import PartitionJob, RetryPolicy, as_frame, process_with
+from ctxbatch.pipeline.fate import RetryPolicy
+from ctxbatch.pipeline.partition import Loaded, PartitionJob, process_with
 
 WRITES = ("insert", "update", "delete", "findAndModify")
 
@@ -23,17 +24,17 @@ def test_a_partition_loads_in_one_find_and_writes_back_in_one_bulk_write(
     job = PartitionJob(engine, watched.uri, watched.database_name, policy, concurrency=4)
     # When it is loaded
     commands.clear()
-    frame = as_frame(watched.load(part))
+    loaded = Loaded.of(watched.load(part))
     # Then that is one find
-    assert (commands.names, len(frame)) == (["find"], 20)
+    assert (commands.names, len(loaded.frame)) == (["find"], 20)
     # And when it is processed and written back
     commands.clear()
 
     def ready(engine: Engine) -> Engine:
         return engine
 
-    summary = process_with(watched, ready, frame, part, job)
-    assert (summary["completed"], summary["failed"]) == (18, 2)
+    finished = process_with(watched, ready, loaded, part, job)
+    assert (finished.completed, finished.failed) == (18, 2)
     # Then its contexts were written in one bulk write of 20 updates, plus at most the batch's timestamp
     (bulk,) = commands.on("update")
     assert len(bulk["updates"]) == 20

@@ -11,8 +11,7 @@ import pytest
 from conftest import Commands, small_run
 from distributed import Client, get_task_stream
 
-from ctxbatch import ContextStore, CtxbatchError
-from ctxbatch.pipeline import Pipeline, Subscriber
+from ctxbatch import ContextStore, CtxbatchError, Pipeline, Subscriber
 from ctxbatch.pipeline.cluster import check_reachable
 from ctxbatch.pipeline.events import RunStarted, SizingDecision
 

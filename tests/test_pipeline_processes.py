@@ -15,8 +15,7 @@ from typing import IO, Any
 import pytest
 import yaml
 
-from ctxbatch import ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ContextStore, Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,7 @@ from conftest import small_run
 from distributed import Client
 from service_app import Script, serve
 
-from ctxbatch import ConfigError, ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ConfigError, ContextStore, Pipeline
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from distributed import Client
 
-from ctxbatch import ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ContextStore, Pipeline
 
 CLUSTER = {"threads_per_worker": 2}
 CONTEXTS = 400

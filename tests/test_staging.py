@@ -17,10 +17,10 @@ from pymongo import monitoring
 from pymongo.errors import AutoReconnect
 from wire import command, reply_losing_proxy
 
+from ctxbatch import Pipeline
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore, staging
 from ctxbatch.io.schema import epoch_ms, utcnow
-from ctxbatch.pipeline import Pipeline
 
 
 def records(n: int, start: int = 0) -> Iterator[dict[str, Any]]:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ctxbatch import ContextStore
-from ctxbatch.pipeline import Pipeline
+from ctxbatch import ContextStore, Pipeline
 
 
 def test_engine_setup_runs_once_per_worker_and_teardown_at_close(

@@ -171,8 +171,8 @@ def _run_pipeline(
         # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
         say(RunReport(stopped_by="empty").summary_line())
         return
-    from ctxbatch.pipeline import Pipeline
     from ctxbatch.pipeline.progress import Progress
+    from ctxbatch.run import Pipeline
 
     # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
     logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)

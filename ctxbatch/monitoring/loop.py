@@ -17,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric
@@ -29,21 +28,20 @@ from ctxbatch.io import ContextStore, utcnow
 from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.database import DatabaseCollector
-
-if TYPE_CHECKING:  # types only: the loop imports this module, so importing the loop here would cycle
-    from ctxbatch.pipeline.events import (
-        BatchClaimed,
-        BatchCritical,
-        BatchFinished,
-        LeasesReaped,
-        PartitionFinished,
-        RunFinished,
-        RunStarted,
-    )
+from ctxbatch.pipeline.events import (
+    BatchClaimed,
+    BatchCritical,
+    BatchFinished,
+    LeasesReaped,
+    PartitionFinished,
+    RunFinished,
+    RunStarted,
+    Subscriber,
+)
 
 log = logging.getLogger("ctxbatch.monitoring")
 
-OUTCOMES = ("completed", "failed", "retried", "lost")
+OUTCOMES = ("completed", "failed", "retried", "deferred", "lost")
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -125,12 +123,8 @@ class _Bridge(Collector):
                 _Bridge.active = None
 
 
-class LoopMonitor:
-    """Subscribes to a run's events: updates LoopMetrics, serves them, and runs the alert rules.
-
-    It implements the hooks of `ctxbatch.pipeline.events.Subscriber` it needs (the loop calls hooks
-    by name) rather than subclassing it: the loop builds it, so it cannot import the loop.
-    """
+class LoopMonitor(Subscriber):
+    """Subscribes to a run's events: updates LoopMetrics, serves them, and runs the alert rules."""
 
     def __init__(
         self, store: ContextStore, settings: Settings, owner: str, announce: Callable[[str], None] | None = None

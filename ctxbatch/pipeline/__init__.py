@@ -1,7 +1,7 @@
-"""The scheduler loop, the partition flow on the workers, the engine adapters, and the loop's events.
+"""The loop over the queue, the partition flow on the workers, the engine adapters, and the loop's events.
 
-The names load on first use: the scheduler imports distributed and the dashboard's bokeh (seconds
-on a busy machine), which a run that finds nothing to do, or a look at a report, should not pay.
+`ctxbatch.Pipeline` (ctxbatch/run.py) builds a run from these parts. The names load on first use:
+the loop imports distributed (seconds on a busy machine), which a look at a report should not pay.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from ctxbatch.pipeline.engine import Engine, batch_engine, resolve_engine
     from ctxbatch.pipeline.events import Subscriber
     from ctxbatch.pipeline.isolate import PartitionOutcome, run_partition
+    from ctxbatch.pipeline.loop import Loop
     from ctxbatch.pipeline.report import RunReport
-    from ctxbatch.pipeline.scheduler import Pipeline
 
 _HOMES = {
     "Engine": "engine",
@@ -23,8 +23,8 @@ _HOMES = {
     "Subscriber": "events",
     "PartitionOutcome": "isolate",
     "run_partition": "isolate",
+    "Loop": "loop",
     "RunReport": "report",
-    "Pipeline": "scheduler",
 }
 
 
@@ -36,8 +36,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Engine",
+    "Loop",
     "PartitionOutcome",
-    "Pipeline",
     "RunReport",
     "Subscriber",
     "batch_engine",

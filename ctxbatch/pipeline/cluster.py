@@ -16,6 +16,8 @@ from ctxbatch.io import ContextStore
 from ctxbatch.pipeline.quiet import quiet_compute_failures
 
 CONNECT_TIMEOUT = "20s"
+# Adds the ctxbatch page to a cluster's dashboard (monitoring's show_page), given by who builds the run.
+ShowPage = Callable[[Client, ContextStore], object]
 
 
 def check_reachable(mongo_uri: str, scheduler_address: str) -> None:
@@ -39,11 +41,12 @@ def dask_client(
     store: ContextStore,
     given: Client | None = None,
     announce: Callable[[str], None] | None = None,
+    show_page: ShowPage | None = None,
 ) -> Iterator[tuple[Client, LocalCluster | None]]:
     """A client for the run's lifetime; a cluster started here is closed when the run ends.
 
-    A cluster started here shows the ctxbatch page on its dashboard (an existing one does if its
-    scheduler was started with the preload, see ctxbatch/monitoring/dashboard.py).
+    A cluster started here with a dashboard shows the ctxbatch page through `show_page` (an
+    existing one does if its scheduler was started with the preload, see monitoring/dashboard.py).
     """
     quiet_compute_failures()  # a cluster of threads logs in this process
     if given is not None:
@@ -54,9 +57,6 @@ def dask_client(
         check_reachable(store.uri, settings.scheduler_address)
         client = Client(settings.scheduler_address, timeout=CONNECT_TIMEOUT)
     else:
-        if settings.dashboard_address is not None:
-            # Imported before the cluster is made: that adds the page to the dashboard it builds.
-            from ctxbatch.monitoring.dashboard import show_page
         cluster = LocalCluster(
             n_workers=settings.n_workers,
             threads_per_worker=settings.threads_per_worker,
@@ -67,7 +67,7 @@ def dask_client(
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
-        if settings.dashboard_address is not None:
+        if show_page is not None and settings.dashboard_address is not None:
             show_page(client, store)
     try:
         if announce and settings.dashboard_address is not None:

@@ -56,14 +56,17 @@ class BatchClaimed:
 
 @dataclass(frozen=True)
 class PartitionFinished:
+    """A partition written back: what the worker that ran it returned, passed on as it is."""
+
     seq: int
     label: str
-    contexts: int  # contexts the partition held when it loaded
-    completed: int
-    retried: int  # failed and pending again for a later try
-    failed: int  # failed for good
-    lost: int  # no longer under this lease when written (another loop reaped them)
-    seconds: float  # engine wall time
+    contexts: int = 0  # contexts the partition held when it loaded
+    completed: int = 0
+    retried: int = 0  # failed and pending again for a later try
+    deferred: int = 0  # the engine said RetryLater: pending again, the try not counted (not a retry)
+    failed: int = 0  # failed for good
+    lost: int = 0  # no longer under this lease when written (another loop reaped them)
+    seconds: float = 0.0  # engine wall time
     latency_seconds: tuple[float, ...] = ()  # per completed context: submitted -> written
     processing_seconds: tuple[float, ...] = ()  # per completed context: engine time
 

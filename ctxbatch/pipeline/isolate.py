@@ -26,10 +26,11 @@ import pandas as pd
 from distributed.comm.core import CommClosedError
 from pymongo.errors import ConnectionFailure
 
-from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
+from ctxbatch.errors import CriticalError, DatabaseUnavailable, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
 from ctxbatch.pipeline.calls import Gate, WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
+from ctxbatch.pipeline.fate import Failure
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,22 @@ class BatchResultMismatch(Exception):
 
 @dataclass
 class PartitionOutcome:
-    """What one partition came to: stored results and error records by context id."""
+    """How each row of one partition ended: stored results, or failures (fate.py decides what follows)."""
 
     results: dict[str, Any] = field(default_factory=dict)
-    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
     seconds: float = 0.0
     # Engine seconds per context (a batch engine's call shared evenly by its rows), for the metrics.
     row_seconds: dict[str, float] = field(default_factory=dict)
-    # The failed contexts whose engine said RetryLater: the wait it asked for (None: the backoff).
-    deferred: dict[str, float | None] = field(default_factory=dict)
-    # The failed contexts whose engine said retrying cannot help (FailNow): failed without retries.
-    final: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:
-        return f"<PartitionOutcome completed={len(self.results)} failed={len(self.errors)} seconds={self.seconds:.3f}>"
+        completed, failed = len(self.results), len(self.failures)
+        return f"<PartitionOutcome completed={completed} failed={failed} seconds={self.seconds:.3f}>"
+
+    @property
+    def errors(self) -> dict[str, dict[str, str]]:
+        """The failed rows' error records, by context id."""
+        return {cid: failure.error for cid, failure in self.failures.items()}
 
     def add(self, context_id: str, value: Any, payload: Any) -> None:
         if isinstance(value, RetryLater):  # a batch engine defers single rows by returning one
@@ -86,11 +89,7 @@ class PartitionOutcome:
 
     def fail(self, context_id: str, exc: BaseException) -> None:
         log.debug("context %s failed: %s: %s", context_id, type(exc).__name__, exc)
-        self.errors[context_id] = row_error(exc)
-        if isinstance(exc, RetryLater):
-            self.deferred[context_id] = exc.after_seconds
-        elif isinstance(exc, FailNow):
-            self.final.add(context_id)
+        self.failures[context_id] = Failure.of(exc, row_error(exc))
 
 
 def run_partition(

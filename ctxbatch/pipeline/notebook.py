@@ -39,7 +39,8 @@ def progress_html(report: RunReport, total: int, finished: bool = False) -> str:
     )
     return (
         f'<div class="ctxbatch-progress"><b>ctxbatch run</b> {state}: {done:,}/{total:,} done &middot; '
-        f"{report.rate:.1f}/s &middot; failed {report.failed:,} &middot; retried {report.retried:,}<br>"
+        f"{report.rate:.1f}/s &middot; failed {report.failed:,} &middot; retried {report.retried:,} &middot; "
+        f"deferred {report.deferred:,}<br>"
         f'<progress value="{done}" max="{max(total, 1)}" style="width:28em"></progress>'
         f"{'<br>' + anchors if anchors else ''}</div>"
     )

@@ -13,12 +13,12 @@ BAR_WIDTH = 28
 
 
 def progress_line(report: RunReport, total: int) -> str:
-    """`[#####.....] 1200/3000 done  812.5/s  failed 12  retried 30`."""
+    """`[#####.....] 1200/3000 done  812.5/s  failed 12  retried 30  deferred 4`."""
     done = report.completed + report.failed
     filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
     return (
         f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} done  {report.rate:.1f}/s  "
-        f"failed {report.failed}  retried {report.retried}"
+        f"failed {report.failed}  retried {report.retried}  deferred {report.deferred}"
     )
 
 

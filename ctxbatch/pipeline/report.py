@@ -14,6 +14,7 @@ class RunReport:
     completed: int = 0
     failed: int = 0
     retried: int = 0
+    deferred: int = 0  # RetryLater: pending again, the try not counted
     lost: int = 0
     critical: int = 0
     batches: int = 0
@@ -38,14 +39,14 @@ class RunReport:
 
     def summary_line(self) -> str:
         return (
-            f"completed {self.completed}, failed {self.failed}, retried {self.retried}, "
+            f"completed {self.completed}, failed {self.failed}, retried {self.retried}, deferred {self.deferred}, "
             f"batches {self.batches}, {self.wall_seconds:.1f} s, {self.rate:.1f} contexts/s"
         )
 
     def __repr__(self) -> str:
         return (
             f"<RunReport completed={self.completed} failed={self.failed} retried={self.retried} "
-            f"lost={self.lost} critical={self.critical} batches={self.batches} "
+            f"deferred={self.deferred} lost={self.lost} critical={self.critical} batches={self.batches} "
             f"wall={self.wall_seconds:.1f}s rate={self.rate:.1f}/s>"
         )
 
@@ -53,6 +54,7 @@ class RunReport:
         link = Link(self.dashboard_link) if self.dashboard_link else None
         rows = [
             ("completed", self.completed), ("failed", self.failed), ("retried", self.retried),
+            ("deferred", self.deferred),
             ("lost", self.lost), ("critical", self.critical), ("batches", self.batches),
             ("wall seconds", round(self.wall_seconds, 1)), ("contexts/s", round(self.rate, 1)),
             ("stopped by", self.stopped_by or ("running" if self.finished is None else None)),

@@ -45,7 +45,7 @@ class RunCounters(Subscriber):
         self.report.batches += 1
 
     def on_partition_finished(self, event: PartitionFinished) -> None:
-        for name in ("completed", "failed", "retried", "lost"):
+        for name in ("completed", "failed", "retried", "deferred", "lost"):
             setattr(self.report, name, getattr(self.report, name) + getattr(event, name))
 
     def on_batch_critical(self, event: BatchCritical) -> None:

@@ -1,0 +1,332 @@
+"""The loop: claim a batch, submit its partitions to Dask, collect, settle, observe, repeat.
+
+Up to `max_parallel_batches` claims are in flight; their leases are renewed while they run and
+other loops' expired leases are reaped (`leases.py`). A critical error keeps the batch's contexts
+under its lease and runs what is left again after a backoff, or fails it (`fate.py` decides which).
+The loop emits events (`events.py`) and knows nothing of who listens: a run's counters, progress,
+metrics, alerts and scaling are subscribers that `ctxbatch.run.Pipeline` wires in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from distributed import Client, Future, wait
+from pymongo.errors import PyMongoError
+
+from ctxbatch.config import Settings
+from ctxbatch.errors import DatabaseUnavailable
+from ctxbatch.io import Claim, ContextStore, error_record
+from ctxbatch.io.outage import short_reason
+from ctxbatch.pipeline.events import (
+    BatchClaimed,
+    BatchCritical,
+    BatchFinished,
+    LeasesReaped,
+    PartitionFinished,
+    RunFinished,
+    RunStarted,
+    SizingDecision,
+    Subscriber,
+    emit,
+)
+from ctxbatch.pipeline.leases import LeaseKeeper
+from ctxbatch.pipeline.partition import PartitionJob, PartitionStopped, submit_batch
+from ctxbatch.pipeline.report import RunReport
+from ctxbatch.sizing import Observation, Plan, Readings, Sizer, resources
+
+log = logging.getLogger("ctxbatch.pipeline")
+
+POLL_SECONDS = 0.05
+IDLE_SECONDS = 0.25
+
+
+@dataclass
+class _InFlight:
+    """One claim in flight (or waiting out a critical-error backoff)."""
+
+    seq: int
+    claim: Claim
+    plan: Plan
+    readings: Readings
+    started: float = field(default_factory=time.monotonic)
+    futures: list[Future] = field(default_factory=list)
+    finished: list[PartitionFinished] = field(default_factory=list)
+    critical: dict[str, str] | None = None
+    retries: int = 0
+    due: float = 0.0  # when a claim waiting out a backoff runs again
+
+    @property
+    def label(self) -> str:
+        return f"ctxbatch-{self.seq}-{self.claim.token[:6]}"
+
+
+class Loop:
+    """One run's loop over the queue: `run()` until stopped, until `max_contexts` were claimed, or empty."""
+
+    def __init__(
+        self,
+        store: ContextStore,
+        settings: Settings,
+        sizer: Sizer,
+        job: PartitionJob,
+        owner: str,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.sizer = sizer
+        self.job = job
+        self.owner = owner
+        self.subscribers: list[Subscriber] = []
+        self.in_flight: list[_InFlight] = []
+        self._next: tuple[Plan, Readings] | None = None
+        self._fill_since: float | None = None
+        self._claimed = 0
+        self._seq = 0
+        self._stop = threading.Event()
+        self._stop_now = threading.Event()
+
+    def stop(self, now: bool = False) -> None:
+        """Stop claiming and let batches in flight finish; with `now`, release them at once."""
+        self._stop.set()
+        if now:
+            self._stop_now.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _emit(self, hook: str, event: object) -> None:
+        emit(self.subscribers, hook, event)
+
+    def run(
+        self,
+        client: Client,
+        report: RunReport,
+        subscribers: Sequence[Subscriber] = (),
+        until_empty: bool = False,
+        max_contexts: int | None = None,
+        dashboard_link: str | None = None,
+    ) -> None:
+        """Process contexts on `client`'s cluster, telling `subscribers`; `report.stopped_by` says why it ended."""
+        self.subscribers = list(subscribers)
+        leases = LeaseKeeper(self.store, self.settings.worker)
+        self._emit(
+            "on_run_started", RunStarted(self.owner, self.job.engine.name, self.settings, dashboard_link, report)
+        )
+        try:
+            report.stopped_by = self._loop(client, leases, until_empty, max_contexts)
+        finally:
+            self._release_all()
+            self._emit("on_run_finished", RunFinished(report))
+
+    def _loop(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
+        outages = 0
+        outage_began: float | None = None
+        bound = self.settings.mongo.outage_seconds
+        while not self._stop_now.is_set():
+            try:
+                stopped_by = self._step(client, leases, until_empty, max_contexts)
+                if stopped_by:
+                    return stopped_by
+                outages, outage_began = 0, None
+            except (PyMongoError, DatabaseUnavailable) as exc:
+                # A database outage stops no batch by itself: their leases hold (and are fenced),
+                # so wait it out with the batch backoff, and give up only when it outlasts the bound.
+                outages += 1
+                outage_began = outage_began or time.monotonic()
+                lasted = time.monotonic() - outage_began
+                reason = short_reason(exc)
+                if lasted >= bound:
+                    raise DatabaseUnavailable(
+                        f"the database did not answer for {lasted:.0f} s (mongo.outage_seconds is {bound:g}): {reason}"
+                    ) from exc
+                log.warning("the database did not answer (%s); trying again", reason)
+                self._stop_now.wait(min(self.job.policy.backoff(outages), bound - lasted))
+        return None  # stopped at once: what it held is released, whatever it was doing
+
+    def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
+        """One turn of the loop; why the run is over, or None while it goes on."""
+        self._collect(client)
+        if leases.due():
+            reaped = leases.upkeep(f.claim for f in self.in_flight)
+            if reaped:
+                log.info("returned %d contexts with expired leases to the queue", reaped)
+                self._emit("on_leases_reaped", LeasesReaped(reaped))
+        budget = None if max_contexts is None else max_contexts - self._claimed
+        can_claim = not self._stop.is_set() and (budget is None or budget > 0)
+        started = False
+        if can_claim and len(self.in_flight) < self.settings.worker.max_parallel_batches:
+            started = self._claim(client, until_empty, budget)
+        if not self.in_flight:
+            if not can_claim:
+                return "stop" if self._stop.is_set() else "max_contexts"
+            if until_empty and not started and self.store.drained():
+                return "empty"
+        if not started:
+            self._wait_a_little()
+        return None
+
+    def _wait_a_little(self) -> None:
+        running = [f for b in self.in_flight for f in b.futures if not f.done()]
+        if running:
+            with contextlib.suppress(TimeoutError):  # distributed's wait raises when time is up
+                wait(running, timeout=IDLE_SECONDS, return_when="FIRST_COMPLETED")
+        else:
+            self._stop_now.wait(POLL_SECONDS if self.in_flight else IDLE_SECONDS)
+
+    # -- claim and submit -----------------------------------------------------------------
+
+    def _claim(self, client: Client, until_empty: bool, budget: int | None) -> bool:
+        worker_settings = self.settings.worker
+        if self._next is None:
+            # Plan once per batch started (a plan is a sizing decision), and only with work to plan for.
+            if self.store.claimable(1) == 0:
+                self._fill_since = None  # the wait for a full batch starts with the first context
+                return False
+            readings = resources.read(client, self.store, len(self.in_flight))
+            self._next = (self.sizer.plan(readings), readings)
+            self._emit("on_sizing_decision", SizingDecision(self.sizer.decisions[-1]))
+        plan, readings = self._next
+        size = plan.size if budget is None else min(plan.size, budget)
+        # Wait for a full batch, up to batch_timeout_seconds (the seed's fill rule).
+        self._fill_since = self._fill_since or time.monotonic()
+        filling = not until_empty and time.monotonic() - self._fill_since < worker_settings.batch_timeout_seconds
+        if filling and self.store.claimable(size) < size:
+            return False
+        claim = self.store.claim(
+            size, self.owner, worker_settings.lease_seconds, by_priority=worker_settings.priorities.enabled
+        )
+        if not claim.ids:
+            return False
+        self._next = None
+        self._fill_since = None
+        self._seq += 1
+        self._claimed += len(claim)
+        flight = _InFlight(self._seq, claim, plan, readings)
+        self._submit(client, flight)
+        self.in_flight.append(flight)
+        self._emit("on_batch_claimed", BatchClaimed(flight.seq, flight.label, len(claim), claim.token, plan, readings))
+        return True
+
+    def _submit(self, client: Client, flight: _InFlight) -> None:
+        partitions = min(flight.plan.partitions, len(flight.claim))
+        job = self.job
+        limit = self.settings.worker.rate_limit_per_second
+        if limit is not None:  # each worker's fair share, as many workers as the batch's readings saw
+            job = replace(job, rate=limit / max(1, flight.readings.workers))
+        flight.futures = submit_batch(client, flight.claim, partitions, flight.seq, flight.label, flight.retries, job)
+        flight.finished, flight.critical = [], None
+
+    # -- collect and observe --------------------------------------------------------------
+
+    def _collect(self, client: Client) -> None:
+        now = time.monotonic()
+        for flight in list(self.in_flight):
+            if flight.due:
+                if self._stop.is_set():
+                    self._give_back(flight)
+                elif now >= flight.due:
+                    flight.due = 0.0
+                    flight.started = time.monotonic()
+                    self._submit(client, flight)
+                continue
+            if not all(f.done() for f in flight.futures):
+                continue
+            for future in flight.futures:
+                self._read_partition(flight, future)
+            if flight.critical is None:
+                self._batch_done(flight)
+            else:
+                self._after_critical(flight)
+
+    def _read_partition(self, flight: _InFlight, future: Future) -> None:
+        try:
+            finished = future.result()
+        except Exception as exc:  # a lost worker, database or cluster stops the batch like a CriticalError
+            flight.critical = flight.critical or error_record(exc)
+            return
+        if isinstance(finished, PartitionStopped):
+            flight.critical = flight.critical or finished.error
+            return
+        flight.finished.append(finished)
+        self._emit("on_partition_finished", finished)
+
+    def _observe(self, flight: _InFlight, critical: bool) -> Observation:
+        observation = Observation(
+            contexts=len(flight.claim),
+            planned=flight.plan.size,
+            wall_seconds=time.monotonic() - flight.started,
+            partition_seconds=[p.seconds for p in flight.finished],
+            # Deferrals count as errors here, as they did before they were told apart from retries.
+            errors=sum(p.retried + p.deferred + p.failed for p in flight.finished),
+            critical=critical,
+            readings=flight.readings,
+        )
+        self.sizer.observe(observation)
+        return observation
+
+    def _batch_done(self, flight: _InFlight) -> None:
+        self.in_flight.remove(flight)
+        observation = self._observe(flight, critical=False)
+        self._emit(
+            "on_batch_finished",
+            BatchFinished(flight.seq, flight.label, len(flight.claim), observation.wall_seconds, observation),
+        )
+
+    def _after_critical(self, flight: _InFlight) -> None:
+        """Hold what is left under the lease and run it again after a backoff, or fail it for good."""
+        error = flight.critical
+        assert error is not None
+        self._observe(flight, critical=True)
+        policy = self.job.policy
+        left = self.store.held(flight.claim)
+        log.warning(
+            "batch %s stopped by %s: %s (%d contexts left)",
+            flight.label,
+            error["type"],
+            short_reason(Exception(error["message"])),
+            len(left),
+        )
+        flight.claim = left
+        failed, released, retries_left = 0, False, 0
+        wait_seconds = policy.batch_retry_in(flight.retries)
+        if not left.ids or self._stop.is_set():
+            self._give_back(flight)
+            released = True
+        elif wait_seconds is None:
+            failed = policy.failed_for_good(left.ids, error).write(self.store, left).written
+            self.in_flight.remove(flight)
+        else:
+            flight.retries += 1
+            flight.due = time.monotonic() + wait_seconds
+            retries_left = policy.settings.batch_retries - flight.retries
+        event = BatchCritical(flight.seq, flight.label, error, len(left), retries_left, failed, released)
+        self._emit("on_batch_critical", event)
+
+    # -- giving back ----------------------------------------------------------------------
+
+    def _give_back(self, flight: _InFlight) -> None:
+        """Release what the claim holds and forget it; its finished partitions are already written."""
+        for future in flight.futures:
+            future.cancel()
+        try:
+            self.store.release(flight.claim)
+        except PyMongoError as exc:
+            log.warning("could not release batch %s (%s); its lease will expire", flight.label, short_reason(exc))
+        self.in_flight.remove(flight)
+
+    def _release_all(self) -> None:
+        """Give back whatever this loop still holds (a second signal, stop(now=True), or an error)."""
+        for flight in list(self.in_flight):
+            self._give_back(flight)
+        try:
+            self.store.release_unanswered()
+        except PyMongoError as exc:
+            reason = short_reason(exc)
+            log.warning("could not give back a claim the database did not answer (%s); its lease will expire", reason)
