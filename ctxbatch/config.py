@@ -19,6 +19,10 @@ PRIORITY_MIN, PRIORITY_MAX = 0, 100
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
+# A waiting engine costs a worker almost nothing per call in flight, and most services serve tens
+# of calls at once; 64 keeps a 100 ms service at ~640 calls/s per worker.
+ENGINE_CONCURRENCY = 64
+
 
 class _Section(BaseModel):
     # Unknown keys are refused so a typo never silently falls back to a default.
@@ -113,10 +117,8 @@ class WorkerSettings(_Section):
     max_batch_size: int = Field(20, ge=1, description="Largest batch the dynamic sizer may choose.")
     batch_timeout_seconds: float = Field(60, ge=0, description="Longest wait for a batch to fill.")
     lease_seconds: float = Field(300, gt=0, description="How long a claim holds its contexts unless renewed.")
-    # 64: a waiting engine costs a worker almost nothing per call in flight, and most services serve
-    # tens of calls at once; 64 keeps a 100 ms service at ~640 calls/s per worker.
     engine_concurrency: int | Literal["auto"] = Field(
-        64,
+        ENGINE_CONCURRENCY,
         description="Async engine calls in flight at once per worker, over all its partitions; 'auto' learns it.",
     )
     min_engine_concurrency: int = Field(4, ge=1, description="Lowest limit of engine_concurrency: auto.")

@@ -63,15 +63,21 @@ def import_attribute(spec: str, *, what: str, expected: str, refuse: Refuse, sea
     return target
 
 
-def resolve(spec: Any, aliases: Mapping[str, Any], *, what: str, expected: str, refuse: Refuse) -> Any:
-    """A non-string passes through; an alias is looked up (a string value is imported); else "module:callable".
+def where(text: str, aliases: Mapping[str, str]) -> tuple[str, str | None]:
+    """What a name imports, and from where: an alias's "module:callable" from the installed packages,
+    anything else as "module:callable" with the current directory importable."""
+    text = text.strip()
+    if text in aliases:
+        return aliases[text], None
+    return text, os.getcwd()
 
-    "module:callable" is imported with the current directory on sys.path.
-    """
+
+def resolve(spec: Any, aliases: Mapping[str, Any], *, what: str, expected: str, refuse: Refuse) -> Any:
+    """A non-string passes through; an alias is looked up (a string value is imported); else "module:callable"."""
     if not isinstance(spec, str):
         return spec
-    text = spec.strip()
-    if text in aliases:
-        found = aliases[text]
-        return import_attribute(found, what=what, expected=expected, refuse=refuse) if isinstance(found, str) else found
-    return import_attribute(text, what=what, expected=expected, refuse=refuse, search_path=os.getcwd())
+    found = aliases.get(spec.strip())
+    if found is not None and not isinstance(found, str):
+        return found
+    target, search_path = where(spec, {k: v for k, v in aliases.items() if isinstance(v, str)})
+    return import_attribute(target, what=what, expected=expected, refuse=refuse, search_path=search_path)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ctxbatch.pipeline.limits import AdaptiveLimit
+from ctxbatch.pipeline.adaptive import AdaptiveLimit
 
 T = TypeVar("T")
 

@@ -19,13 +19,12 @@ before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.w
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from ctxbatch.errors import EngineError
-from ctxbatch.resolve import BUILTIN_ENGINES, import_attribute
+from ctxbatch.resolve import BUILTIN_ENGINES, import_attribute, where
 
 Kind = Literal["row", "async", "batch"]
 KINDS: tuple[Kind, ...] = ("row", "async", "batch")
@@ -106,11 +105,8 @@ def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:
     if isinstance(spec, Engine):
         return spec
     if isinstance(spec, str):
-        text = spec.strip()
-        if text in BUILTIN_ENGINES:
-            return _import_engine(text, BUILTIN_ENGINES[text], None)
         # Resolved once, in the process that reads the config; the workers get the absolute directory.
-        return _import_engine(text, text, os.getcwd())
+        return _import_engine(spec.strip(), *where(spec, BUILTIN_ENGINES))
     if spec is None:
         raise EngineError(f"no engine given: pass --engine or set `engine:` in the config; {EXPECTED}")
     if callable(spec):

@@ -26,6 +26,7 @@ import pandas as pd
 from distributed.comm.core import CommClosedError
 from pymongo.errors import ConnectionFailure
 
+from ctxbatch.config import ENGINE_CONCURRENCY
 from ctxbatch.errors import CriticalError, DatabaseUnavailable, RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
 from ctxbatch.pipeline.calls import Gate, WorkerCalls
@@ -95,7 +96,7 @@ class PartitionOutcome:
 def run_partition(
     engine: Engine | str | Callable[..., Any],
     frame: pd.DataFrame,
-    concurrency: int = 16,
+    concurrency: int = ENGINE_CONCURRENCY,
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
     rate: float | None = None,
@@ -109,7 +110,7 @@ def run_partition(
     `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
     With `calls`, `rate` (the worker's share of `worker.rate_limit_per_second`) paces every call of a row
     or async engine; a batch engine's call is not paced. With `calls`, `adaptive` (min, max) makes the
-    async limit `worker.engine_concurrency: auto`, learnt from the calls (pipeline.limits).
+    async limit `worker.engine_concurrency: auto`, learnt from the calls (pipeline/adaptive.py).
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]

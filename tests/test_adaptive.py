@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctxbatch.pipeline.limits import AdaptiveLimit
+from ctxbatch.pipeline.adaptive import AdaptiveLimit
 
 CAPACITY = 40  # calls the synthetic service serves at once; beyond, calls queue
 
