@@ -21,8 +21,13 @@ from ctxbatch.io.formats import read_submission
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--mongo-uri", help="MongoDB URI (default: $CTXBATCH_MONGO_URI, else the embedded server).")
 @click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
-@click.option("--config", "config_path", envvar="CTXBATCH_CONFIG", type=click.Path(dir_okay=False),
-              help="YAML configuration file.")  # fmt: skip
+@click.option(
+    "--config",
+    "config_path",
+    envvar="CTXBATCH_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="YAML configuration file.",
+)
 @click.version_option(package_name="ctxbatch")
 @click.pass_context
 def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config_path: str | None) -> None:
@@ -64,8 +69,12 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("batch_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.",
+)
 @pass_state
 def results(state: State, batch_id: str, output: str | None) -> None:
     """Print or save a batch's contexts with their results and errors."""
@@ -133,8 +142,11 @@ def retry(state: State, batch_id: str) -> None:
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
 @click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535),
-              help="Serve Prometheus metrics on this port while running (0: any free port).")  # fmt: skip
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port while running (0: any free port).",
+)
 @pass_state
 def run(
     state: State,

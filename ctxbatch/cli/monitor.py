@@ -36,8 +36,13 @@ def _title(batch_id: str | None) -> str:
 
 @click.command()
 @click.argument("batch_id", required=False)
-@click.option("--window", type=Seconds(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
-              help="Seconds of finished work to count.")  # fmt: skip
+@click.option(
+    "--window",
+    type=Seconds(),
+    default=DEFAULT_WINDOW_SECONDS,
+    show_default=True,
+    help="Seconds of finished work to count.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_state
 def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> None:
@@ -51,8 +56,13 @@ def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> N
 
 @click.command()
 @click.argument("batch_id", required=False)
-@click.option("--window", type=Seconds(), default=DEFAULT_WINDOW_SECONDS, show_default=True,
-              help="Seconds of finished work to count.")  # fmt: skip
+@click.option(
+    "--window",
+    type=Seconds(),
+    default=DEFAULT_WINDOW_SECONDS,
+    show_default=True,
+    help="Seconds of finished work to count.",
+)
 @click.option("--interval", type=Seconds(), default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("-n", "--refreshes", type=click.IntRange(min=1), help="Stop after this many refreshes.")
 @pass_state

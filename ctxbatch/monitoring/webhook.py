@@ -86,8 +86,11 @@ class WebhookSender:
         with self._wake:
             if len(self._queue) >= self._limit:
                 dropped = self._queue.popleft()
-                log.warning("alert webhook: %d notifications wait; dropped the oldest (%s)",
-                            len(self._queue) + 1, dropped.get("status"))  # fmt: skip
+                log.warning(
+                    "alert webhook: %d notifications wait; dropped the oldest (%s)",
+                    len(self._queue) + 1,
+                    dropped.get("status"),
+                )
             self._queue.append(payload)
             self._wake.notify()
 

@@ -53,14 +53,19 @@ class RunReport:
     def _repr_html_(self) -> str:
         link = Link(self.dashboard_link) if self.dashboard_link else None
         rows = [
-            ("completed", self.completed), ("failed", self.failed), ("retried", self.retried),
+            ("completed", self.completed),
+            ("failed", self.failed),
+            ("retried", self.retried),
             ("deferred", self.deferred),
-            ("lost", self.lost), ("critical", self.critical), ("batches", self.batches),
-            ("wall seconds", round(self.wall_seconds, 1)), ("contexts/s", round(self.rate, 1)),
+            ("lost", self.lost),
+            ("critical", self.critical),
+            ("batches", self.batches),
+            ("wall seconds", round(self.wall_seconds, 1)),
+            ("contexts/s", round(self.rate, 1)),
             ("stopped by", self.stopped_by or ("running" if self.finished is None else None)),
             ("Dask dashboard", link),
             ("ctxbatch page", Link(self.page_link) if self.page_link else None),
-        ]  # fmt: skip
+        ]
         if self.wanted_workers is not None:
             rows.append(("wanted workers", self.wanted_workers))
         if self.decisions:

@@ -250,5 +250,10 @@ class Sizer(ABC):
         if len(self.decisions) >= MAX_DECISIONS:
             del self.decisions[: MAX_DECISIONS // 2]
         self.decisions.append(decision)
-        log.debug("batch %d: size %d in %d partition(s): %s", decision.batch, decision.size, decision.partitions,
-                  decision.reason)  # fmt: skip
+        log.debug(
+            "batch %d: size %d in %d partition(s): %s",
+            decision.batch,
+            decision.size,
+            decision.partitions,
+            decision.reason,
+        )
