@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-WORDS = (
-    "batch context priority lease partition worker engine result retry queue "
-    "dask mongo throughput latency payload schedule drain fence claim bulk"
-).split()
+WORDS = [
+    "batch", "context", "priority", "lease", "partition", "worker", "engine", "result", "retry", "queue",
+    "dask", "mongo", "throughput", "latency", "payload", "schedule", "drain", "fence", "claim", "bulk",
+]  # fmt: skip
 
 DEMO_CONFIG: dict[str, Any] = {
     "engine": "text",
