@@ -132,14 +132,6 @@ class Statistics:
         return list(self.connection.contexts.aggregate(pipeline, batchSize=size))
 
     def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
-        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
-
-        `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
-        tries of those contexts that failed and ran again); over its completed contexts,
-        `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
-        finished, each as p50/p95/p99;
-        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
-        """
         window = _checked_window(window_seconds)
         if batch_id is not None:
             self.views.batch_document(batch_id)
@@ -166,13 +158,11 @@ class Statistics:
         )
 
     def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
-        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
         now = utcnow()
         window = _checked_window(window_seconds)
         return self._outcomes(self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), None))
 
     def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
-        """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
         return self._first_created(Status.PENDING, batch_id, level)
 
     def _first_created(
@@ -189,11 +179,6 @@ class Statistics:
         return None if found is None else found["created_at"]
 
     def seconds_since_progress(self) -> float:
-        """Seconds since a context last finished, or since the oldest waiting work arrived if later; 0 with no work.
-
-        Work is what is pending or processing: a queue that was idle for a day is not stalled the
-        moment a new batch arrives.
-        """
         now = utcnow()
         waiting = [self._first_created(status) for status in (Status.PENDING, Status.PROCESSING)]
         arrived = [when for when in waiting if when is not None]
@@ -217,12 +202,6 @@ class Statistics:
         window_seconds: float = 3600.0,
         bucket_seconds: float = 60.0,
     ) -> pd.DataFrame:
-        """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
-
-        Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
-        latency_p95 (created -> finished of its completed contexts, seconds; NaN for a bucket
-        with none, and from a sample of TIMELINE_SAMPLE_SIZE over the whole window past that).
-        """
         window = _checked_window(window_seconds)
         bucket = _checked_window(bucket_seconds, "bucket_seconds")
         buckets = math.ceil(window / bucket)

@@ -75,7 +75,6 @@ class Views:
         return {s.value: self.count({**(match or {}), "status": _eq(s.value)}) for s in Status}
 
     def batch_status(self, batch_id: str) -> BatchStatus:
-        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
         batch = self.batch_document(batch_id)
         counts = self.counts(batch_id)
         return BatchStatus(
@@ -90,7 +89,6 @@ class Views:
         )
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
-        """The batch's contexts one by one, in submission order (their `sort_id`), streamed."""
         self.batch_document(batch_id)
         projection = None if payload else {"payload": 0}
         found = self.connection.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("sort_id", ASCENDING)
@@ -98,7 +96,6 @@ class Views:
             yield context_view(doc)
 
     def results(self, batch_id: str) -> pd.DataFrame:
-        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
         return pd.DataFrame(list(self.iter_results(batch_id)), columns=RESULT_COLUMNS)
 
     def get_context(self, context_id: str) -> dict[str, Any]:
@@ -108,22 +105,15 @@ class Views:
         return context_view(found)
 
     def status_counts(self) -> dict[str, int]:
-        """Contexts of every batch by status."""
         return self._count_by_status()
 
     def drained(self) -> bool:
-        """Nothing pending, processing or on its way in: index-backed lookups of one id, not counts.
-
-        On its way in: a committed submission whose move into the queue was cut off (io/staging.py);
-        the loop's janitor finishes it.
-        """
         waiting = (Status.PENDING.value, Status.PROCESSING.value)
         if any(self.connection.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is not None for s in waiting):
             return False
         return not self.submissions.arriving()
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
-        """How many contexts (of the batch, if given) have this status, by priority level."""
         match: dict[str, Any] = {"status": _eq(str(status))}
         if batch_id is not None:
             match["batch_id"] = _eq(batch_id)
@@ -134,7 +124,6 @@ class Views:
         }
 
     def in_flight(self) -> InFlight:
-        """Distinct lease tokens of `processing` contexts (an aggregate over the processing ones only)."""
         grouped = self.connection.contexts.aggregate(
             [
                 {"$match": {"status": _eq(Status.PROCESSING.value)}},
@@ -147,10 +136,6 @@ class Views:
     # -- listing and pages ----------------------------------------------------------------
 
     def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest batches first, as batch_status() JSON; only those with `status` if given.
-
-        A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
-        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else Status(status).value
@@ -172,12 +157,6 @@ class Views:
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
-
-        The cursor is opaque; it holds the `sort_id` the next page starts at (a context's position
-        in its batch, given at submit). A page is a key range on the `results` index (batch_id,
-        sort_id), so a deep page costs what the first does; `skip` would read every row before it.
-        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         batch = self.batch_document(batch_id)
