@@ -69,6 +69,9 @@ class LostServerWatch(ServerHeartbeatListener, CommandListener):
         self.connection = connection
 
     def failed(self, event: ServerHeartbeatFailedEvent | CommandFailedEvent) -> None:
+        # A command the server refused carries its reply (with `ok`): that server is still there.
+        if isinstance(event, CommandFailedEvent) and "ok" in event.failure:
+            return
         self.connection.note_lost(self)
 
     def started(self, event: ServerHeartbeatStartedEvent | CommandStartedEvent) -> None:
