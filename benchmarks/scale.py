@@ -24,6 +24,7 @@ from bson import ObjectId
 
 from ctxbatch.io import ContextStore
 from ctxbatch.io.schema import context_document, utcnow, validate_requests
+from ctxbatch.io.views import page_cursor
 
 PAGE = 1000
 CHUNK = 10_000
@@ -72,7 +73,7 @@ def measure(uri: str, size: int, claims: int) -> dict[str, float]:
     figures["batch_status_ms"] = statistics.median(timed(lambda: store.batch_status(batch_id))) * 1000
     figures["queue_length_ms"] = statistics.median(timed(store.queue_length)) * 1000
     first = timed(lambda: store.results_page(batch_id, limit=PAGE))
-    deep_cursor = store._page_cursor(size - PAGE)
+    deep_cursor = page_cursor(size - PAGE)
     deep = timed(lambda: store.results_page(batch_id, limit=PAGE, cursor=deep_cursor))
     figures["first_page_ms"] = statistics.median(first) * 1000
     figures["deep_page_ms"] = statistics.median(deep) * 1000

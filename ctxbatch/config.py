@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxbatch.errors import ConfigError
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
+# A record's priority when neither it nor its submission gives one.
+DEFAULT_PRIORITY = 50
+# Defaults the settings and the store's method arguments share.
+LEASE_SECONDS = 300
+STATS_WINDOW_SECONDS = 300
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
@@ -116,7 +121,7 @@ class WorkerSettings(_Section):
     min_batch_size: int = Field(5, ge=1, description="Smallest batch the dynamic sizer may choose.")
     max_batch_size: int = Field(20, ge=1, description="Largest batch the dynamic sizer may choose.")
     batch_timeout_seconds: float = Field(60, ge=0, description="Longest wait for a batch to fill.")
-    lease_seconds: float = Field(300, gt=0, description="How long a claim holds its contexts unless renewed.")
+    lease_seconds: float = Field(LEASE_SECONDS, gt=0, description="How long a claim holds its contexts unless renewed.")
     engine_concurrency: int | Literal["auto"] = Field(
         ENGINE_CONCURRENCY,
         description="Async engine calls in flight at once per worker, over all its partitions; 'auto' learns it.",
@@ -256,7 +261,9 @@ class MonitoringSettings(_Section):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve `run`'s Prometheus metrics here.")
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Address the metrics server binds.")
     evaluate_every_seconds: float = Field(15, gt=0, description="How often each loop evaluates the alert rules.")
-    window_seconds: float = Field(300, gt=0, description="The span of the database's stats the rules see.")
+    window_seconds: float = Field(
+        STATS_WINDOW_SECONDS, gt=0, description="The span of the database's stats the rules see."
+    )
     webhook_url: str | None = Field(None, description="POST alerts here, in Alertmanager's webhook format.")
     default_alerts: bool = Field(
         True, description="Evaluate DEFAULT_ALERTS too (a rule of `alerts` of the same name wins)."

@@ -15,7 +15,7 @@ from receiver import WebhookReceiver, dead_url
 from ctxbatch import ConfigError
 from ctxbatch.config import DEFAULT_ALERTS, MonitoringSettings, load_config
 from ctxbatch.io import ContextStore, utcnow
-from ctxbatch.io.alerts import AlertBook
+from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.webhook import WebhookSender
 

@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 from ctxbatch import ContextStore, Pipeline
 from ctxbatch.config import load_config
 from ctxbatch.io import utcnow
-from ctxbatch.io.alerts import AlertBook
+from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.monitoring import dask_pages
 from ctxbatch.monitoring.dashboard import DashboardSource, show_page
 from ctxbatch.monitoring.dask_pages import page_link

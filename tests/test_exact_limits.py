@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from ctxbatch.cli import main
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore
-from ctxbatch.io.limits import MAX_DEPTH
+from ctxbatch.io.document_limits import MAX_DEPTH
 
 AWKWARD = {
     "third": 1 / 3,

@@ -20,6 +20,7 @@ import pytest
 from conftest import small_run
 from distributed import Client
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from test_embedded import home, servers_for  # noqa: F401 - the fixture
 
 from ctxbatch import Pipeline
@@ -66,6 +67,27 @@ def test_a_store_on_the_default_follows_a_server_that_had_to_move(home: Path) ->
         assert moved.uri != store.uri
         assert store.follow_embedded() and store.uri == moved.uri
         assert store.ping() > 0
+    store.close()
+
+
+def test_a_store_on_the_default_follows_a_moved_server_on_its_own(home: Path) -> None:
+    # Given a store on the default whose server was killed: an ordinary operation fails
+    embedded.start()
+    store = connect()
+    store.ping()
+    kill_server(home)
+    with pytest.raises(PyMongoError):
+        store.status_counts()
+    # When the server comes back elsewhere (its port is taken) and the operation is tried again
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        (home / "server.json").write_text(json.dumps({"port": taken.getsockname()[1]}))
+        moved = embedded.start()
+        assert moved.uri != store.uri
+        # Then it reaches the moved server, though nobody called follow_embedded
+        assert store.status_counts()["pending"] == 0
+        assert store.uri == moved.uri
     store.close()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ctxbatch.errors import InputError
-from ctxbatch.io.limits import MAX_DEPTH
+from ctxbatch.io.document_limits import MAX_DEPTH
 
 PARQUET_ROWS = 5_000
 TOO_DEEP = f"nests too deeply to be JSON MongoDB can store (its limit is {MAX_DEPTH} levels)"

@@ -18,11 +18,10 @@ from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.cursor import Cursor
 
-from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
+from ctxbatch.config import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.errors import SubmitError
-from ctxbatch.io.limits import NotStorable, check_json_value
+from ctxbatch.io.document_limits import NotStorable, check_json_value
 
-DEFAULT_PRIORITY = 50
 MAX_KEY_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_BSON_BYTES = 16 * 1024 * 1024
@@ -50,10 +49,9 @@ CONTEXT_INDEXES = [
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
     IndexModel([("status", ASCENDING), ("finished_ms", ASCENDING), ("attempts", ASCENDING)], name="finished"),
 ]
-# Indexes an earlier version made that cost every status change and serve nothing now: the lease's
-# reads and writes name their ids, so the `_id` index finds them (dropped by ensure_indexes).
-RETIRED_INDEXES = ("lease_token",)
 BATCH_INDEXES = [IndexModel([("created_at", DESCENDING)], name="newest")]
+# A submission's staged chunks, read back in order when it moves into the queue (io/staging.py).
+STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
 
 
 def eq(value: Any) -> dict[str, Any]:

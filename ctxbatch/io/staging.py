@@ -5,14 +5,14 @@ contexts or CHUNK_BYTES of BSON), and each chunk is written to `staged` as one d
 contexts as BSON bytes, under a document in `submissions` in state `staging` that carries a lease
 (owner, token, expiry), renewed while the input streams. Nothing of it is in `contexts` or `batches`
 yet: not claimable, counted or shown. When the last chunk is stored, ONE single-document update sets
-the submission `committed` — the commit point. Then the chunks move into `contexts` (insert_many
-ordered=False with the ids given at encoding, so a resumed move skips what is there), the batch
-document is written, and the staging is deleted.
+the submission `committed` — the commit point. Then it moves into the queue (`move_in`): the chunks
+go into `contexts` (insert_many ordered=False with the ids given at encoding, so a resumed move
+skips what is there), the batch document is written, and the staging is deleted.
 
 A refused or interrupted submission is deleted at once when possible; otherwise the janitor
 (`tidy`, run by the loop's reaper and at the start of every submit and CLI command) deletes the
-staging of a submission whose lease expired before its commit, and finishes the move of a committed
-one. No multi-document transaction is needed, so it works on a standalone mongod as on nx-27017.
+staging of a submission whose lease expired before its commit, and finishes moving a committed one
+in. No multi-document transaction is needed, so it works on a standalone mongod as on nx-27017.
 
 Contexts are held as BSON bytes, not as subdocuments: a payload may nest to MongoDB's limit inside
 its context document, which nested two levels deeper in a chunk document would pass; and the bytes
@@ -29,26 +29,26 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import bson
+import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING, IndexModel
-from pymongo.collection import Collection
+from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from ctxbatch.errors import SubmitError
-from ctxbatch.io.schema import MAX_BSON_BYTES, ContextRequest, context_document, epoch_ms, eq, utcnow
-
-
-class ContextStore(Protocol):
-    """The collections of a store this module writes (the store imports this module, not the reverse)."""
-
-    contexts: Collection[dict[str, Any]]
-    batches: Collection[dict[str, Any]]
-    submissions: Collection[dict[str, Any]]
-    staged: Collection[dict[str, Any]]
-
+from ctxbatch.io.connection import Connection
+from ctxbatch.io.schema import (
+    MAX_BSON_BYTES,
+    ContextRequest,
+    context_document,
+    epoch_ms,
+    eq,
+    iter_requests,
+    utcnow,
+    validate_name,
+)
 
 log = logging.getLogger("ctxbatch.io.staging")
 
@@ -63,7 +63,6 @@ MOVE_LEASE_SECONDS = 5.0
 DUPLICATE_KEY = 11000
 STAGING = "staging"
 COMMITTED = "committed"
-STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
 
 
 def _expires_ms(seconds: float) -> int:
@@ -77,8 +76,8 @@ def _owner() -> str:
 class Stager:
     """One submission on its way in: chunks staged under a lease, then committed and moved."""
 
-    def __init__(self, store: ContextStore, name: str | None) -> None:
-        self.store = store
+    def __init__(self, connection: Connection, name: str | None) -> None:
+        self.connection = connection
         self.name = name
         self.batch_id = str(ObjectId())
         self.token = uuid.uuid4().hex
@@ -95,7 +94,7 @@ class Stager:
         return {"_id": self.batch_id, "lease.token": eq(self.token)}
 
     def begin(self) -> None:
-        self.store.submissions.insert_one(
+        self.connection.submissions.insert_one(
             {"_id": self.batch_id, "state": STAGING, "name": self.name, "created_at": self.created_at,
              "lease": self._lease()}
         )  # fmt: skip
@@ -104,12 +103,12 @@ class Stager:
         """Extend the lease when a third of it is spent; lost to the janitor means refused."""
         if time.monotonic() < self._renew_at:
             return
-        if not self.store.submissions.update_one(self._mine(), {"$set": {"lease": self._lease()}}).matched_count:
+        if not self.connection.submissions.update_one(self._mine(), {"$set": {"lease": self._lease()}}).matched_count:
             raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
 
     def stage(self, documents: list[bytes]) -> None:
         self.renew()
-        self.store.staged.insert_one(
+        self.connection.staged.insert_one(
             {"_id": f"{self.batch_id}:{self.chunks:08d}", "batch_id": self.batch_id, "seq": self.chunks,
              "n": len(documents), "contexts": bson.Binary(b"".join(documents))}
         )  # fmt: skip
@@ -126,11 +125,12 @@ class Stager:
         uncommitted = {**self._mine(), "state": eq(STAGING)}
         committed = {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}}
         try:
-            done = self.store.submissions.update_one(uncommitted, committed).matched_count
+            done = self.connection.submissions.update_one(uncommitted, committed).matched_count
         except ConnectionFailure:
-            found = self.store.submissions.find_one(self._mine(), {"state": 1})
+            found = self.connection.submissions.find_one(self._mine(), {"state": 1})
             done = found is not None and (
-                found["state"] == COMMITTED or self.store.submissions.update_one(uncommitted, committed).matched_count
+                found["state"] == COMMITTED
+                or self.connection.submissions.update_one(uncommitted, committed).matched_count
             )
         if not done:
             raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
@@ -138,8 +138,8 @@ class Stager:
     def abandon(self) -> None:
         """Best effort: delete what was staged (the janitor does it later if the database is away)."""
         try:
-            if self.store.submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count:
-                self.store.staged.delete_many({"batch_id": eq(self.batch_id)})
+            if self.connection.submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count:
+                self.connection.staged.delete_many({"batch_id": eq(self.batch_id)})
         except PyMongoError as exc:
             log.info("submission %s: staging left for the janitor (%s)", self.batch_id, type(exc).__name__)
 
@@ -161,7 +161,7 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
         yield chunk
 
 
-def _refuse_known_keys(store: ContextStore, chunk: list[bytes], first_index: int) -> None:
+def _refuse_known_keys(connection: Connection, chunk: list[bytes], first_index: int) -> None:
     """A chunk's keys already in `contexts` refuse the submission, naming the user's record."""
     keyed: dict[str, int] = {}
     for offset, raw in enumerate(chunk):
@@ -169,90 +169,119 @@ def _refuse_known_keys(store: ContextStore, chunk: list[bytes], first_index: int
         if "key" in document:
             keyed[document["_id"]] = first_index + offset
     if keyed:
-        found = store.contexts.find_one({"_id": {"$in": list(keyed)}}, {"batch_id": 1})
+        found = connection.contexts.find_one({"_id": {"$in": list(keyed)}}, {"batch_id": 1})
         if found:
             message = f"{found['_id']!r} already exists (batch {found['batch_id']})"
             raise SubmitError(keyed[found["_id"]], "key", message)
 
 
-def submit_staged(store: ContextStore, requests: Iterable[ContextRequest], name: str | None) -> tuple[str, int]:
-    """Stage, commit and move a submission (see the module's note); (batch id, contexts)."""
-    stager = Stager(store, name)
-    stager.begin()
+def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
+    """What `submit` accepts: records (dicts, streamed as given), or a DataFrame with a `payload` column."""
+    if not isinstance(source, pd.DataFrame):
+        return source
+    if "payload" not in source.columns:
+        raise SubmitError(None, "payload", "the DataFrame has no 'payload' column")
+    frame = source.astype(object).where(source.notna(), None)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in frame.to_dict("records")]
+    for row in rows:
+        # A gap (a row without priority) makes pandas hold the column as floats: 3.0 is priority 3.
+        if isinstance(row.get("priority"), float) and row["priority"].is_integer():
+            row["priority"] = int(row["priority"])
+    return rows
+
+
+def _move(connection: Connection, batch_id: str, documents: list[dict[str, Any]]) -> None:
     try:
-        for chunk in _encoded(requests, stager):
-            _refuse_known_keys(store, chunk, stager.count)
-            stager.stage(chunk)
-        if not stager.count:
-            raise SubmitError(None, None, "the submission holds no contexts")
-        stager.commit()
-    except BaseException:
-        stager.abandon()
-        raise
-    try:
-        finish(store, stager.batch_id)
-    except PyMongoError as exc:
-        # Committed, so whole and durable: the janitor finishes the move when the database is back.
-        log.warning("batch %s is stored; its move into the queue finishes later (%s)", stager.batch_id, exc)
-    return stager.batch_id, stager.count
-
-
-def finish(store: ContextStore, batch_id: str) -> None:
-    """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent.
-
-    The move's lease is renewed before each chunk, so nobody takes over a move that is going on.
-    """
-    submission = store.submissions.find_one({"_id": eq(batch_id)})
-    if submission is None or submission["state"] != COMMITTED:
-        return
-    stamp = submission["created_at"]
-    # Written first: a resumed move finds it there.
-    with contextlib.suppress(DuplicateKeyError):
-        store.batches.insert_one(
-            {"_id": batch_id, "name": submission.get("name"), "total": submission["total"], "created_at": stamp,
-             "updated_at": stamp}
-        )  # fmt: skip
-    for chunk in store.staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
-        store.submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
-        _move(store, batch_id, bson.decode_all(chunk["contexts"]))
-        store.staged.delete_one({"_id": chunk["_id"]})
-    store.submissions.delete_one({"_id": batch_id})
-
-
-def arriving(store: ContextStore) -> bool:
-    """Whether a committed submission is still on its way into the queue: work a drained queue waits for."""
-    return store.submissions.find_one({"state": eq(COMMITTED)}, {"_id": 1}) is not None
-
-
-def _move(store: ContextStore, batch_id: str, documents: list[dict[str, Any]]) -> None:
-    try:
-        store.contexts.insert_many(documents, ordered=False)
+        connection.contexts.insert_many(documents, ordered=False)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         if any(e.get("code") != DUPLICATE_KEY for e in errors):
             raise
         # A resumed move finds its own contexts there; a key another batch took in between is not ours.
         ids = [documents[e["index"]]["_id"] for e in errors]
-        foreign = store.contexts.count_documents({"_id": {"$in": ids}, "batch_id": {"$ne": batch_id}})
+        foreign = connection.contexts.count_documents({"_id": {"$in": ids}, "batch_id": {"$ne": batch_id}})
         if foreign:
             log.warning("batch %s: %d keyed contexts were taken by another batch meanwhile", batch_id, foreign)
 
 
-def tidy(store: ContextStore) -> int:
-    """The janitor: drop the staging of expired uncommitted submissions, finish committed ones.
+class Submissions:
+    """Submissions on their way into the queue: staged, committed, moved in; and their janitor."""
 
-    Returns how many submissions it settled. Acts only on submissions whose lease expired, so it
-    never races a submit that is still streaming or moving.
-    """
-    now_ms = epoch_ms(utcnow())
-    settled = 0
-    for submission in store.submissions.find({"lease.expires_ms": {"$lt": now_ms}}, {"state": 1}):
-        batch_id = submission["_id"]
-        if submission["state"] == COMMITTED:
-            finish(store, batch_id)
-        elif store.submissions.delete_one(
-            {"_id": batch_id, "state": eq(STAGING), "lease.expires_ms": {"$lt": now_ms}}
-        ).deleted_count:
-            store.staged.delete_many({"batch_id": eq(batch_id)})
-        settled += 1
-    return settled
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def submit_counted(
+        self, records: Iterable[Any] | pd.DataFrame, priority: int | None, name: str | None
+    ) -> tuple[str, int]:
+        """Stage, commit and move in a submission (see the module's note); (batch id, contexts)."""
+        name = validate_name(name)
+        requests = iter_requests(as_records(records), priority)
+        self.connection.ensure_indexes()
+        self.tidy()
+        return self._stage_and_move_in(requests, name)
+
+    def _stage_and_move_in(self, requests: Iterable[ContextRequest], name: str | None) -> tuple[str, int]:
+        stager = Stager(self.connection, name)
+        stager.begin()
+        try:
+            for chunk in _encoded(requests, stager):
+                _refuse_known_keys(self.connection, chunk, stager.count)
+                stager.stage(chunk)
+            if not stager.count:
+                raise SubmitError(None, None, "the submission holds no contexts")
+            stager.commit()
+        except BaseException:
+            stager.abandon()
+            raise
+        try:
+            self.move_in(stager.batch_id)
+        except PyMongoError as exc:
+            # Committed, so whole and durable: the janitor moves it in when the database is back.
+            log.warning("batch %s is stored; its move into the queue finishes later (%s)", stager.batch_id, exc)
+        return stager.batch_id, stager.count
+
+    def move_in(self, batch_id: str) -> None:
+        """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent.
+
+        The move's lease is renewed before each chunk, so nobody takes over a move that is going on.
+        """
+        submissions, staged = self.connection.submissions, self.connection.staged
+        submission = submissions.find_one({"_id": eq(batch_id)})
+        if submission is None or submission["state"] != COMMITTED:
+            return
+        stamp = submission["created_at"]
+        # Written first: a resumed move finds it there.
+        with contextlib.suppress(DuplicateKeyError):
+            self.connection.batches.insert_one(
+                {"_id": batch_id, "name": submission.get("name"), "total": submission["total"], "created_at": stamp,
+                 "updated_at": stamp}
+            )  # fmt: skip
+        for chunk in staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
+            submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
+            _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))
+            staged.delete_one({"_id": chunk["_id"]})
+        submissions.delete_one({"_id": batch_id})
+
+    def arriving(self) -> bool:
+        """Whether a committed submission is still on its way into the queue: work a drained queue waits for."""
+        return self.connection.submissions.find_one({"state": eq(COMMITTED)}, {"_id": 1}) is not None
+
+    def tidy(self) -> int:
+        """The janitor: drop the staging of expired uncommitted submissions, move committed ones in.
+
+        Returns how many submissions it settled. Acts only on submissions whose lease expired, so it
+        never races a submit that is still streaming or moving.
+        """
+        submissions = self.connection.submissions
+        now_ms = epoch_ms(utcnow())
+        settled = 0
+        for submission in submissions.find({"lease.expires_ms": {"$lt": now_ms}}, {"state": 1}):
+            batch_id = submission["_id"]
+            if submission["state"] == COMMITTED:
+                self.move_in(batch_id)
+            elif submissions.delete_one(
+                {"_id": batch_id, "state": eq(STAGING), "lease.expires_ms": {"$lt": now_ms}}
+            ).deleted_count:
+                self.connection.staged.delete_many({"batch_id": eq(batch_id)})
+            settled += 1
+        return settled

@@ -1,6 +1,6 @@
 """Cluster-wide statistics read from the database: what every loop did, not what one loop saw.
 
-A mixin of ContextStore, over QueueViews. Every figure comes from the documents, so it is the same
+A part of ContextStore, over its views. Every figure comes from the documents, so it is the same
 whichever (and however many) loops did the work.
 
 Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape of each query:
@@ -9,7 +9,7 @@ Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape
   and `$lte`), since a bare `$gte` falls back to Python there;
 - reading any field of a document costs ~10 us a row there (SQLite parses its JSON), while a count
   over an index range reads the index alone; and every aggregate first counts the whole
-  collection. So the counts are `count` commands (QueueViews._count) over the `finished` index
+  collection. So the counts are `count` commands (Views.count) over the `finished` index
   (status, finished_ms, attempts): one per status, and for `retried` one per attempt number
   k >= 2 (the contexts tried at least k times), until none is;
 - the percentiles come from a `$sample` of at most SAMPLE_SIZE completed contexts of the window
@@ -27,12 +27,15 @@ import numpy as np
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING
 
+from ctxbatch.config import STATS_WINDOW_SECONDS
 from ctxbatch.display import html_table
+from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import Status, epoch_ms, utcnow
 from ctxbatch.io.schema import eq as _eq
-from ctxbatch.io.views import QueueViews
+from ctxbatch.io.views import Views
 
-DEFAULT_WINDOW_SECONDS = 300.0
+# A float, as every window is once checked: the CLI and the HTTP API show it as 300.0.
+DEFAULT_WINDOW_SECONDS = float(STATS_WINDOW_SECONDS)
 # Contexts behind each window's percentiles: past this, a uniform sample of the window.
 SAMPLE_SIZE = 1000
 # retried counts tries up to this many per context (a bound on its queries, far past any retry setting).
@@ -96,8 +99,12 @@ def _checked_window(window_seconds: float, name: str = "window_seconds") -> floa
     return float(window_seconds)
 
 
-class Statistics(QueueViews):
-    """`stats()` and `timeline()`: throughput, success and latency over a recent window."""
+class Statistics:
+    """stats(), timeline() and what they read: throughput, success, latency (ContextStore documents each)."""
+
+    def __init__(self, connection: Connection, views: Views) -> None:
+        self.connection = connection
+        self.views = views
 
     def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:
         """Contexts finished in (after, until], in ms: a closed range (see the module's note)."""
@@ -110,11 +117,11 @@ class Statistics(QueueViews):
         """completed, failed, and retried: the tries of those contexts beyond their first."""
         found = {"completed": 0, "failed": 0, "retried": 0}
         for status in (Status.COMPLETED.value, Status.FAILED.value):
-            tried = found[status] = self._count({**match, "status": _eq(status)})
+            tried = found[status] = self.views.count({**match, "status": _eq(status)})
             attempts = 2
             # sum(attempts - 1) = the number tried at least twice + at least three times + ...
             while retried and tried and attempts <= MAX_ATTEMPTS_COUNTED:
-                tried = self._count({**match, "status": _eq(status), "attempts": {"$gte": attempts}})
+                tried = self.views.count({**match, "status": _eq(status), "attempts": {"$gte": attempts}})
                 found["retried"] += tried
                 attempts += 1
         return found
@@ -122,20 +129,12 @@ class Statistics(QueueViews):
     def _sample(self, match: dict[str, Any], size: int) -> list[dict[str, Any]]:
         """Up to `size` of the completed contexts matched, a uniform sample when there are more."""
         pipeline = [{"$match": {**match, "status": _eq(Status.COMPLETED.value)}}, {"$sample": {"size": size}}]
-        return list(self.contexts.aggregate(pipeline, batchSize=size))
+        return list(self.connection.contexts.aggregate(pipeline, batchSize=size))
 
     def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
-        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
-
-        `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
-        tries of those contexts that failed and ran again); over its completed contexts,
-        `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
-        finished, each as p50/p95/p99;
-        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
-        """
         window = _checked_window(window_seconds)
         if batch_id is not None:
-            self._batch(batch_id)
+            self.views.batch_document(batch_id)
         now = utcnow()
         match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
         outcomes = self._outcomes(match)
@@ -153,19 +152,17 @@ class Statistics(QueueViews):
             success_rate=outcomes["completed"] / finished if finished else None,
             latency_seconds=percentiles(latency),
             processing_seconds=percentiles(processing),
-            queue_length=self.queue_length(Status.PENDING, batch_id),
+            queue_length=self.views.queue_length(Status.PENDING, batch_id),
             oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
-            in_flight=sum(self.queue_length(Status.PROCESSING, batch_id).values()),
+            in_flight=sum(self.views.queue_length(Status.PROCESSING, batch_id).values()),
         )
 
     def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
-        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
         now = utcnow()
         window = _checked_window(window_seconds)
         return self._outcomes(self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), None))
 
     def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
-        """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
         return self._first_created(Status.PENDING, batch_id, level)
 
     def _first_created(
@@ -175,18 +172,13 @@ class Statistics(QueueViews):
         if batch_id is not None:
             query["batch_id"] = _eq(batch_id)
         if level is not None:
-            low, high = self.levels[level]
+            low, high = self.views.levels[level]
             query["priority"] = {"$gte": low, "$lte": high}
         # Walks the `claim_fifo` index (status, created_at) in order and stops at the first match.
-        found = self.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
+        found = self.connection.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
         return None if found is None else found["created_at"]
 
     def seconds_since_progress(self) -> float:
-        """Seconds since a context last finished, or since the oldest waiting work arrived if later; 0 with no work.
-
-        Work is what is pending or processing: a queue that was idle for a day is not stalled the
-        moment a new batch arrives.
-        """
         now = utcnow()
         waiting = [self._first_created(status) for status in (Status.PENDING, Status.PROCESSING)]
         arrived = [when for when in waiting if when is not None]
@@ -195,7 +187,7 @@ class Statistics(QueueViews):
         since = epoch_ms(min(arrived))
         for status in (Status.COMPLETED, Status.FAILED):
             # The `finished` index, walked backwards from now: one entry read.
-            last = self.contexts.find_one(
+            last = self.connection.contexts.find_one(
                 {"status": _eq(status.value), "finished_ms": {"$gte": since, "$lte": epoch_ms(now)}},
                 {"finished_ms": 1},
                 sort=[("finished_ms", DESCENDING)],
@@ -210,19 +202,13 @@ class Statistics(QueueViews):
         window_seconds: float = 3600.0,
         bucket_seconds: float = 60.0,
     ) -> pd.DataFrame:
-        """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
-
-        Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
-        latency_p95 (created -> finished of its completed contexts, seconds; NaN for a bucket
-        with none, and from a sample of TIMELINE_SAMPLE_SIZE over the whole window past that).
-        """
         window = _checked_window(window_seconds)
         bucket = _checked_window(bucket_seconds, "bucket_seconds")
         buckets = math.ceil(window / bucket)
         if buckets > MAX_BUCKETS:
             raise ValueError(f"{buckets} buckets of {bucket:g} s in {window:g} s; at most {MAX_BUCKETS}")
         if batch_id is not None:
-            self._batch(batch_id)
+            self.views.batch_document(batch_id)
         end_ms = epoch_ms(utcnow())
         bucket_ms = int(bucket * 1000)
         starts = [end_ms - (buckets - i) * bucket_ms for i in range(buckets)]

@@ -1,18 +1,10 @@
-"""ContextStore: the contexts queue in MongoDB — submit, claim, settle, status, results.
+"""ContextStore: the one object users hold — the queue of contexts and their batches in MongoDB.
 
-Every write back is fenced by the claim's lease token: an update only matches a context that
-is still `processing` under that token, so a loop whose lease expired changes nothing.
-
-nx-27017 note: `$set` (and `$min`/`$max`) of a top-level datetime stores it as a string there,
-which breaks every later date comparison. So updates stamp times with `$currentDate` (the
-server's clock, right on both servers), and the one future time we write (a retried context's
-`next_attempt_at`) goes in with a fenced replace of the whole document. A datetime inside a
-subdocument is stored as a date but does not compare in `find` there, so the lease also
-carries its expiry as epoch milliseconds (`lease.expires_ms`), which the reaper queries.
-A top-level date does compare, but in Python, row by row over every pending context (a claim
-took 10x longer at 100k pending than at 10k), so the claim compares `next_attempt_ms`, the
-same moment as a number, which the server compares in SQL; for the same reason a context
-finished for good (completed or failed) carries `finished_ms`, which stats() queries.
+It is made of parts over one shared connection (io/connection.py), each its own class: the queue
+(io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging,
+commit, the move into the queue, the janitor), views (io/views.py: status, results, listings,
+counts), statistics (io/stats.py), the sizing decisions (io/decisions.py) and the alerts' state
+(io/alert_state.py). Its methods say what each does and hand the work to its part.
 """
 
 from __future__ import annotations
@@ -20,39 +12,28 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-import uuid
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import MongoClient
 from pymongo.collection import Collection
-from pymongo.errors import PyMongoError
+from pymongo.database import Database
 
-from ctxbatch.config import DEFAULT_LEVELS, level_ranges
-from ctxbatch.errors import SubmitError
-from ctxbatch.io import staging
+from ctxbatch.config import DEFAULT_LEVELS, LEASE_SECONDS, level_ranges
+from ctxbatch.io import embedded
+from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.io.claims import Claim, WriteReport
-from ctxbatch.io.schema import (
-    BATCH_INDEXES,
-    CONTEXT_INDEXES,
-    RETIRED_INDEXES,
-    Status,
-    epoch_ms,
-    held_by,
-    held_of,
-    in_one_reply,
-    iter_requests,
-    utcnow,
-    validate_name,
-)
-from ctxbatch.io.schema import (
-    eq as _eq,
-)
-from ctxbatch.io.stats import Statistics
+from ctxbatch.io.connection import Connection
+from ctxbatch.io.decisions import SizingDecisions
+from ctxbatch.io.queue import Queue
+from ctxbatch.io.schema import Status
+from ctxbatch.io.staging import Submissions
+from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS, Statistics, Stats
+from ctxbatch.io.views import BatchStatus, InFlight, Views
 
-CLAIM_ROUNDS = 3
+Document = dict[str, Any]
 
 
 def mask_uri(uri: str) -> str:
@@ -64,35 +45,7 @@ def mask_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
-    return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
-
-
-def _claimable(now: dt.datetime) -> dict[str, Any]:
-    return {"status": _eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
-
-
-def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
-    """`$currentDate` for these fields (see the module's note on datetimes)."""
-    return {"$currentDate": dict.fromkeys(fields, True)}
-
-
-def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
-    """What `submit` accepts: records (dicts, streamed as given), or a DataFrame with a `payload` column."""
-    if not isinstance(source, pd.DataFrame):
-        return source
-    if "payload" not in source.columns:
-        raise SubmitError(None, "payload", "the DataFrame has no 'payload' column")
-    frame = source.astype(object).where(source.notna(), None)
-    rows = [{k: v for k, v in row.items() if v is not None} for row in frame.to_dict("records")]
-    for row in rows:
-        # A gap (a row without priority) makes pandas hold the column as floats: 3.0 is priority 3.
-        if isinstance(row.get("priority"), float) and row["priority"].is_integer():
-            row["priority"] = int(row["priority"])
-    return rows
-
-
-class ContextStore(Statistics):
+class ContextStore:
     """The queue of contexts and their batches in one MongoDB database."""
 
     def __init__(
@@ -101,66 +54,87 @@ class ContextStore(Statistics):
         database: str = "ctxbatch",
         *,
         levels: Mapping[str, tuple[int, int]] | None = None,
-        client: MongoClient[dict[str, Any]] | None = None,
+        client: MongoClient[Document] | None = None,
     ) -> None:
-        self.uri = uri
-        self.database_name = database
+        self.connection = Connection(uri, database, client)
         self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
-        self._bind(client or MongoClient(uri, tz_aware=True, connect=False))
-        self._indexed = False
-        # Claims whose update may have been applied though no answer came (see claim()).
-        self._unanswered: list[Claim] = []
-        # Set by connect() when this store is on the embedded default, whose port may move.
-        self.embedded = False
-
-    def _bind(self, client: MongoClient[dict[str, Any]]) -> None:
-        self.client = client
-        self.db = self.client[self.database_name]
-        self.contexts: Collection[dict[str, Any]] = self.db["contexts"]
-        self.batches: Collection[dict[str, Any]] = self.db["batches"]
-        # Submissions on their way in, and their staged chunks (io/staging.py).
-        self.submissions: Collection[dict[str, Any]] = self.db["submissions"]
-        self.staged: Collection[dict[str, Any]] = self.db["staged"]
-
-    def follow_embedded(self) -> bool:
-        """On the embedded default: reconnect when the server now runs elsewhere; True if it moved.
-
-        Called when the database does not answer. The server comes back on its port when it can
-        (io/embedded.py); this covers the case where that port was taken meanwhile.
-        """
-        if not self.embedded:
-            return False
-        from ctxbatch.io import embedded
-
-        uri = embedded.located()
-        if uri is None or uri == self.uri:
-            return False
-        # The old client is left open: parts of the loop (its monitor) may hold it; it idles.
-        self.uri = uri
-        self._bind(MongoClient(uri, tz_aware=True, connect=False))
-        return True
+        self._submissions = Submissions(self.connection)
+        self._views = Views(self.connection, self.levels, self._submissions)
+        self._queue = Queue(self.connection, self._views)
+        self._statistics = Statistics(self.connection, self._views)
+        self._decisions = SizingDecisions(self.connection)
+        self.alert_book = AlertBook(self.connection)
+        """The alerts' shared state and the critical-error log (io/alert_state.py)."""
 
     def __repr__(self) -> str:
         return f"<ContextStore {mask_uri(self.uri)} database={self.database_name!r}>"
 
+    # -- the connection -------------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        """The server's URI: the embedded server's current one when the store followed it."""
+        return self.connection.uri
+
+    @property
+    def database_name(self) -> str:
+        return self.connection.database_name
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the store is on the embedded default, whose server it follows when it moves."""
+        return self.connection.embedded
+
+    @embedded.setter
+    def embedded(self, on_default: bool) -> None:
+        self.connection.embedded = on_default
+
+    @property
+    def client(self) -> MongoClient[Document]:
+        return self.connection.client
+
+    @property
+    def db(self) -> Database[Document]:
+        return self.connection.db
+
+    @property
+    def contexts(self) -> Collection[Document]:
+        return self.connection.contexts
+
+    @property
+    def batches(self) -> Collection[Document]:
+        return self.connection.batches
+
+    @property
+    def submissions(self) -> Collection[Document]:
+        return self.connection.submissions
+
+    @property
+    def staged(self) -> Collection[Document]:
+        return self.connection.staged
+
+    def follow_embedded(self) -> bool:
+        """On the embedded default: reconnect when the server now runs elsewhere; True if it moved.
+
+        The store does this on its own at its next operation after the database stopped answering
+        (io/connection.py); calling it checks at once. The server comes back on its port when it
+        can (io/embedded.py); this covers the case where that port was taken meanwhile.
+        """
+        return self.connection.follow_embedded()
+
     def close(self) -> None:
-        self.client.close()
+        self.connection.close()
 
     def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""
+        admin = self.connection.client.admin
         start = time.perf_counter()
-        self.client.admin.command("ping")
+        admin.command("ping")
         return time.perf_counter() - start
 
     def ensure_indexes(self) -> None:
-        if not self._indexed:
-            self.contexts.create_indexes(CONTEXT_INDEXES)
-            for name in RETIRED_INDEXES:
-                if name in self.contexts.index_information():
-                    self.contexts.drop_index(name)
-            self.batches.create_indexes(BATCH_INDEXES)
-            self.staged.create_indexes(staging.STAGED_INDEXES)
-            self._indexed = True
+        """Create the queue's indexes (once per store)."""
+        self.connection.ensure_indexes()
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -184,19 +158,15 @@ class ContextStore(Statistics):
         The records are streamed (an iterator is never held whole): validated, encoded and
         staged in chunks, and invisible until the whole submission is committed (io/staging.py).
         """
-        name = validate_name(name)
-        requests = iter_requests(as_records(records), priority)
-        self.ensure_indexes()
-        staging.tidy(self)
-        return staging.submit_staged(self, requests, name)
+        return self._submissions.submit_counted(records, priority, name)
 
     def tidy_submissions(self) -> int:
         """The janitor of interrupted submissions (see io/staging.py); how many it settled."""
-        return staging.tidy(self)
+        return self._submissions.tidy()
 
     # -- claim and settle -----------------------------------------------------------------
 
-    def claim(self, n: int, owner: str, lease_seconds: float = 300, *, by_priority: bool = True) -> Claim:
+    def claim(self, n: int, owner: str, lease_seconds: float = LEASE_SECONDS, *, by_priority: bool = True) -> Claim:
         """Take up to n claimable contexts, most urgent then oldest first, under a fresh lease.
 
         When the database stops answering midway, the contexts this lease may have taken are
@@ -204,60 +174,7 @@ class ContextStore(Statistics):
         otherwise they would sit under a lease nobody holds until it expired, and a context out
         of retries would then fail for good without having run.
         """
-        self.release_unanswered()
-        token = uuid.uuid4().hex
-        now = utcnow()
-        expires_at = now + dt.timedelta(seconds=lease_seconds)
-        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
-        claimable = _claimable(now)
-        lease = _lease(owner, token, expires_at)
-        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
-        held: list[dict[str, Any]] = []
-        asked: list[str] = []  # every id an update of this lease was sent for
-        try:
-            for _ in range(CLAIM_ROUNDS):
-                wanted = n - len(held)
-                found = list(in_one_reply(self.contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
-                if not found:
-                    break
-                asked += [d["_id"] for d in found]
-                # The status condition makes this the one conditional update: a context another
-                # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
-                # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
-                won = self.contexts.update_many(
-                    {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
-                    {"$set": {"status": Status.PROCESSING.value, "lease": lease},
-                     "$inc": {"attempts": 1}, **_stamp("started_at")},
-                ).modified_count  # fmt: skip
-                if won < len(found):
-                    # Another loop took some in between: ask which ones this lease holds.
-                    mine = {d["_id"] for d in self.contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
-                    found = [d for d in found if d["_id"] in mine]
-                held += [{**d, "attempts": d["attempts"] + 1} for d in found]
-                if len(held) >= n:
-                    break
-        except PyMongoError:
-            if asked:
-                self._unanswered.append(Claim(token, owner, expires_at, asked))
-            raise
-        if by_priority:
-            held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
-        return Claim(
-            token=token,
-            owner=owner,
-            expires_at=expires_at,
-            ids=[d["_id"] for d in held],
-            attempts={d["_id"]: d["attempts"] for d in held},
-            batch_ids=sorted({d["batch_id"] for d in held}),
-        )
-
-    def release_unanswered(self) -> int:
-        """Give back what claims cut off by the database took; how many. Raises while it is still away."""
-        given = 0
-        while self._unanswered:
-            given += self.release(self._unanswered[0]).written
-            self._unanswered.pop(0)
-        return given
+        return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority)
 
     def settle(
         self,
@@ -275,70 +192,11 @@ class ContextStore(Statistics):
         `deferred` names the rescheduled errors that are deferrals (RetryLater): their try is not
         counted in `attempts` but in `deferrals`.
         """
-        # A settled context keeps its last lease (users never see it): its token says which
-        # claim made the last change, so a partly fenced-out write can tell what it lost, and
-        # leaving it costs the server less than removing it. Only `processing` is held.
-        fence = held_by(claim.token)
-        finished_ms = epoch_ms(utcnow())
-        ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
-            UpdateOne({"_id": cid, **fence}, {
-                "$set": {"status": Status.COMPLETED.value, "result": result, "finished_ms": finished_ms},
-                "$unset": {"error": ""}, **_stamp("finished_at"),
-            })
-            for cid, result in (results or {}).items()
-        ]  # fmt: skip
-        if errors:
-            ops += self._failure_ops(claim, errors, retry_at, fence, deferred)
-        released = list(release)
-        if released:
-            # Back to `pending` as if never claimed; the lease stays, as on every settled context.
-            ops.append(UpdateMany(
-                {"_id": {"$in": released}, **fence},
-                {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
-            ))  # fmt: skip
-        ids = [*(results or {}), *(errors or {}), *released]
-        if not ops:
-            return WriteReport(0, sorted(ids))
-        written = self.contexts.bulk_write(ops, ordered=False).modified_count
-        lost: list[str] = []
-        if written < len(ids):
-            # Lost: under another lease now, or under none (reaped).
-            lost = sorted(
-                d["_id"]
-                for d in self.contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"_id": 1})
-            )
-        self._touch(claim.batch_ids)
-        return WriteReport(written, lost)
-
-    def _failure_ops(
-        self,
-        claim: Claim,
-        errors: Mapping[str, Mapping[str, Any]],
-        retry_at: Mapping[str, dt.datetime | None] | dt.datetime | None,
-        fence: dict[str, Any],
-        deferred: Set[str] = frozenset(),
-    ) -> list[ReplaceOne[dict[str, Any]]]:
-        # Whole-document replaces, fenced like the rest: the only way to store a future
-        # `next_attempt_at` as a date on nx-27017 (see the module's note).
-        now = utcnow()
-        held = self.contexts.find({"_id": {"$in": list(errors)}, **fence})
-        ops = []
-        for doc in held:
-            cid = doc.pop("_id")
-            when = retry_at.get(cid) if isinstance(retry_at, Mapping) else retry_at
-            if when is None:
-                doc.update(status=Status.FAILED.value, finished_at=now, finished_ms=epoch_ms(now))
-            else:
-                doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=epoch_ms(when))
-                if cid in deferred:
-                    doc.update(attempts=doc["attempts"] - 1, deferrals=doc.get("deferrals", 0) + 1)
-            doc.update(error=dict(errors[cid]))
-            ops.append(ReplaceOne({"_id": cid, **fence}, doc))
-        return ops
+        return self._queue.settle(claim, results, errors, retry_at, release, deferred)
 
     def complete(self, claim: Claim, results: Mapping[str, Any]) -> WriteReport:
         """Mark contexts completed with their results (fenced)."""
-        return self.settle(claim, results=results)
+        return self._queue.complete(claim, results)
 
     def fail(
         self,
@@ -347,11 +205,15 @@ class ContextStore(Statistics):
         retry_at: Mapping[str, dt.datetime | None] | dt.datetime | None = None,
     ) -> WriteReport:
         """Record errors: pending again from `retry_at`, or failed for good when it is None (fenced)."""
-        return self.settle(claim, errors=errors, retry_at=retry_at)
+        return self._queue.fail(claim, errors, retry_at)
 
     def release(self, claim: Claim, ids: Iterable[str] | None = None) -> WriteReport:
         """Give contexts back unchanged (all of the claim by default), fenced."""
-        return self.settle(claim, release=claim.ids if ids is None else ids)
+        return self._queue.release(claim, ids)
+
+    def release_unanswered(self) -> int:
+        """Give back what claims cut off by the database took; how many. Raises while it is still away."""
+        return self._queue.release_unanswered()
 
     def load(self, claim: Claim) -> list[dict[str, Any]]:
         """The claim's contexts, whole documents in claim order, as long as its lease still holds them.
@@ -359,27 +221,19 @@ class ContextStore(Statistics):
         Found by their ids (there is no lease index: it would cost every status change). Whole
         documents, as nx-27017 projects in Python, which costs it more than sending the rest.
         """
-        found = in_one_reply(self.contexts.find(held_of(claim.token, claim.ids)), len(claim))
-        by_id = {d["_id"]: d for d in found}
-        return [by_id[i] for i in claim.ids if i in by_id]  # claim order, not the server's
-
-    def claimable(self, limit: int) -> int:
-        """How many contexts could be claimed now, counting no further than `limit` (index-backed)."""
-        return len(list(self.contexts.find(_claimable(utcnow()), {"_id": 1}).limit(limit)))
+        return self._queue.load(claim)
 
     def held(self, claim: Claim) -> Claim:
         """The part of a claim its lease still holds, in claim order."""
-        still = {d["_id"] for d in self.contexts.find(held_of(claim.token, claim.ids), {"_id": 1})}
-        return claim.subset([cid for cid in claim.ids if cid in still])
+        return self._queue.held(claim)
 
-    def renew(self, claim: Claim, lease_seconds: float = 300) -> int:
+    def claimable(self, limit: int) -> int:
+        """How many contexts could be claimed now, counting no further than `limit` (index-backed)."""
+        return self._queue.claimable(limit)
+
+    def renew(self, claim: Claim, lease_seconds: float = LEASE_SECONDS) -> int:
         """Extend the lease; returns how many contexts it still holds."""
-        expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
-        # The whole lease is written: a dotted `$set` of a datetime is stored as a string.
-        lease = _lease(claim.owner, claim.token, expires_at)
-        held = self.contexts.update_many(held_of(claim.token, claim.ids), {"$set": {"lease": lease}}).matched_count
-        claim.expires_at = expires_at
-        return held
+        return self._queue.renew(claim, lease_seconds)
 
     def reap_expired(self, max_attempts: int | None = None) -> int:
         """Return contexts whose lease expired to `pending`; those past max_attempts fail for good.
@@ -387,52 +241,128 @@ class ContextStore(Statistics):
         A context that keeps killing the process that runs it (a poison row) would otherwise be
         reaped and re-run forever.
         """
-        expired = {"status": _eq(Status.PROCESSING.value), "lease.expires_ms": {"$lt": epoch_ms(utcnow())}}
-        reaped = 0
-        if max_attempts is not None:
-            reaped += self.contexts.update_many(
-                {**expired, "attempts": {"$gte": max_attempts}},
-                {"$set": {"status": Status.FAILED.value, "finished_ms": epoch_ms(utcnow()),
-                          "error": {"type": "LeaseExpired", "traceback": "",
-                                    "message": "the process running it stopped before finishing"}},
-                 "$unset": {"lease": ""}, **_stamp("finished_at")},
-            ).modified_count  # fmt: skip
-        reaped += self.contexts.update_many(
-            expired,
-            {
-                "$set": {"status": Status.PENDING.value, "next_attempt_ms": epoch_ms(utcnow())},
-                "$unset": {"lease": ""},
-                **_stamp("next_attempt_at"),
-            },
-        ).modified_count
-        return reaped
-
-    def _touch(self, batch_ids: list[str]) -> None:
-        if batch_ids:
-            self.batches.update_many({"_id": {"$in": batch_ids}}, _stamp("updated_at"))
-
-    # -- batch management -----------------------------------------------------------------
+        return self._queue.reap_expired(max_attempts)
 
     def cancel(self, batch_id: str) -> int:
         """Cancel the batch's pending contexts; returns how many."""
-        self._batch(batch_id)
-        changed = self.contexts.update_many(
-            {"batch_id": _eq(batch_id), "status": _eq(Status.PENDING.value)},
-            {"$set": {"status": Status.CANCELLED.value}, **_stamp("finished_at")},
-        ).modified_count
-        self._touch([batch_id])
-        return changed
+        return self._queue.cancel(batch_id)
 
     def retry(self, batch_id: str) -> int:
         """Send the batch's failed contexts back to `pending` with attempts reset; returns how many."""
-        self._batch(batch_id)
-        changed = self.contexts.update_many(
-            {"batch_id": _eq(batch_id), "status": _eq(Status.FAILED.value)},
-            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
-             "$unset": {"finished_at": "", "finished_ms": ""}, **_stamp("next_attempt_at")},
-        ).modified_count  # fmt: skip
-        self._touch([batch_id])
-        return changed
+        return self._queue.retry(batch_id)
+
+    # -- views --------------------------------------------------------------------------
+
+    def batch_status(self, batch_id: str) -> BatchStatus:
+        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
+        return self._views.batch_status(batch_id)
+
+    def counts(self, batch_id: str) -> dict[str, int]:
+        """The batch's contexts by status, and their total."""
+        return self._views.counts(batch_id)
+
+    def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
+        """The batch's contexts one by one, in submission order (their `sort_id`), streamed."""
+        return self._views.iter_results(batch_id, payload=payload)
+
+    def results(self, batch_id: str) -> pd.DataFrame:
+        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
+        return self._views.results(batch_id)
+
+    def get_context(self, context_id: str) -> dict[str, Any]:
+        """One context as users see it (ContextNotFound when there is none)."""
+        return self._views.get_context(context_id)
+
+    def status_counts(self) -> dict[str, int]:
+        """Contexts of every batch by status."""
+        return self._views.status_counts()
+
+    def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
+        """How many contexts (of the batch, if given) have this status, by priority level."""
+        return self._views.queue_length(status, batch_id)
+
+    def in_flight(self) -> InFlight:
+        """The batches under a lease now, across every loop: distinct lease tokens of `processing` contexts."""
+        return self._views.in_flight()
+
+    def drained(self) -> bool:
+        """Nothing pending, processing or on its way in: index-backed lookups of one id, not counts.
+
+        On its way in: a committed submission whose move into the queue was cut off (io/staging.py);
+        the loop's janitor finishes it.
+        """
+        return self._views.drained()
+
+    def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest batches first, as batch_status() JSON; only those with `status` if given.
+
+        A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
+        """
+        return self._views.list_batches(status, limit)
+
+    def results_page(
+        self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
+
+        The cursor is opaque; it holds the `sort_id` the next page starts at (a context's position
+        in its batch, given at submit). A page is a key range on the `results` index (batch_id,
+        sort_id), so a deep page costs what the first does; `skip` would read every row before it.
+        """
+        return self._views.results_page(batch_id, limit, cursor, payload=payload)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
+        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
+
+        `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
+        tries of those contexts that failed and ran again); over its completed contexts,
+        `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
+        finished, each as p50/p95/p99;
+        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
+        """
+        return self._statistics.stats(batch_id, window_seconds)
+
+    def timeline(
+        self,
+        batch_id: str | None = None,
+        window_seconds: float = 3600.0,
+        bucket_seconds: float = 60.0,
+    ) -> pd.DataFrame:
+        """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
+
+        Columns: completed, failed (counts), throughput (finished per second), latency_p50 and
+        latency_p95 (created -> finished of its completed contexts, seconds; NaN for a bucket
+        with none, and from a sample of TIMELINE_SAMPLE_SIZE over the whole window past that).
+        """
+        return self._statistics.timeline(batch_id, window_seconds, bucket_seconds)
+
+    def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
+        """stats()'s completed, failed and retried alone: index reads only, for checks that run often."""
+        return self._statistics.finished_counts(window_seconds)
+
+    def oldest_pending(self, batch_id: str | None = None, level: str | None = None) -> dt.datetime | None:
+        """When the oldest pending context (of the batch, of the level) was submitted; None when none waits."""
+        return self._statistics.oldest_pending(batch_id, level)
+
+    def seconds_since_progress(self) -> float:
+        """Seconds since a context last finished, or since the oldest waiting work arrived if later; 0 with no work.
+
+        Work is what is pending or processing: a queue that was idle for a day is not stalled the
+        moment a new batch arrives.
+        """
+        return self._statistics.seconds_since_progress()
+
+    # -- sizing decisions -----------------------------------------------------------------
+
+    def record_decision(self, owner: str, row: Mapping[str, Any]) -> None:
+        """Publish one sizing decision of the loop `owner` (its row: size, split, reason) for the dashboard."""
+        self._decisions.record(owner, row)
+
+    def recent_decisions(self, window_seconds: float, limit: int = 500) -> list[dict[str, Any]]:
+        """The newest decisions of every loop within the window, oldest first (at most `limit`)."""
+        return self._decisions.recent(window_seconds, limit)
 
 
 def connect(
@@ -443,8 +373,6 @@ def connect(
     announce: Any = None,
 ) -> ContextStore:
     """A ContextStore: the given URI, else CTXBATCH_MONGO_URI, else `mongo.uri`, else embedded."""
-    from ctxbatch.io import embedded
-
     uri = uri or os.environ.get("CTXBATCH_MONGO_URI") or (config.mongo.uri if config else None)
     database = database or (config.mongo.database if config else "ctxbatch")
     levels = config.worker.priorities.ranges() if config else None

@@ -1,7 +1,7 @@
-"""What users see of the queue: batch status, results, listings and pages, queue lengths.
+"""What users see of the queue: batch status, results, listings and pages, counts, queue lengths.
 
-A mixin of ContextStore (it reads `self.contexts`, `self.batches`, `self.levels`), kept apart
-because reporting and the queue's mechanics (submit, claim, settle) change for different reasons.
+A part of ContextStore, kept apart because reporting and the queue's mechanics (submit, claim,
+settle) change for different reasons.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ import base64
 import binascii
 import datetime as dt
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING, UpdateOne
-from pymongo.collection import Collection
 
 from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
-from ctxbatch.io import staging
+from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import Status, in_one_reply, in_replies_of
 from ctxbatch.io.schema import eq as _eq
+from ctxbatch.io.staging import Submissions
 
 RESULT_COLUMNS = [
     "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
@@ -32,17 +33,27 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 STREAM_REPLY = 1000
 
 
-class QueueViews:
-    contexts: Collection[dict[str, Any]]
-    batches: Collection[dict[str, Any]]
-    submissions: Collection[dict[str, Any]]
-    staged: Collection[dict[str, Any]]
-    levels: dict[str, tuple[int, int]]
+@dataclass(frozen=True)
+class InFlight:
+    """The batches under a lease right now, across every loop: one lease token per claimed batch."""
 
-    def _batch(self, batch_id: str) -> dict[str, Any]:
+    batches: int
+    contexts: int
+
+
+class Views:
+    """Reads of the queue as users see it (ContextStore documents each public method)."""
+
+    def __init__(self, connection: Connection, levels: dict[str, tuple[int, int]], submissions: Submissions) -> None:
+        self.connection = connection
+        self.levels = levels
+        self.submissions = submissions
+
+    def batch_document(self, batch_id: str) -> dict[str, Any]:
+        """The batch's own document; BatchNotFound when there is none."""
         if not isinstance(batch_id, str):
             raise BatchNotFound(str(batch_id))
-        found = self.batches.find_one({"_id": _eq(batch_id)})
+        found = self.connection.batches.find_one({"_id": _eq(batch_id)})
         if found is None:
             raise BatchNotFound(batch_id)
         return found
@@ -51,20 +62,20 @@ class QueueViews:
         counts = self._count_by_status({"batch_id": _eq(batch_id)})
         return {"total": sum(counts.values()), **counts}
 
-    def _count(self, match: dict[str, Any]) -> int:
+    def count(self, match: dict[str, Any]) -> int:
         """How many contexts match: the `count` command, which both servers answer from an index.
 
         Not an aggregate: nx-27017 counts the whole collection before every aggregate (a cost that
         grows with history), and pymongo's count_documents is an aggregate (seconds at 100k there).
         """
-        return int(self.contexts.database.command("count", self.contexts.name, query=match)["n"])
+        contexts = self.connection.contexts
+        return int(contexts.database.command("count", contexts.name, query=match)["n"])
 
     def _count_by_status(self, match: dict[str, Any] | None = None) -> dict[str, int]:
-        return {s.value: self._count({**(match or {}), "status": _eq(s.value)}) for s in Status}
+        return {s.value: self.count({**(match or {}), "status": _eq(s.value)}) for s in Status}
 
     def batch_status(self, batch_id: str) -> BatchStatus:
-        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
-        batch = self._batch(batch_id)
+        batch = self.batch_document(batch_id)
         counts = self.counts(batch_id)
         return BatchStatus(
             {
@@ -78,61 +89,60 @@ class QueueViews:
         )
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
-        """The batch's contexts one by one, in submission order (their `sort_id`), streamed."""
-        self._batch(batch_id)
+        self.batch_document(batch_id)
         projection = None if payload else {"payload": 0}
-        found = self.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("sort_id", ASCENDING)
+        found = self.connection.contexts.find({"batch_id": _eq(batch_id)}, projection).sort("sort_id", ASCENDING)
         for doc in in_replies_of(found, STREAM_REPLY):
             yield context_view(doc)
 
     def results(self, batch_id: str) -> pd.DataFrame:
-        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
         return pd.DataFrame(list(self.iter_results(batch_id)), columns=RESULT_COLUMNS)
 
     def get_context(self, context_id: str) -> dict[str, Any]:
-        found = self.contexts.find_one({"_id": _eq(context_id)}) if isinstance(context_id, str) else None
+        found = self.connection.contexts.find_one({"_id": _eq(context_id)}) if isinstance(context_id, str) else None
         if found is None:
             raise ContextNotFound(str(context_id))
         return context_view(found)
 
     def status_counts(self) -> dict[str, int]:
-        """Contexts of every batch by status."""
         return self._count_by_status()
 
     def drained(self) -> bool:
-        """Nothing pending, processing or on its way in: index-backed lookups of one id, not counts.
-
-        On its way in: a committed submission whose move into the queue was cut off (io/staging.py);
-        the loop's janitor finishes it.
-        """
         waiting = (Status.PENDING.value, Status.PROCESSING.value)
-        if any(self.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is not None for s in waiting):
+        if any(self.connection.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is not None for s in waiting):
             return False
-        return not staging.arriving(self)
+        return not self.submissions.arriving()
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
-        """How many contexts (of the batch, if given) have this status, by priority level."""
         match: dict[str, Any] = {"status": _eq(str(status))}
         if batch_id is not None:
             match["batch_id"] = _eq(batch_id)
         # A closed range per level: the `claim` index (status, priority, ...) serves each count.
         return {
-            name: self._count({**match, "priority": {"$gte": low, "$lte": high}})
+            name: self.count({**match, "priority": {"$gte": low, "$lte": high}})
             for name, (low, high) in self.levels.items()
         }
+
+    def in_flight(self) -> InFlight:
+        grouped = self.connection.contexts.aggregate(
+            [
+                {"$match": {"status": _eq(Status.PROCESSING.value)}},
+                {"$group": {"_id": "$lease.token", "n": {"$sum": 1}}},
+            ]
+        )
+        sizes = [row["n"] for row in grouped]
+        return InFlight(batches=len(sizes), contexts=sum(sizes))
 
     # -- listing and pages ----------------------------------------------------------------
 
     def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest batches first, as batch_status() JSON; only those with `status` if given.
-
-        A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
-        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else Status(status).value
         # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
-        newest = self.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort("created_at", DESCENDING)
+        newest = self.connection.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort(
+            "created_at", DESCENDING
+        )
         if wanted is None:
             newest = newest.limit(limit)
         found: list[dict[str, Any]] = []
@@ -147,47 +157,45 @@ class QueueViews:
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of iter_results(): up to `limit` contexts, and the cursor of the next page (None at the end).
-
-        The cursor is opaque; it holds the `sort_id` the next page starts at (a context's position
-        in its batch, given at submit). A page is a key range on the `results` index (batch_id,
-        sort_id), so a deep page costs what the first does; `skip` would read every row before it.
-        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        batch = self._batch(batch_id)
-        start = 0 if cursor is None else self._cursor_offset(cursor)
+        batch = self.batch_document(batch_id)
+        start = 0 if cursor is None else cursor_offset(cursor)
         if start == 0 and batch.get("total") and self._unnumbered(batch_id):
             self._number_batch(batch_id)
         projection = None if payload else {"payload": 0}
-        page = self.contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start}}, projection)
+        page = self.connection.contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start}}, projection)
         found = list(in_one_reply(page.sort("sort_id", ASCENDING).limit(limit + 1), limit + 1))
-        following = self._page_cursor(found[limit]["sort_id"]) if len(found) > limit else None
+        following = page_cursor(found[limit]["sort_id"]) if len(found) > limit else None
         return [context_view(doc) for doc in found[:limit]], following
 
     def _unnumbered(self, batch_id: str) -> bool:
-        return self.contexts.find_one({"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}, {"_id": 1}) is None
+        return (
+            self.connection.contexts.find_one({"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}, {"_id": 1}) is None
+        )
 
     def _number_batch(self, batch_id: str) -> None:
         """Give a batch stored before `sort_id` existed its positions, in id order (once, on its first page)."""
-        ids = self.contexts.find({"batch_id": _eq(batch_id)}, {"_id": 1}).sort("_id", ASCENDING)
+        ids = self.connection.contexts.find({"batch_id": _eq(batch_id)}, {"_id": 1}).sort("_id", ASCENDING)
         ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"sort_id": n}}) for n, d in enumerate(ids)]
         for begin in range(0, len(ops), 10_000):
-            self.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
+            self.connection.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
 
-    @staticmethod
-    def _page_cursor(offset: int) -> str:
-        return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
 
-    @staticmethod
-    def _cursor_offset(cursor: str) -> int:
-        try:
-            text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-        except (binascii.Error, UnicodeError, ValueError):
-            raise InvalidCursor(cursor) from None
-        if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
-            raise InvalidCursor(cursor)
-        return int(text[1:])
+def page_cursor(offset: int) -> str:
+    """The opaque cursor of the results page that starts at this `sort_id`."""
+    return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
+
+
+def cursor_offset(cursor: str) -> int:
+    """The `sort_id` a page cursor starts at; InvalidCursor when it is not one of page_cursor()'s."""
+    try:
+        text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidCursor(cursor) from None
+    if not (text[:1] == "o" and text[1:].isascii() and text[1:].isdigit() and len(text) <= 16):
+        raise InvalidCursor(cursor)
+    return int(text[1:])
 
 
 class BatchStatus(dict[str, Any]):

@@ -4,7 +4,7 @@ Every `monitoring.evaluate_every_seconds` a loop reads the cluster's figures (st
 `monitoring.window_seconds`, the critical errors any loop recorded, the seconds since progress)
 and checks each rule. A rule that has held for its `for_seconds` fires; one that stops holding
 resolves. The change is recorded in the rule's alert document, conditional on the state this loop
-read (io/alerts.py): of several loops that see the same change, the one whose update wins logs the
+read (io/alert_state.py): of several loops that see the same change, the one whose update wins logs the
 WARNING line and sends the webhook, so the cluster pages once. Every loop's
 `ctxbatch_alerts_firing` gauge shows the recorded state, the same in all of them.
 """
@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from ctxbatch.config import AlertRule, MonitoringSettings
 from ctxbatch.io import ContextStore, Status, utcnow
-from ctxbatch.io.alerts import FIRING, RESOLVED, AlertBook, AlertState
+from ctxbatch.io.alert_state import FIRING, RESOLVED, AlertBook, AlertState
 from ctxbatch.monitoring.webhook import WebhookSender, alertmanager_payload
 
 log = logging.getLogger("ctxbatch.monitoring")
@@ -106,7 +106,7 @@ class AlertEvaluator:
         self.rules = rules
         self.window_seconds = window_seconds
         self.owner = owner
-        self.book = AlertBook(store.db)
+        self.book = store.alert_book
         self.firing: dict[str, bool] = {rule.name: False for rule in rules}
         self._holding_since: dict[str, float] = {}
 

@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 from ctxbatch.config import Settings
 from ctxbatch.errors import ConfigError
 from ctxbatch.io import ContextStore, utcnow
-from ctxbatch.io.alerts import AlertBook
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.database import DatabaseCollector
 from ctxbatch.pipeline.events import (
@@ -135,7 +134,7 @@ class LoopMonitor(Subscriber):
         self.metrics = LoopMetrics(store)
         self.alerts = AlertMonitor(store, monitoring, owner)
         self.metrics.registry.register(AlertsCollector(self.alerts.evaluator))
-        self.book = AlertBook(store.db)
+        self.book = store.alert_book
         self.host, self.port = monitoring.metrics_host, monitoring.metrics_port
         self.url: str | None = None
         self._bridge = _Bridge(self.metrics.registry)

@@ -13,18 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from ctxbatch.io import ContextStore, Status, utcnow
-from ctxbatch.io.alerts import FIRING, AlertBook
-from ctxbatch.io.schema import eq
+from ctxbatch.io import ContextStore, utcnow
+from ctxbatch.io.alert_state import FIRING
+from ctxbatch.io.views import InFlight
 from ctxbatch.monitoring.decisions import recent_decisions
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """The batches under a lease right now, across every loop: one lease token per claimed batch."""
-
-    batches: int
-    contexts: int
 
 
 @dataclass
@@ -40,15 +32,8 @@ class Snapshot:
 
 
 def batches_in_flight(store: ContextStore) -> InFlight:
-    """Distinct lease tokens of `processing` contexts (an aggregate over the processing ones only)."""
-    grouped = store.contexts.aggregate(
-        [
-            {"$match": {"status": eq(Status.PROCESSING.value)}},
-            {"$group": {"_id": "$lease.token", "n": {"$sum": 1}}},
-        ]
-    )
-    sizes = [row["n"] for row in grouped]
-    return InFlight(batches=len(sizes), contexts=sum(sizes))
+    """The batches under a lease now, across every loop (ContextStore.in_flight)."""
+    return store.in_flight()
 
 
 def read_snapshot(
@@ -73,7 +58,7 @@ def read_snapshot(
 
 def firing_alerts(store: ContextStore) -> list[dict[str, Any]]:
     """The alerts firing now, from the state the loops that evaluate the rules keep in the database."""
-    firing = [state for state in AlertBook(store.db).states().values() if state.status == FIRING]
+    firing = [state for state in store.alert_book.states().values() if state.status == FIRING]
     return [
         {"alertname": s.name, "since": s.starts_at, "value": s.value, "loop": s.owner}
         for s in sorted(firing, key=lambda s: s.starts_at)

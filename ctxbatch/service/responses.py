@@ -125,10 +125,8 @@ def install_error_answers(app: FastAPI) -> None:
     async def refused(_: Request, exc: Exception) -> JSONAnswer:
         return error_answer(400, str(exc))
 
-    async def database_error(request: Request, exc: Exception) -> JSONAnswer:
+    async def database_error(_: Request, exc: Exception) -> JSONAnswer:
         if isinstance(exc, UNAVAILABLE):
-            # An embedded server that came back on another port is followed from the next request on.
-            request.app.state.store.follow_embedded()
             return error_answer(503, f"the database is unavailable: {short_reason(exc)}")
         log.error("database error", exc_info=exc)
         return error_answer(500, f"the database refused the operation: {exc}")

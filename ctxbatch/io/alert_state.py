@@ -20,6 +20,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import epoch_ms
 from ctxbatch.io.schema import eq as _eq
 
@@ -53,10 +54,19 @@ def _iso(moment: dt.datetime) -> str:
 class AlertBook:
     """The `alerts` collection (one document per rule) and the `critical_errors` log."""
 
-    def __init__(self, db: Database[dict[str, Any]]) -> None:
-        self.alerts: Collection[dict[str, Any]] = db["alerts"]
-        self.critical: Collection[dict[str, Any]] = db["critical_errors"]
+    def __init__(self, source: Connection | Database[dict[str, Any]]) -> None:
+        # A store's book reaches its collections through the connection, so it follows a moved server.
+        self.source = source
         self._indexed = False
+
+    @property
+    def alerts(self) -> Collection[dict[str, Any]]:
+        return self.source.bound.alerts if isinstance(self.source, Connection) else self.source["alerts"]
+
+    @property
+    def critical(self) -> Collection[dict[str, Any]]:
+        source = self.source
+        return source.bound.critical_errors if isinstance(source, Connection) else source["critical_errors"]
 
     def states(self) -> dict[str, AlertState]:
         """Every alert's last known state, by name (a small collection: one document per rule)."""

@@ -1,0 +1,164 @@
+"""The one connection every part of the store shares: the client, the database, its collections.
+
+The parts (queue, submissions, views, stats, decisions, alerts) reach a collection through this
+object each time they use one and keep none of their own, so a rebind here is seen by all of them.
+
+It follows the embedded server on its own. On the embedded default (`connect()` with no URI) the
+server may come back on another port when its own was taken meanwhile (io/embedded.py). A pymongo
+listener on the client notes every failed heartbeat and failed command; the next use of a
+collection then reads where the record says the server runs (a small file) and rebinds there if
+it moved. While the server answers this costs one flag test per collection reached: no round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+    ServerHeartbeatFailedEvent,
+    ServerHeartbeatListener,
+    ServerHeartbeatStartedEvent,
+    ServerHeartbeatSucceededEvent,
+)
+
+from ctxbatch.io import embedded
+from ctxbatch.io.schema import BATCH_INDEXES, CONTEXT_INDEXES, STAGED_INDEXES
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A client and every collection of the database on it; replaced whole when the server moves."""
+
+    client: MongoClient[Document]
+    db: Database[Document]
+    contexts: Collection[Document]
+    batches: Collection[Document]
+    # Submissions on their way in, and their staged chunks (io/staging.py).
+    submissions: Collection[Document]
+    staged: Collection[Document]
+    alerts: Collection[Document]
+    critical_errors: Collection[Document]
+    sizing_decisions: Collection[Document]
+
+    @classmethod
+    def of(cls, client: MongoClient[Document], database: str) -> Binding:
+        db = client[database]
+        names = ("contexts", "batches", "submissions", "staged", "alerts", "critical_errors", "sizing_decisions")
+        return cls(client, db, **{name: db[name] for name in names})
+
+
+class LostServerWatch(ServerHeartbeatListener, CommandListener):
+    """Tells its connection when its client lost the server: a heartbeat or a command failed.
+
+    A command's failure is told in the thread that ran it, before the caller sees the error, so
+    the caller's next try already follows; a heartbeat's covers errors no command was sent for.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def failed(self, event: ServerHeartbeatFailedEvent | CommandFailedEvent) -> None:
+        # A command the server refused carries its reply (with `ok`): that server is still there.
+        if isinstance(event, CommandFailedEvent) and "ok" in event.failure:
+            return
+        self.connection.note_lost(self)
+
+    def started(self, event: ServerHeartbeatStartedEvent | CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: ServerHeartbeatSucceededEvent | CommandSucceededEvent) -> None:
+        pass
+
+
+class Connection:
+    """The MongoClient, the database and its collections, rebound when the embedded server moves."""
+
+    def __init__(self, uri: str, database: str, client: MongoClient[Document] | None = None) -> None:
+        self.uri = uri
+        self.database_name = database
+        # Set by connect() when the store is on the embedded default, whose port may move.
+        self.embedded = False
+        self._lock = threading.Lock()
+        self._lost = False
+        self._watch: LostServerWatch | None = None
+        self._binding = Binding.of(client or self._new_client(uri), database)
+        self._indexed = False
+
+    def _new_client(self, uri: str) -> MongoClient[Document]:
+        self._watch = LostServerWatch(self)
+        return MongoClient(uri, tz_aware=True, connect=False, event_listeners=[self._watch])
+
+    def note_lost(self, watch: LostServerWatch) -> None:
+        # A client left behind by a move keeps failing its heartbeats: only the current one counts.
+        if watch is self._watch:
+            self._lost = True
+
+    @property
+    def bound(self) -> Binding:
+        """The current client and collections, after following the embedded server if it was lost."""
+        if self._lost and self.embedded:
+            self.follow_embedded()
+        return self._binding
+
+    def follow_embedded(self) -> bool:
+        """On the embedded default: rebind when the server now runs elsewhere; True if it moved."""
+        if not self.embedded:
+            return False
+        with self._lock:
+            uri = embedded.located()
+            if uri is None:
+                return False  # not back yet: asked again at the next use
+            self._lost = False
+            if uri == self.uri:
+                return False
+            # The old client is left open: an operation of another thread may be using it; it idles.
+            self.uri = uri
+            self._binding = Binding.of(self._new_client(uri), self.database_name)
+            return True
+
+    @property
+    def client(self) -> MongoClient[Document]:
+        return self.bound.client
+
+    @property
+    def db(self) -> Database[Document]:
+        return self.bound.db
+
+    @property
+    def contexts(self) -> Collection[Document]:
+        return self.bound.contexts
+
+    @property
+    def batches(self) -> Collection[Document]:
+        return self.bound.batches
+
+    @property
+    def submissions(self) -> Collection[Document]:
+        return self.bound.submissions
+
+    @property
+    def staged(self) -> Collection[Document]:
+        return self.bound.staged
+
+    def ensure_indexes(self) -> None:
+        """The queue's indexes, created once per connection (creating them again is a no-op there)."""
+        if not self._indexed:
+            binding = self.bound
+            binding.contexts.create_indexes(CONTEXT_INDEXES)
+            binding.batches.create_indexes(BATCH_INDEXES)
+            binding.staged.create_indexes(STAGED_INDEXES)
+            self._indexed = True
+
+    def close(self) -> None:
+        self._binding.client.close()

@@ -1,0 +1,260 @@
+"""The queue's mechanics: claim contexts under a lease, settle them, renew and reap leases, cancel and retry.
+
+Every write back is fenced by the claim's lease token: an update only matches a context that
+is still `processing` under that token, so a loop whose lease expired changes nothing.
+
+nx-27017 note: `$set` (and `$min`/`$max`) of a top-level datetime stores it as a string there,
+which breaks every later date comparison. So updates stamp times with `$currentDate` (the
+server's clock, right on both servers), and the one future time we write (a retried context's
+`next_attempt_at`) goes in with a fenced replace of the whole document. A datetime inside a
+subdocument is stored as a date but does not compare in `find` there, so the lease also
+carries its expiry as epoch milliseconds (`lease.expires_ms`), which the reaper queries.
+A top-level date does compare, but in Python, row by row over every pending context (a claim
+took 10x longer at 100k pending than at 10k), so the claim compares `next_attempt_ms`, the
+same moment as a number, which the server compares in SQL; for the same reason a context
+finished for good (completed or failed) carries `finished_ms`, which stats() queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping, Set
+from typing import Any
+
+from pymongo import ASCENDING, ReplaceOne, UpdateMany, UpdateOne
+from pymongo.errors import PyMongoError
+
+from ctxbatch.config import LEASE_SECONDS
+from ctxbatch.io.claims import Claim, WriteReport
+from ctxbatch.io.connection import Connection
+from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.views import Views
+
+CLAIM_ROUNDS = 3
+RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
+
+
+def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
+    return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
+
+
+def _claimable(now: dt.datetime) -> dict[str, Any]:
+    return {"status": eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
+
+
+def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
+    """`$currentDate` for these fields (see the module's note on datetimes)."""
+    return {"$currentDate": dict.fromkeys(fields, True)}
+
+
+class Queue:
+    """Claims, their fenced writes and leases, and a batch's cancel and retry (ContextStore documents each)."""
+
+    def __init__(self, connection: Connection, views: Views) -> None:
+        self.connection = connection
+        self.views = views
+        # Claims whose update may have been applied though no answer came (see claim()).
+        self._unanswered: list[Claim] = []
+
+    def claim(self, n: int, owner: str, lease_seconds: float = LEASE_SECONDS, *, by_priority: bool = True) -> Claim:
+        self.release_unanswered()
+        contexts = self.connection.contexts
+        token = uuid.uuid4().hex
+        now = utcnow()
+        expires_at = now + dt.timedelta(seconds=lease_seconds)
+        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
+        claimable = _claimable(now)
+        lease = _lease(owner, token, expires_at)
+        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
+        held: list[dict[str, Any]] = []
+        asked: list[str] = []  # every id an update of this lease was sent for
+        try:
+            for _ in range(CLAIM_ROUNDS):
+                wanted = n - len(held)
+                found = list(in_one_reply(contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
+                if not found:
+                    break
+                asked += [d["_id"] for d in found]
+                # The status condition makes this the one conditional update: a context another
+                # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
+                # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
+                won = contexts.update_many(
+                    {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
+                    {"$set": {"status": Status.PROCESSING.value, "lease": lease},
+                     "$inc": {"attempts": 1}, **_stamp("started_at")},
+                ).modified_count  # fmt: skip
+                if won < len(found):
+                    # Another loop took some in between: ask which ones this lease holds.
+                    mine = {d["_id"] for d in contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
+                    found = [d for d in found if d["_id"] in mine]
+                held += [{**d, "attempts": d["attempts"] + 1} for d in found]
+                if len(held) >= n:
+                    break
+        except PyMongoError:
+            if asked:
+                self._unanswered.append(Claim(token, owner, expires_at, asked))
+            raise
+        if by_priority:
+            held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
+        return Claim(
+            token=token,
+            owner=owner,
+            expires_at=expires_at,
+            ids=[d["_id"] for d in held],
+            attempts={d["_id"]: d["attempts"] for d in held},
+            batch_ids=sorted({d["batch_id"] for d in held}),
+        )
+
+    def release_unanswered(self) -> int:
+        given = 0
+        while self._unanswered:
+            given += self.release(self._unanswered[0]).written
+            self._unanswered.pop(0)
+        return given
+
+    def settle(
+        self,
+        claim: Claim,
+        results: Mapping[str, Any] | None = None,
+        errors: Mapping[str, Mapping[str, Any]] | None = None,
+        retry_at: RetryAt = None,
+        release: Iterable[str] = (),
+        deferred: Set[str] = frozenset(),
+    ) -> WriteReport:
+        # A settled context keeps its last lease (users never see it): its token says which
+        # claim made the last change, so a partly fenced-out write can tell what it lost, and
+        # leaving it costs the server less than removing it. Only `processing` is held.
+        contexts = self.connection.contexts
+        fence = held_by(claim.token)
+        finished_ms = epoch_ms(utcnow())
+        ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
+            UpdateOne({"_id": cid, **fence}, {
+                "$set": {"status": Status.COMPLETED.value, "result": result, "finished_ms": finished_ms},
+                "$unset": {"error": ""}, **_stamp("finished_at"),
+            })
+            for cid, result in (results or {}).items()
+        ]  # fmt: skip
+        if errors:
+            ops += self._failure_ops(errors, retry_at, fence, deferred)
+        released = list(release)
+        if released:
+            # Back to `pending` as if never claimed; the lease stays, as on every settled context.
+            ops.append(UpdateMany(
+                {"_id": {"$in": released}, **fence},
+                {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
+            ))  # fmt: skip
+        ids = [*(results or {}), *(errors or {}), *released]
+        if not ops:
+            return WriteReport(0, sorted(ids))
+        written = contexts.bulk_write(ops, ordered=False).modified_count
+        lost: list[str] = []
+        if written < len(ids):
+            # Lost: under another lease now, or under none (reaped).
+            lost = sorted(
+                d["_id"] for d in contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"_id": 1})
+            )
+        self._touch(claim.batch_ids)
+        return WriteReport(written, lost)
+
+    def complete(self, claim: Claim, results: Mapping[str, Any]) -> WriteReport:
+        return self.settle(claim, results=results)
+
+    def fail(self, claim: Claim, errors: Mapping[str, Mapping[str, Any]], retry_at: RetryAt = None) -> WriteReport:
+        return self.settle(claim, errors=errors, retry_at=retry_at)
+
+    def release(self, claim: Claim, ids: Iterable[str] | None = None) -> WriteReport:
+        return self.settle(claim, release=claim.ids if ids is None else ids)
+
+    def _failure_ops(
+        self,
+        errors: Mapping[str, Mapping[str, Any]],
+        retry_at: RetryAt,
+        fence: dict[str, Any],
+        deferred: Set[str],
+    ) -> list[ReplaceOne[dict[str, Any]]]:
+        # Whole-document replaces, fenced like the rest: the only way to store a future
+        # `next_attempt_at` as a date on nx-27017 (see the module's note).
+        now = utcnow()
+        held = self.connection.contexts.find({"_id": {"$in": list(errors)}, **fence})
+        ops = []
+        for doc in held:
+            cid = doc.pop("_id")
+            when = retry_at.get(cid) if isinstance(retry_at, Mapping) else retry_at
+            if when is None:
+                doc.update(status=Status.FAILED.value, finished_at=now, finished_ms=epoch_ms(now))
+            else:
+                doc.update(status=Status.PENDING.value, next_attempt_at=when, next_attempt_ms=epoch_ms(when))
+                if cid in deferred:
+                    doc.update(attempts=doc["attempts"] - 1, deferrals=doc.get("deferrals", 0) + 1)
+            doc.update(error=dict(errors[cid]))
+            ops.append(ReplaceOne({"_id": cid, **fence}, doc))
+        return ops
+
+    def load(self, claim: Claim) -> list[dict[str, Any]]:
+        # Found by their ids (there is no lease index: it would cost every status change). Whole
+        # documents, as nx-27017 projects in Python, which costs it more than sending the rest.
+        found = in_one_reply(self.connection.contexts.find(held_of(claim.token, claim.ids)), len(claim))
+        by_id = {d["_id"]: d for d in found}
+        return [by_id[i] for i in claim.ids if i in by_id]  # claim order, not the server's
+
+    def claimable(self, limit: int) -> int:
+        return len(list(self.connection.contexts.find(_claimable(utcnow()), {"_id": 1}).limit(limit)))
+
+    def held(self, claim: Claim) -> Claim:
+        still = {d["_id"] for d in self.connection.contexts.find(held_of(claim.token, claim.ids), {"_id": 1})}
+        return claim.subset([cid for cid in claim.ids if cid in still])
+
+    def renew(self, claim: Claim, lease_seconds: float = LEASE_SECONDS) -> int:
+        expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
+        # The whole lease is written: a dotted `$set` of a datetime is stored as a string.
+        lease = _lease(claim.owner, claim.token, expires_at)
+        found = held_of(claim.token, claim.ids)
+        held = self.connection.contexts.update_many(found, {"$set": {"lease": lease}}).matched_count
+        claim.expires_at = expires_at
+        return held
+
+    def reap_expired(self, max_attempts: int | None = None) -> int:
+        contexts = self.connection.contexts
+        expired = {"status": eq(Status.PROCESSING.value), "lease.expires_ms": {"$lt": epoch_ms(utcnow())}}
+        reaped = 0
+        if max_attempts is not None:
+            reaped += contexts.update_many(
+                {**expired, "attempts": {"$gte": max_attempts}},
+                {"$set": {"status": Status.FAILED.value, "finished_ms": epoch_ms(utcnow()),
+                          "error": {"type": "LeaseExpired", "traceback": "",
+                                    "message": "the process running it stopped before finishing"}},
+                 "$unset": {"lease": ""}, **_stamp("finished_at")},
+            ).modified_count  # fmt: skip
+        reaped += contexts.update_many(
+            expired,
+            {
+                "$set": {"status": Status.PENDING.value, "next_attempt_ms": epoch_ms(utcnow())},
+                "$unset": {"lease": ""},
+                **_stamp("next_attempt_at"),
+            },
+        ).modified_count
+        return reaped
+
+    def _touch(self, batch_ids: list[str]) -> None:
+        if batch_ids:
+            self.connection.batches.update_many({"_id": {"$in": batch_ids}}, _stamp("updated_at"))
+
+    def cancel(self, batch_id: str) -> int:
+        self.views.batch_document(batch_id)
+        changed = self.connection.contexts.update_many(
+            {"batch_id": eq(batch_id), "status": eq(Status.PENDING.value)},
+            {"$set": {"status": Status.CANCELLED.value}, **_stamp("finished_at")},
+        ).modified_count
+        self._touch([batch_id])
+        return changed
+
+    def retry(self, batch_id: str) -> int:
+        self.views.batch_document(batch_id)
+        changed = self.connection.contexts.update_many(
+            {"batch_id": eq(batch_id), "status": eq(Status.FAILED.value)},
+            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
+             "$unset": {"finished_at": "", "finished_ms": ""}, **_stamp("next_attempt_at")},
+        ).modified_count  # fmt: skip
+        self._touch([batch_id])
+        return changed
