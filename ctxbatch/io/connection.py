@@ -12,6 +12,7 @@ it moved. While the server answers this costs one flag test per collection reach
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from ctxbatch.io import embedded
 from ctxbatch.io.schema import BATCH_INDEXES, CONTEXT_INDEXES, STAGED_INDEXES
 
 Document = dict[str, Any]
+log = logging.getLogger("ctxbatch.io")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Connection:
             if uri == self.uri:
                 return False
             # The old client is left open: an operation of another thread may be using it; it idles.
+            log.warning("the embedded database moved to %s; following it", uri)
             self.uri = uri
             self._binding = Binding.of(self._new_client(uri), self.database_name)
             return True
