@@ -43,8 +43,15 @@ class AlertState:
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> AlertState:
-        return cls(doc["_id"], doc["status"], doc["token"], doc["starts_at"], doc.get("ends_at"),
-                   doc["owner"], doc.get("value"))  # fmt: skip
+        return cls(
+            doc["_id"],
+            doc["status"],
+            doc["token"],
+            doc["starts_at"],
+            doc.get("ends_at"),
+            doc["owner"],
+            doc.get("value"),
+        )
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -74,8 +81,15 @@ class AlertBook:
 
     def fire(self, name: str, seen: AlertState | None, owner: str, value: float | None, now: dt.datetime) -> bool:
         """Mark the alert firing, if it is still as `seen` (None: never recorded); True if this call did."""
-        doc = {"status": FIRING, "token": uuid.uuid4().hex, "starts_at": _iso(now), "starts_ms": epoch_ms(now),
-               "ends_at": None, "owner": owner, "value": value}  # fmt: skip
+        doc = {
+            "status": FIRING,
+            "token": uuid.uuid4().hex,
+            "starts_at": _iso(now),
+            "starts_ms": epoch_ms(now),
+            "ends_at": None,
+            "owner": owner,
+            "value": value,
+        }
         if seen is None:
             try:
                 self.alerts.insert_one({"_id": name, **doc})
@@ -102,10 +116,15 @@ class AlertBook:
         if not self._indexed:
             self.critical.create_indexes(CRITICAL_INDEXES)
             self._indexed = True
-        self.critical.insert_one({
-            "at_ms": epoch_ms(now), "owner": owner, "batch": label,
-            "type": str(error.get("type", "")), "message": str(error.get("message", ""))[:500],
-        })  # fmt: skip
+        self.critical.insert_one(
+            {
+                "at_ms": epoch_ms(now),
+                "owner": owner,
+                "batch": label,
+                "type": str(error.get("type", "")),
+                "message": str(error.get("message", ""))[:500],
+            }
+        )
 
     def critical_errors(self, window_seconds: float, now: dt.datetime) -> int:
         """How many critical errors any loop recorded in the last `window_seconds`."""

@@ -26,9 +26,13 @@ class Claim:
     def subset(self, ids: list[str]) -> Claim:
         """The same lease over some of its contexts (one partition's)."""
         return Claim(
-            self.token, self.owner, self.expires_at, list(ids),
-            {i: self.attempts[i] for i in ids}, self.batch_ids,
-        )  # fmt: skip
+            self.token,
+            self.owner,
+            self.expires_at,
+            list(ids),
+            {i: self.attempts[i] for i in ids},
+            self.batch_ids,
+        )
 
     def split(self, parts: int) -> list[Claim]:
         """The claim as `parts` contiguous, near-equal claims under the same lease (one per partition).

@@ -81,9 +81,12 @@ class Queue:
                 # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
                 won = contexts.update_many(
                     {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
-                    {"$set": {"status": Status.PROCESSING.value, "lease": lease},
-                     "$inc": {"attempts": 1}, **_stamp("started_at")},
-                ).modified_count  # fmt: skip
+                    {
+                        "$set": {"status": Status.PROCESSING.value, "lease": lease},
+                        "$inc": {"attempts": 1},
+                        **_stamp("started_at"),
+                    },
+                ).modified_count
                 if won < len(found):
                     # Another loop took some in between: ask which ones this lease holds.
                     mine = {d["_id"] for d in contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
@@ -129,21 +132,27 @@ class Queue:
         fence = held_by(claim.token)
         finished_ms = epoch_ms(utcnow())
         ops: list[UpdateOne | UpdateMany | ReplaceOne[dict[str, Any]]] = [
-            UpdateOne({"_id": cid, **fence}, {
-                "$set": {"status": Status.COMPLETED.value, "result": result, "finished_ms": finished_ms},
-                "$unset": {"error": ""}, **_stamp("finished_at"),
-            })
+            UpdateOne(
+                {"_id": cid, **fence},
+                {
+                    "$set": {"status": Status.COMPLETED.value, "result": result, "finished_ms": finished_ms},
+                    "$unset": {"error": ""},
+                    **_stamp("finished_at"),
+                },
+            )
             for cid, result in (results or {}).items()
-        ]  # fmt: skip
+        ]
         if errors:
             ops += self._failure_ops(errors, retry_at, fence, deferred)
         released = list(release)
         if released:
             # Back to `pending` as if never claimed; the lease stays, as on every settled context.
-            ops.append(UpdateMany(
-                {"_id": {"$in": released}, **fence},
-                {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
-            ))  # fmt: skip
+            ops.append(
+                UpdateMany(
+                    {"_id": {"$in": released}, **fence},
+                    {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
+                )
+            )
         ids = [*(results or {}), *(errors or {}), *released]
         if not ops:
             return WriteReport(0, sorted(ids))
@@ -221,11 +230,20 @@ class Queue:
         if max_attempts is not None:
             reaped += contexts.update_many(
                 {**expired, "attempts": {"$gte": max_attempts}},
-                {"$set": {"status": Status.FAILED.value, "finished_ms": epoch_ms(utcnow()),
-                          "error": {"type": "LeaseExpired", "traceback": "",
-                                    "message": "the process running it stopped before finishing"}},
-                 "$unset": {"lease": ""}, **_stamp("finished_at")},
-            ).modified_count  # fmt: skip
+                {
+                    "$set": {
+                        "status": Status.FAILED.value,
+                        "finished_ms": epoch_ms(utcnow()),
+                        "error": {
+                            "type": "LeaseExpired",
+                            "traceback": "",
+                            "message": "the process running it stopped before finishing",
+                        },
+                    },
+                    "$unset": {"lease": ""},
+                    **_stamp("finished_at"),
+                },
+            ).modified_count
         reaped += contexts.update_many(
             expired,
             {
@@ -253,8 +271,11 @@ class Queue:
         self.views.batch_document(batch_id)
         changed = self.connection.contexts.update_many(
             {"batch_id": eq(batch_id), "status": eq(Status.FAILED.value)},
-            {"$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
-             "$unset": {"finished_at": "", "finished_ms": ""}, **_stamp("next_attempt_at")},
-        ).modified_count  # fmt: skip
+            {
+                "$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
+                "$unset": {"finished_at": "", "finished_ms": ""},
+                **_stamp("next_attempt_at"),
+            },
+        ).modified_count
         self._touch([batch_id])
         return changed

@@ -95,9 +95,14 @@ class Stager:
 
     def begin(self) -> None:
         self.connection.submissions.insert_one(
-            {"_id": self.batch_id, "state": STAGING, "name": self.name, "created_at": self.created_at,
-             "lease": self._lease()}
-        )  # fmt: skip
+            {
+                "_id": self.batch_id,
+                "state": STAGING,
+                "name": self.name,
+                "created_at": self.created_at,
+                "lease": self._lease(),
+            }
+        )
 
     def renew(self) -> None:
         """Extend the lease when a third of it is spent; lost to the janitor means refused."""
@@ -109,9 +114,14 @@ class Stager:
     def stage(self, documents: list[bytes]) -> None:
         self.renew()
         self.connection.staged.insert_one(
-            {"_id": f"{self.batch_id}:{self.chunks:08d}", "batch_id": self.batch_id, "seq": self.chunks,
-             "n": len(documents), "contexts": bson.Binary(b"".join(documents))}
-        )  # fmt: skip
+            {
+                "_id": f"{self.batch_id}:{self.chunks:08d}",
+                "batch_id": self.batch_id,
+                "seq": self.chunks,
+                "n": len(documents),
+                "contexts": bson.Binary(b"".join(documents)),
+            }
+        )
         self.chunks += 1
         self.count += len(documents)
 
@@ -253,9 +263,14 @@ class Submissions:
         # Written first: a resumed move finds it there.
         with contextlib.suppress(DuplicateKeyError):
             self.connection.batches.insert_one(
-                {"_id": batch_id, "name": submission.get("name"), "total": submission["total"], "created_at": stamp,
-                 "updated_at": stamp}
-            )  # fmt: skip
+                {
+                    "_id": batch_id,
+                    "name": submission.get("name"),
+                    "total": submission["total"],
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                }
+            )
         for chunk in staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
             submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
             _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))

@@ -63,10 +63,12 @@ class Stats(dict[str, Any]):
         rate = self["success_rate"]
         rows: list[tuple[str, Any]] = [
             ("window seconds", self["window_seconds"]),
-            ("completed", self["completed"]), ("failed", self["failed"]), ("retried", self["retried"]),
+            ("completed", self["completed"]),
+            ("failed", self["failed"]),
+            ("retried", self["retried"]),
             ("throughput /s", self["throughput_per_second"]),
             ("success rate", None if rate is None else f"{rate:.1%}"),
-        ]  # fmt: skip
+        ]
         for name in ("latency_seconds", "processing_seconds"):
             rows += [(f"{name.split('_')[0]} {p} s", v) for p, v in self[name].items()]
         rows += [(f"pending {level}", n) for level, n in self["queue_length"].items()]
