@@ -23,7 +23,7 @@ from ctxbatch.config import DaskSettings, Settings, load_config
 from ctxbatch.io import ContextStore, connect
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import DecisionLog
-from ctxbatch.monitoring.loop import LoopMonitor
+from ctxbatch.monitoring.metrics import LoopMonitor
 from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import ShowPage, dask_client
 from ctxbatch.pipeline.engine import Engine, configured, resolve_engine

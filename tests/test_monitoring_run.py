@@ -24,7 +24,7 @@ from test_stats import by_hand
 
 from ctxbatch import ContextStore, Pipeline, Subscriber
 from ctxbatch.cli import main
-from ctxbatch.monitoring.loop import METRIC_NAMES
+from ctxbatch.monitoring.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 60

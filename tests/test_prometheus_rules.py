@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxbatch.monitoring.loop import METRIC_NAMES
+from ctxbatch.monitoring.metrics import METRIC_NAMES
 
 RULES = resources.files("ctxbatch.monitoring") / "prometheus-rules.yml"
 UNIT_TESTS = Path(__file__).parent / "prometheus" / "prometheus-rules.test.yml"

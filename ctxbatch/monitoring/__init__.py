@@ -3,7 +3,7 @@ the dashboard page (`dashboard.py`) and the sizing decisions every loop publishe
 
 from ctxbatch.monitoring.alerts import AlertEvaluator, AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.database import DatabaseCollector
-from ctxbatch.monitoring.loop import METRIC_NAMES, LoopMetrics, LoopMonitor
+from ctxbatch.monitoring.metrics import METRIC_NAMES, LoopMetrics, LoopMonitor
 from ctxbatch.monitoring.webhook import WebhookSender, alertmanager_payload
 
 __all__ = [
