@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +55,22 @@ def test_a_stopped_server_starts_again_on_its_port(home: Path) -> None:
     assert embedded.start().uri == first.uri
 
 
+@contextmanager
+def started_elsewhere(home: Path) -> Iterator[embedded.ServerState]:
+    """The embedded server started while another socket holds its recorded port: it has to move."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        (home / "server.json").write_text(json.dumps({"port": taken.getsockname()[1]}))
+        yield embedded.start()
+
+
 def test_a_store_on_the_default_follows_a_server_that_had_to_move(home: Path) -> None:
     # Given a store on the default, and a server that must come back elsewhere: its port is taken
     embedded.start()
     store = connect()
     kill_server(home)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        (home / "server.json").write_text(json.dumps({"port": taken.getsockname()[1]}))
-        moved = embedded.start()
+    with started_elsewhere(home) as moved:
         # Then the store follows the record there
         assert moved.uri != store.uri
         assert store.follow_embedded() and store.uri == moved.uri
@@ -79,11 +87,7 @@ def test_a_store_on_the_default_follows_a_moved_server_on_its_own(home: Path) ->
     with pytest.raises(PyMongoError):
         store.status_counts()
     # When the server comes back elsewhere (its port is taken) and the operation is tried again
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        (home / "server.json").write_text(json.dumps({"port": taken.getsockname()[1]}))
-        moved = embedded.start()
+    with started_elsewhere(home) as moved:
         assert moved.uri != store.uri
         # Then it reaches the moved server, though nobody called follow_embedded
         assert store.status_counts()["pending"] == 0

@@ -34,15 +34,18 @@ def _title(batch_id: str | None) -> str:
     return f"batch {batch_id}" if batch_id else "all batches"
 
 
-@click.command()
-@click.argument("batch_id", required=False)
-@click.option(
+WINDOW = click.option(
     "--window",
     type=Seconds(),
     default=DEFAULT_WINDOW_SECONDS,
     show_default=True,
     help="Seconds of finished work to count.",
 )
+
+
+@click.command()
+@click.argument("batch_id", required=False)
+@WINDOW
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_state
 def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> None:
@@ -56,13 +59,7 @@ def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> N
 
 @click.command()
 @click.argument("batch_id", required=False)
-@click.option(
-    "--window",
-    type=Seconds(),
-    default=DEFAULT_WINDOW_SECONDS,
-    show_default=True,
-    help="Seconds of finished work to count.",
-)
+@WINDOW
 @click.option("--interval", type=Seconds(), default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("-n", "--refreshes", type=click.IntRange(min=1), help="Stop after this many refreshes.")
 @pass_state
