@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import until
 from PIL import Image
 
 from ctxbatch import ContextStore
@@ -110,8 +111,8 @@ def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, run
             return sources if ready else None
 
         try:
-            sources = browser.wait_for_value(every_plot_has_data, seconds=60)
-        except TimeoutError:
+            sources = until(every_plot_has_data, "data in every plot", timeout=60, every=0.25)
+        except AssertionError:
             (tmp_path / "page.png").write_bytes(browser.screenshot())
             raise
         assert sources["queue"]["rows"] == 3  # one bar per priority level
