@@ -59,9 +59,14 @@ def running_loop(store: ContextStore) -> Iterator[str]:
     said: list[str] = []
     config = {
         "dask": {"n_workers": 2},
-        "worker": {"min_batch_size": 20, "max_batch_size": 200, "batch_size": 20, "target_batch_seconds": 1,
-                   "batch_timeout_seconds": 0},
-    }  # fmt: skip
+        "worker": {
+            "min_batch_size": 20,
+            "max_batch_size": 200,
+            "batch_size": 20,
+            "target_batch_seconds": 1,
+            "batch_timeout_seconds": 0,
+        },
+    }
     pipeline = Pipeline("tests.engines:nap", config, store, announce=said.append)
     failure: list[BaseException] = []
 

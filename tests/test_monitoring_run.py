@@ -148,8 +148,9 @@ def test_a_stalled_queue_fires_seconds_since_progress_and_resolves_when_it_moves
     release = tmp_path / "release"
     store.submit([{"payload": {"i": i, "release": str(release)}} for i in range(4)])
     stalled = {"name": "Stalled", "metric": "seconds_since_progress", "above": 1, "severity": "critical"}
-    pipeline = Pipeline("tests.engines:wait_for_release", settings(alerts=[stalled], webhook_url=receiver.url),
-                        store, client)  # fmt: skip
+    pipeline = Pipeline(
+        "tests.engines:wait_for_release", settings(alerts=[stalled], webhook_url=receiver.url), store, client
+    )
     running = threading.Thread(target=pipeline.run, kwargs={"until_empty": True})
     running.start()
     try:
