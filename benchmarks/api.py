@@ -43,12 +43,17 @@ def contexts(count: int) -> list[dict[str, Any]]:
     rng = random.Random(7)
     return [
         {
-            "payload": {"doc": i, "lang": "en", "text": " ".join(rng.choices(WORDS, k=70)),
-                        "tags": rng.sample(WORDS, 3), "score": rng.random()},
+            "payload": {
+                "doc": i,
+                "lang": "en",
+                "text": " ".join(rng.choices(WORDS, k=70)),
+                "tags": rng.sample(WORDS, 3),
+                "score": rng.random(),
+            },
             "priority": rng.randint(0, 100),
         }
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def _free_port() -> int:
@@ -61,8 +66,8 @@ def _free_port() -> int:
 def serving(uri: str, database: str, log: Path) -> Iterator[str]:
     """A `ctxbatch serve` process on a free loopback port; its URL; stopped on exit."""
     port = _free_port()
-    command = [sys.executable, "-c", "from ctxbatch.cli import main; main()", "--mongo-uri", uri,
-               "--database", database, "serve", "--port", str(port)]  # fmt: skip
+    command = [sys.executable, "-c", "from ctxbatch.cli import main; main()", "--mongo-uri", uri]
+    command += ["--database", database, "serve", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "CTXBATCH_API_TOKEN"}
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -97,8 +102,12 @@ def measure(uri: str, count: int, repeat: int, workdir: Path) -> dict[str, list[
     records = contexts(count)
     database = f"bench_api_{uuid.uuid4().hex[:8]}"
     store = ContextStore(uri, database)
-    names = ["(a) ContextStore.submit", "(b) POST /api/contexts/bulk",
-             "(c) GET one results page of 1,000", "(d) GET results as JSON Lines"]  # fmt: skip
+    names = [
+        "(a) ContextStore.submit",
+        "(b) POST /api/contexts/bulk",
+        "(c) GET one results page of 1,000",
+        "(d) GET results as JSON Lines",
+    ]
     times: dict[str, list[float]] = {name: [] for name in names}
     try:
         with serving(uri, database, workdir / "serve.log") as url, httpx.Client(base_url=url, timeout=300) as http:
@@ -138,8 +147,12 @@ def table(times: dict[str, list[float]], count: int) -> str:
     median = {name: statistics.median(runs) for name, runs in times.items()}
     a, b = median["(a) ContextStore.submit"], median["(b) POST /api/contexts/bulk"]
     runs = len(times["(a) ContextStore.submit"])
-    lines = [f"{count:,} contexts (~0.5 KB payloads), medians of {runs} runs", "",
-             "| way | median s | runs s |", "| --- | ---: | --- |"]  # fmt: skip
+    lines = [
+        f"{count:,} contexts (~0.5 KB payloads), medians of {runs} runs",
+        "",
+        "| way | median s | runs s |",
+        "| --- | ---: | --- |",
+    ]
     for name, measured in times.items():
         lines.append(f"| {name} | {median[name]:.3f} | {', '.join(f'{t:.3f}' for t in measured)} |")
     lines += ["", f"(b)/(a) = {b / a:.2f} (target <= 2.0)"]

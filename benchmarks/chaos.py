@@ -81,9 +81,10 @@ class Harness:
         self.config = folder / "chaos.yaml"
         self.config.write_text(CONFIG)
         self.env = {
-            **os.environ, "CTXBATCH_HOME": str(self.home),
+            **os.environ,
+            "CTXBATCH_HOME": str(self.home),
             "PYTHONPATH": os.pathsep.join([str(BENCHMARKS), os.environ.get("PYTHONPATH", "")]),
-        }  # fmt: skip
+        }
         self.env.pop("CTXBATCH_MONGO_URI", None)
         self.processes: list[subprocess.Popen[Any]] = []
         self.logs: dict[int, str] = {}
@@ -111,9 +112,13 @@ class Harness:
         # Its stderr goes to a file of its own, shown when it exits non-zero (see `wait`).
         with (self.home.parent / f"{args[0]}-{len(self.processes)}.log").open("wb") as log:
             process = subprocess.Popen(
-                self.ctxbatch(*args), env=self.env, start_new_session=True,
-                stdout=subprocess.DEVNULL, stderr=log, **kwargs,
-            )  # fmt: skip
+                self.ctxbatch(*args),
+                env=self.env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                **kwargs,
+            )
         self.processes.append(process)
         self.logs[process.pid] = log.name
         return process

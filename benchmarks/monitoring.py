@@ -159,13 +159,23 @@ def finished_docs(start: int, count: int, finished: Callable[[random.Random], dt
         end = finished(rng)
         began = end - dt.timedelta(seconds=rng.uniform(0.01, 2))
         created = began - dt.timedelta(seconds=rng.uniform(0, 60))
-        docs.append({
-            "_id": f"c{i:09d}", "batch_id": f"b{i // 10_000}", "priority": rng.randint(0, 100),
-            "status": "failed" if rng.random() < 0.05 else "completed",
-            "payload": {"i": i, "text": "x" * 200}, "result": {"n": i}, "attempts": rng.choice([1, 1, 1, 2]),
-            "next_attempt_at": created, "next_attempt_ms": epoch_ms(created), "created_at": created,
-            "started_at": began, "finished_at": end, "finished_ms": epoch_ms(end),
-        })  # fmt: skip
+        docs.append(
+            {
+                "_id": f"c{i:09d}",
+                "batch_id": f"b{i // 10_000}",
+                "priority": rng.randint(0, 100),
+                "status": "failed" if rng.random() < 0.05 else "completed",
+                "payload": {"i": i, "text": "x" * 200},
+                "result": {"n": i},
+                "attempts": rng.choice([1, 1, 1, 2]),
+                "next_attempt_at": created,
+                "next_attempt_ms": epoch_ms(created),
+                "created_at": created,
+                "started_at": began,
+                "finished_at": end,
+                "finished_ms": epoch_ms(end),
+            }
+        )
     return docs
 
 
@@ -198,8 +208,10 @@ def stats_part(uri: str, history: int) -> dict[str, list[float]]:
         store.ensure_indexes()
     started = time.perf_counter()
     insert(large, 0, history - IN_WINDOW, old)
-    print(f"inserted {history - IN_WINDOW:,} older finished contexts in {time.perf_counter() - started:.0f} s",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"inserted {history - IN_WINDOW:,} older finished contexts in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
     insert(large, history - IN_WINDOW, IN_WINDOW, recent)
     insert(small, 0, IN_WINDOW, recent)
     assert small.stats()["completed"] + small.stats()["failed"] == IN_WINDOW

@@ -152,8 +152,12 @@ def cpu_seconds(pid: int | None) -> float:
 def measure(uri: str, count: int, repeat: int, workdir: Path, naive_too: bool) -> dict[str, list[dict[str, float]]]:
     pid = embedded.status().pid if uri == embedded.status().uri else None
     dask = RUN_CONFIG["dask"]
-    cluster = LocalCluster(n_workers=dask["n_workers"], threads_per_worker=dask["threads_per_worker"],
-                           processes=True, dashboard_address=None)  # fmt: skip
+    cluster = LocalCluster(
+        n_workers=dask["n_workers"],
+        threads_per_worker=dask["threads_per_worker"],
+        processes=True,
+        dashboard_address=None,
+    )
     client = Client(cluster)
     ways: dict[str, tuple[Way, Callable[[str, str, int], None]]] = {
         "(a) ctxbatch run, whole command": (lambda u, d: run_ctxbatch(u, d, workdir), fill),

@@ -29,8 +29,10 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(done.stderr)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"| {options.contexts:,} lines of {line:.0f} bytes | {wall:.1f} s | {options.contexts / wall:,.0f} | "
-              f"{peak_mb:.0f} MB |")  # fmt: skip
+        print(
+            f"| {options.contexts:,} lines of {line:.0f} bytes | {wall:.1f} s | {options.contexts / wall:,.0f} | "
+            f"{peak_mb:.0f} MB |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +120,6 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"JavaScript raised: {result['exceptionDetails']}")
         return result["result"].get("value")
-
-    def wait_for_value(self, probe: Callable[[], Any], seconds: float) -> Any:
-        """Call `probe` until it returns something truthy; that, or TimeoutError after `seconds`."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(0.25)
-        raise TimeoutError(f"nothing after {seconds} s")
 
     def screenshot(self) -> bytes:
         """A PNG of the whole page."""

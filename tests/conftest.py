@@ -1,20 +1,51 @@
-"""Fixtures: one real embedded server (nx-27017) for the session, one database per test."""
+"""Fixtures: one real embedded server (nx-27017) for the session, one database per test.
+
+Each fixture and helper more than one test module uses is here, once: the Dask `client`, the HTTP
+API's TestClient (`api`), `ctxbatch run` processes (`loops`), a webhook `receiver`, a private
+CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a condition.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import yaml
 from distributed import Client, LocalCluster
+from fastapi.testclient import TestClient
 from pymongo import MongoClient, monitoring
+from receiver import WebhookReceiver
 
+from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, embedded
+from ctxbatch.service import create_app
+from ctxbatch.service.security import TOKEN_VARIABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_SECONDS = 60
+T = TypeVar("T")
+
+
+def until(condition: Callable[[], T], what: str, timeout: float = DEADLINE_SECONDS, every: float = 0.05) -> T:
+    """condition()'s first truthy value, polled every `every` s; AssertionError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +174,81 @@ def client(request: pytest.FixtureRequest) -> Iterator[Client]:
     """One cluster per test module, shaped by the module's `CLUSTER` (local_cluster's arguments)."""
     with local_cluster(**getattr(request.module, "CLUSTER", {})) as connected:
         yield connected
+
+
+@pytest.fixture
+def api(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The HTTP API over this test's store, in FastAPI's TestClient, with no token asked for."""
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    with TestClient(create_app(store, Settings())) as opened:
+        yield opened
+
+
+Loop = subprocess.Popen[str]
+
+
+@pytest.fixture
+def loops(mongo_uri: str, database: str, tmp_path: Path) -> Iterator[Callable[..., Loop]]:
+    """Starts `ctxbatch run` processes on this test's database, each in its own process group.
+
+    `loops(config, engine, *args)`: `config` is a settings dict (written to a YAML file here) or the
+    path of one; `args` follow `run --config ... --engine ENGINE`. Whatever is still running at the end
+    is killed, process group and all.
+    """
+    started: list[Loop] = []
+
+    def start(config: dict[str, Any] | Path, engine: str, *args: str) -> Loop:
+        if isinstance(config, dict):
+            path = tmp_path / f"loop-config-{len(started)}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            config = path
+        command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", mongo_uri, "--database", database]
+        command += ["run", "--config", str(config), "--engine", engine, *args]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1 for this test, shut down after it."""
+    with WebhookReceiver().running() as running:
+        yield running
+
+
+def servers_for(home: Path) -> list[int]:
+    """Pids of the live nx-27017 processes serving this home's data."""
+    data_dir = str(home / "db")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "status").read_text()
+        except OSError:
+            continue
+        if b"nx_27017.nx_27017" in command and data_dir.encode() in command and "\nState:\tZ" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """CTXBATCH_HOME for this test alone; whatever server runs there is stopped afterwards."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("CTXBATCH_HOME", str(path))
+    monkeypatch.delenv("CTXBATCH_MONGO_URI", raising=False)
+    try:
+        yield path
+    finally:
+        embedded.stop()
+        assert servers_for(path) == []

@@ -48,8 +48,12 @@ def batch_fail_when_flagged(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def record_call(payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends payload["i"] to payload["calls_file"] once the row is done: after payload["sleep"] seconds,
+    and after the file payload["release"] exists if it names one (at most 120 s, so a row left behind ends)."""
     if payload.get("sleep"):
         time.sleep(payload["sleep"])
+    if payload.get("release"):
+        _wait_for_file(payload["release"], 120)
     # One write per call in append mode, so concurrent workers' lines never interleave.
     with open(payload["calls_file"], "a") as calls:
         calls.write(f"{payload['i']}\n")
@@ -107,11 +111,15 @@ with_setup.setup = lambda: _mark("setup")  # type: ignore[attr-defined]
 with_setup.teardown = lambda: _mark("teardown")  # type: ignore[attr-defined]
 
 
+def _wait_for_file(path: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def wait_for_release(payload: dict[str, Any]) -> dict[str, Any]:
     """Blocks until the file payload["release"] exists (at most 60 s): a stalled engine, on demand."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(payload["release"]) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for_file(payload["release"], 60)
     return {"i": payload.get("i")}
 
 

@@ -10,14 +10,22 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# The longest a POST waits for `hold`: a test that never sets it still ends.
+HOLD_SECONDS = 20.0
+
 
 class WebhookReceiver:
-    """Records each POSTed JSON body; answers `status` (after `delay` seconds), or 500 for the first `fail_first`."""
+    """Records each POSTed JSON body, then answers `status`, or 500 for the first `fail_first` (not recorded).
 
-    def __init__(self, status: int = 200, delay: float = 0.0, fail_first: int = 0) -> None:
+    With `hold`, each POST waits until the event is set before it records and answers: a slow receiver,
+    as slow as the test wants. A body is recorded before its answer, so a sender that got its answer
+    finds its body in `bodies`.
+    """
+
+    def __init__(self, status: int = 200, hold: threading.Event | None = None, fail_first: int = 0) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.attempts = 0
-        self.status, self.delay, self.fail_first = status, delay, fail_first
+        self.status, self.hold, self.fail_first = status, hold, fail_first
         self._changed = threading.Condition()
         receiver = self
 
@@ -27,14 +35,15 @@ class WebhookReceiver:
                 with receiver._changed:
                     receiver.attempts += 1
                     failing = receiver.attempts <= receiver.fail_first
-                time.sleep(receiver.delay)
-                self.send_response(500 if failing else receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                if receiver.hold is not None:
+                    receiver.hold.wait(HOLD_SECONDS)
                 if not failing:
                     with receiver._changed:
                         receiver.bodies.append(body)
                         receiver._changed.notify_all()
+                self.send_response(500 if failing else receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

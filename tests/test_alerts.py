@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import WebhookReceiver, dead_url
@@ -22,15 +24,24 @@ from ctxbatch.monitoring.webhook import WebhookSender
 QUEUE_RULE = {"name": "QueueLong", "metric": "queue_length", "above": 2, "severity": "page", "summary": "Too many"}
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver().running() as running:
-        yield running
-
-
-def monitor(store: ContextStore, owner: str = "loop-a", **monitoring: Any) -> AlertMonitor:
+def monitor(
+    store: ContextStore, owner: str = "loop-a", clock: Callable[[], float] = time.monotonic, **monitoring: Any
+) -> AlertMonitor:
     settings = MonitoringSettings.model_validate({"default_alerts": False, "alerts": [QUEUE_RULE], **monitoring})
-    return AlertMonitor(store, settings, owner)
+    return AlertMonitor(store, settings, owner, clock)
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def drain(store: ContextStore) -> None:
@@ -81,18 +92,41 @@ def test_a_rule_that_keeps_holding_fires_once(store: ContextStore, receiver: Web
     changes = [alerts.evaluate_once() for _ in range(3)]
     assert [len(c) for c in changes] == [1, 0, 0]
     alerts.stop()
+    receiver.wait_for(lambda bodies: len(bodies) >= 1)
     assert receiver.statuses() == [("firing", "QueueLong")]
 
 
 def test_a_rule_fires_only_once_it_held_for_its_for_seconds(store: ContextStore) -> None:
-    alerts = monitor(store, alerts=[{**QUEUE_RULE, "for_seconds": 0.3}])
+    clock = FakeClock()
+    alerts = monitor(store, clock=clock, alerts=[{**QUEUE_RULE, "for_seconds": 30}])
     store.submit([{"payload": {}} for _ in range(3)])
-    first = time.monotonic()
+    # Held from now: not yet, nor a moment before its 30 s are up
     assert alerts.evaluate_once() == []
-    deadline = first + 20
-    while not alerts.evaluate_once():
-        assert time.monotonic() < deadline
-    assert time.monotonic() - first >= 0.3
+    clock.advance(29.9)
+    assert alerts.evaluate_once() == []
+    assert alerts.evaluator.firing == {"QueueLong": False}
+    # Held for 30 s: it fires, once
+    clock.advance(0.1)
+    assert [c.status for c in alerts.evaluate_once()] == ["firing"]
+    clock.advance(60)
+    assert alerts.evaluate_once() == []
+    assert alerts.evaluator.firing == {"QueueLong": True}
+
+
+def test_a_rule_that_stops_holding_starts_its_for_seconds_again(store: ContextStore) -> None:
+    clock = FakeClock()
+    alerts = monitor(store, clock=clock, alerts=[{**QUEUE_RULE, "for_seconds": 30}])
+    store.submit([{"payload": {}} for _ in range(3)])
+    assert alerts.evaluate_once() == []
+    clock.advance(20)
+    drain(store)  # stops holding after 20 s
+    assert alerts.evaluate_once() == []
+    store.submit([{"payload": {}} for _ in range(3)])  # holds again, from now
+    assert alerts.evaluate_once() == []
+    clock.advance(20)  # 40 s since it first held, 20 s since it held again
+    assert alerts.evaluate_once() == []
+    clock.advance(10)
+    assert [c.status for c in alerts.evaluate_once()] == ["firing"]
 
 
 def test_two_loops_record_and_send_one_alert_not_two(
@@ -113,7 +147,9 @@ def test_two_loops_record_and_send_one_alert_not_two(
     assert first.evaluator.firing == second.evaluator.firing == {"QueueLong": False}
     for m in (first, second):
         m.stop()
-    assert receiver.statuses() == [("firing", "QueueLong"), ("resolved", "QueueLong")]
+    # (each from the sender of the loop that won it: two senders, so either may arrive first)
+    receiver.wait_for(lambda bodies: len(bodies) >= 2)
+    assert sorted(receiver.statuses()) == [("firing", "QueueLong"), ("resolved", "QueueLong")]
     assert len(alert_lines(caplog)) == 2
 
 
@@ -164,24 +200,27 @@ def test_seconds_since_progress_is_zero_without_work_and_grows_with_waiting_work
     store.claim(1, "stalled-loop")
     waited = store.seconds_since_progress()
     assert 0 <= waited < 60
-    deadline = time.monotonic() + 20
-    while store.seconds_since_progress() <= waited:
-        assert time.monotonic() < deadline
+    until(lambda: store.seconds_since_progress() > waited, "seconds_since_progress grew", timeout=20)
 
 
 # -- the webhook never holds anything up -------------------------------------------------------
 
 
-def test_a_dead_webhook_is_logged_and_returns_at_once(store: ContextStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dead_webhook_is_logged_and_given_up_when_the_monitor_stops(
+    store: ContextStore, caplog: pytest.LogCaptureFixture
+) -> None:
     alerts = monitor(store, webhook_url=dead_url())
+    assert alerts.sender is not None
     store.submit([{"payload": {}} for _ in range(3)])
-    started = time.monotonic()
+    # The change is recorded and logged though its notification cannot go anywhere
     assert [c.status for c in alerts.evaluate_once()] == ["firing"]
+    failed = f"alert webhook {alerts.sender.url} failed"
+    until(lambda: any(r.getMessage().startswith(failed) for r in caplog.records), "the failed POST logged")
+    # And stopping gives the notification up, saying so, rather than trying again
     alerts.stop()
-    assert time.monotonic() - started < 10  # close() waits at most CLOSE_WAIT_SECONDS
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith(f"alert webhook {alerts.sender.url} failed") for m in messages)  # type: ignore[union-attr]
     assert any("1 notifications to" in m and "were not delivered" in m for m in messages)
+    assert alerts.sender.delivered == 0
 
 
 def test_a_receiver_that_is_down_at_first_gets_the_notification_later() -> None:
@@ -194,13 +233,18 @@ def test_a_receiver_that_is_down_at_first_gets_the_notification_later() -> None:
 
 
 def test_a_slow_receiver_never_blocks_send() -> None:
-    with WebhookReceiver(delay=1.0).running() as slow:
+    answer = threading.Event()
+    with WebhookReceiver(hold=answer).running() as slow:
         sender = WebhookSender(slow.url)
-        started = time.monotonic()
+        # Every send returns while the receiver has not answered (nor recorded) the first POST
         for i in range(5):
             sender.send({"status": "firing", "alerts": [{"labels": {"alertname": f"A{i}"}}]})
-        assert time.monotonic() - started < 0.5
-        sender.close(wait=0)
+        assert slow.bodies == []
+        # And once it answers, each notification arrives, in order
+        answer.set()
+        slow.wait_for(lambda bodies: len(bodies) == 5)
+        sender.close()
+    assert [name for _, name in slow.statuses()] == [f"A{i}" for i in range(5)]
 
 
 def test_a_full_queue_drops_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
@@ -214,10 +258,7 @@ def test_a_full_queue_drops_the_oldest(caplog: pytest.LogCaptureFixture) -> None
 def test_the_monitor_thread_evaluates_every_interval(store: ContextStore) -> None:
     alerts = monitor(store, evaluate_every_seconds=0.05)
     alerts.start()
-    deadline = time.monotonic() + 20
-    while alerts.evaluations < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    until(lambda: alerts.evaluations >= 3, "three evaluations", timeout=20, every=0.01)
     alerts.stop()
 
 

@@ -101,11 +101,9 @@ def scheduler_process(mongo_uri: str, database: str, tmp_path: Path) -> Iterator
 
     def start(*preload_args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         scheduler_file = tmp_path / "scheduler.json"
-        command = [
-            sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-            "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file),
-            "--preload", "ctxbatch.monitoring.dashboard", *preload_args,
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]
+        command += ["--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)]
+        command += ["--preload", "ctxbatch.monitoring.dashboard", *preload_args]
         process = subprocess.Popen(
             command,
             cwd=ROOT,

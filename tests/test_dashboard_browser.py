@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import until
 from PIL import Image
 
 from ctxbatch import ContextStore, Pipeline
@@ -57,9 +58,14 @@ def running_loop(store: ContextStore) -> Iterator[str]:
     said: list[str] = []
     config = {
         "dask": {"n_workers": 2},
-        "worker": {"min_batch_size": 20, "max_batch_size": 200, "batch_size": 20, "target_batch_seconds": 1,
-                   "batch_timeout_seconds": 0},
-    }  # fmt: skip
+        "worker": {
+            "min_batch_size": 20,
+            "max_batch_size": 200,
+            "batch_size": 20,
+            "target_batch_seconds": 1,
+            "batch_timeout_seconds": 0,
+        },
+    }
     pipeline = Pipeline("tests.engines:nap", config, store, announce=said.append)
     failure: list[BaseException] = []
 
@@ -109,8 +115,8 @@ def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, run
             return sources if ready else None
 
         try:
-            sources = browser.wait_for_value(every_plot_has_data, seconds=60)
-        except TimeoutError:
+            sources = until(every_plot_has_data, "data in every plot", timeout=60, every=0.25)
+        except AssertionError:
             (tmp_path / "page.png").write_bytes(browser.screenshot())
             raise
         assert sources["queue"]["rows"] == 3  # one bar per priority level

@@ -1,6 +1,6 @@
 """The embedded server (nx-27017) and `ctxbatch db`: each test in a CTXBATCH_HOME of its own.
 
-Every server a test starts is stopped by the `home` fixture, and the fixture checks that no
+Every server a test starts is stopped by conftest's `home` fixture, and the fixture checks that no
 server process for that home is left.
 """
 
@@ -10,46 +10,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
+from conftest import servers_for
 
 from ctxbatch.cli import main
 from ctxbatch.io import ContextStore, embedded
 
 CTXBATCH = Path(sys.executable).with_name("ctxbatch")
-
-
-def servers_for(home: Path) -> list[int]:
-    """Pids of the live nx-27017 processes serving this home's data."""
-    data_dir = str(home / "db")
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "status").read_text()
-        except OSError:
-            continue
-        if b"nx_27017.nx_27017" in command and data_dir.encode() in command and "\nState:\tZ" not in state:
-            pids.append(int(proc.name))
-    return pids
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """CTXBATCH_HOME for this test alone; whatever server runs there is stopped afterwards."""
-    path = tmp_path / "home"
-    monkeypatch.setenv("CTXBATCH_HOME", str(path))
-    monkeypatch.delenv("CTXBATCH_MONGO_URI", raising=False)
-    try:
-        yield path
-    finally:
-        embedded.stop()
-        assert servers_for(path) == []
 
 
 def ctxbatch(*args: str) -> Result:

@@ -27,14 +27,13 @@ def test_a_subscriber_hears_every_event_of_a_run_in_order(store: ContextStore, c
     store.claim(2, "a-loop-that-died", lease_seconds=0.001)
     recorder = Recorder()
     # When a run drains the queue
-    report = Pipeline("tests.engines:critical_first_time", settings(), store, client,
-                      subscribers=[recorder]).run(until_empty=True)  # fmt: skip
+    pipeline = Pipeline("tests.engines:critical_first_time", settings(), store, client, subscribers=[recorder])
+    report = pipeline.run(until_empty=True)
     hooks = recorder.hooks()
     # Then every kind of event came, the run's start first and its end last
     assert set(hooks) == set(HOOKS)
-    assert (hooks[0], hooks[-1], hooks.count("on_run_started"), hooks.count("on_run_finished")) == (
-        "on_run_started", "on_run_finished", 1, 1,
-    )  # fmt: skip
+    ends = (hooks[0], hooks[-1], hooks.count("on_run_started"), hooks.count("on_run_finished"))
+    assert ends == ("on_run_started", "on_run_finished", 1, 1)
     assert hooks.index("on_sizing_decision") < hooks.index("on_batch_claimed")
     assert recorder.events("on_leases_reaped") == [LeasesReaped(2)]
     # A batch's partitions and its end come after its claim; the critical one is retried
@@ -58,8 +57,9 @@ def test_a_raising_subscriber_named_by_module_callable_is_logged_and_skipped(
     store.submit([{"payload": {"i": i}} for i in range(10)])
     recorder = Recorder()
     with caplog.at_level("ERROR", logger="ctxbatch.pipeline"):
-        report = Pipeline("tests.engines:echo", settings(), store, client,
-                          subscribers=["tests.subscribers:Raising", recorder]).run(until_empty=True)  # fmt: skip
+        report = Pipeline(
+            "tests.engines:echo", settings(), store, client, subscribers=["tests.subscribers:Raising", recorder]
+        ).run(until_empty=True)
     # The run completed, the subscriber after the raising one still heard everything
     assert report.completed == 10
     assert recorder.hooks()[-1] == "on_run_finished"

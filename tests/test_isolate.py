@@ -190,8 +190,15 @@ def test_results_are_converted_to_plain_python() -> None:
 
     result = run_partition(engine, rows(1)).results["c0"]
 
-    assert result == {"int": 3, "array": [1.5, 2.5], "na": None, "nan": None, "tuple": [1, "a"], "flag": True,
-                      "nested": [{"n": 1}]}  # fmt: skip
+    assert result == {
+        "int": 3,
+        "array": [1.5, 2.5],
+        "na": None,
+        "nan": None,
+        "tuple": [1, "a"],
+        "flag": True,
+        "nested": [{"n": 1}],
+    }
     assert (type(result["int"]), type(result["flag"]), type(result["nested"][0]["n"])) == (int, bool, int)
 
 

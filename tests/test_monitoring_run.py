@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from click.testing import CliRunner
+from conftest import DEADLINE_SECONDS, until
 from distributed import Client
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import WebhookReceiver, dead_url
@@ -25,9 +20,6 @@ from test_stats import by_hand
 from ctxbatch import ContextStore, Pipeline, Subscriber
 from ctxbatch.cli import main
 from ctxbatch.monitoring.metrics import METRIC_NAMES
-
-ROOT = Path(__file__).resolve().parents[1]
-DEADLINE_SECONDS = 60
 
 
 def settings(**monitoring: Any) -> dict[str, Any]:
@@ -50,40 +42,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_SECONDS) -> Any:
-    """condition()'s first truthy value, polled; AssertionError naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
-@pytest.fixture
-def loops(mongo_uri: str, database: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Starts `ctxbatch run` processes (own process groups) with a config; kills what is left at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(config: dict[str, Any], engine: str, *args: str) -> subprocess.Popen[str]:
-        path = tmp_path / f"config-{len(started)}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", mongo_uri, "--database", database]
-        command += ["run", "--config", str(path), "--engine", engine, *args]
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
 
 
 def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -182,12 +140,6 @@ def test_stats_equal_the_documents_when_two_loops_did_the_work(store: ContextSto
 # -- alerts on real runs ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver().running() as running:
-        yield running
-
-
 def test_a_stalled_queue_fires_seconds_since_progress_and_resolves_when_it_moves(
     store: ContextStore, client: Client, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
@@ -195,8 +147,9 @@ def test_a_stalled_queue_fires_seconds_since_progress_and_resolves_when_it_moves
     release = tmp_path / "release"
     store.submit([{"payload": {"i": i, "release": str(release)}} for i in range(4)])
     stalled = {"name": "Stalled", "metric": "seconds_since_progress", "above": 1, "severity": "critical"}
-    pipeline = Pipeline("tests.engines:wait_for_release", settings(alerts=[stalled], webhook_url=receiver.url),
-                        store, client)  # fmt: skip
+    pipeline = Pipeline(
+        "tests.engines:wait_for_release", settings(alerts=[stalled], webhook_url=receiver.url), store, client
+    )
     running = threading.Thread(target=pipeline.run, kwargs={"until_empty": True})
     running.start()
     try:

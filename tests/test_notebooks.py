@@ -48,10 +48,11 @@ def test_quickstart_runs_with_one_progress_display_updated_in_place(
     assert counts["completed"] + counts["failed"] == 3000 and counts["failed"] > 0
     assert "<b>RunReport</b>" in "\n".join(outputs(notebook, "text/html"))
     progress = [
-        m for m in messages
+        m
+        for m in messages
         if m["header"]["msg_type"] in ("display_data", "update_display_data")
         and "ctxbatch-progress" in m["content"]["data"].get("text/html", "")
-    ]  # fmt: skip
+    ]
     # One display, then updates of that same display: not a stream of new outputs
     assert progress[0]["header"]["msg_type"] == "display_data"
     assert len(progress) >= 2 and {m["header"]["msg_type"] for m in progress[1:]} == {"update_display_data"}

@@ -1,7 +1,6 @@
-# ruff: noqa: F811 - `home` is test_embedded's fixture, imported to be requested by name
 """The embedded server SIGKILLed mid-run: it comes back on its recorded port, the loop rides it out.
 
-Each test has a CTXBATCH_HOME of its own (the `home` fixture of test_embedded), so the server it
+Each test has a CTXBATCH_HOME of its own (conftest's `home` fixture), so the server it
 kills is its own.
 """
 
@@ -19,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import small_run
+from conftest import servers_for, small_run
 from distributed import Client
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
-from test_embedded import home, servers_for  # noqa: F401 - the fixture
 
 from ctxbatch import Pipeline
 from ctxbatch.errors import DatabaseUnavailable

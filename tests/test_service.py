@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, error_record
 from ctxbatch.service import create_app
-from ctxbatch.service.security import TOKEN_VARIABLE
 
 NDJSON = "application/x-ndjson"
-
-
-@pytest.fixture
-def client(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    with TestClient(create_app(store, Settings())) as opened:
-        yield opened
 
 
 def _contexts(n: int, priority: int = 50) -> list[dict[str, object]]:
@@ -30,8 +20,8 @@ def _contexts(n: int, priority: int = 50) -> list[dict[str, object]]:
 # -- submit -----------------------------------------------------------------------------------
 
 
-def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(client: TestClient, store: ContextStore) -> None:
-    answer = client.post("/api/contexts/bulk", json=_contexts(3))
+def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(api: TestClient, store: ContextStore) -> None:
+    answer = api.post("/api/contexts/bulk", json=_contexts(3))
 
     assert answer.status_code == 202
     body = answer.json()
@@ -40,17 +30,17 @@ def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(client: Te
     assert store.batch_status(body["batch_id"])["counts"]["pending"] == 3
 
 
-def test_bulk_submit_takes_an_object_with_contexts_and_a_name(client: TestClient, store: ContextStore) -> None:
-    answer = client.post("/api/contexts/bulk", json={"contexts": _contexts(2), "name": "nightly"})
+def test_bulk_submit_takes_an_object_with_contexts_and_a_name(api: TestClient, store: ContextStore) -> None:
+    answer = api.post("/api/contexts/bulk", json={"contexts": _contexts(2), "name": "nightly"})
 
     assert answer.status_code == 202
     assert store.batch_status(answer.json()["batch_id"])["name"] == "nightly"
 
 
-def test_bulk_submit_stores_priority_key_and_default_priority(client: TestClient, store: ContextStore) -> None:
+def test_bulk_submit_stores_priority_key_and_default_priority(api: TestClient, store: ContextStore) -> None:
     contexts = [{"payload": {"a": 1}, "priority": 3, "key": "k-1"}, {"payload": {}}]
 
-    answer = client.post("/api/contexts/bulk", json=contexts)
+    answer = api.post("/api/contexts/bulk", json=contexts)
 
     rows = store.iter_results(answer.json()["batch_id"])
     assert {row["key"]: row["priority"] for row in rows} == {"k-1": 3, None: 50}
@@ -59,58 +49,58 @@ def test_bulk_submit_stores_priority_key_and_default_priority(client: TestClient
 # -- batches ----------------------------------------------------------------------------------
 
 
-def test_batch_status_is_the_stores_batch_status(client: TestClient, store: ContextStore) -> None:
+def test_batch_status_is_the_stores_batch_status(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(4))
 
-    answer = client.get(f"/api/batches/{batch_id}")
+    answer = api.get(f"/api/batches/{batch_id}")
 
     assert answer.status_code == 200
     assert answer.json() == store.batch_status(batch_id)
 
 
-def test_unknown_batch_is_404_with_a_json_message(client: TestClient) -> None:
-    answer = client.get("/api/batches/no-such-batch")
+def test_unknown_batch_is_404_with_a_json_message(api: TestClient) -> None:
+    answer = api.get("/api/batches/no-such-batch")
 
     assert answer.status_code == 404
     assert "no-such-batch" in answer.json()["error"]
 
 
-def test_batches_are_listed_newest_first(client: TestClient, store: ContextStore) -> None:
+def test_batches_are_listed_newest_first(api: TestClient, store: ContextStore) -> None:
     first, second = store.submit(_contexts(1)), store.submit(_contexts(1))
 
-    listed = client.get("/api/batches").json()["batches"]
+    listed = api.get("/api/batches").json()["batches"]
 
     assert [b["batch_id"] for b in listed] == [second, first]
 
 
-def test_batches_are_filtered_by_status_and_limited(client: TestClient, store: ContextStore) -> None:
+def test_batches_are_filtered_by_status_and_limited(api: TestClient, store: ContextStore) -> None:
     cancelled = store.submit(_contexts(1))
     store.cancel(cancelled)
     pending = [store.submit(_contexts(1)) for _ in range(3)]
 
-    assert [b["batch_id"] for b in client.get("/api/batches?status=cancelled").json()["batches"]] == [cancelled]
-    assert [b["batch_id"] for b in client.get("/api/batches?status=pending&limit=2").json()["batches"]] == [
+    assert [b["batch_id"] for b in api.get("/api/batches?status=cancelled").json()["batches"]] == [cancelled]
+    assert [b["batch_id"] for b in api.get("/api/batches?status=pending&limit=2").json()["batches"]] == [
         pending[2],
         pending[1],
     ]
 
 
-def test_cancel_cancels_the_pending_contexts(client: TestClient, store: ContextStore) -> None:
+def test_cancel_cancels_the_pending_contexts(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(3))
 
-    answer = client.post(f"/api/batches/{batch_id}/cancel")
+    answer = api.post(f"/api/batches/{batch_id}/cancel")
 
     assert answer.json() == {"batch_id": batch_id, "cancelled": 3}
     assert store.batch_status(batch_id)["status"] == "cancelled"
 
 
-def test_retry_sends_failed_contexts_back_to_the_queue(client: TestClient, store: ContextStore) -> None:
+def test_retry_sends_failed_contexts_back_to_the_queue(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(2))
     claim = store.claim(2, "test")
     store.fail(claim, {claim.ids[0]: error_record(ValueError("bad row"))}, retry_at=None)
     store.release(claim, claim.ids[1:])
 
-    answer = client.post(f"/api/batches/{batch_id}/retry")
+    answer = api.post(f"/api/batches/{batch_id}/retry")
 
     assert answer.json() == {"batch_id": batch_id, "retried": 1}
     assert store.batch_status(batch_id)["counts"]["pending"] == 2
@@ -119,26 +109,26 @@ def test_retry_sends_failed_contexts_back_to_the_queue(client: TestClient, store
 # -- results and contexts ---------------------------------------------------------------------
 
 
-def test_results_show_status_result_error_and_attempts(client: TestClient, store: ContextStore) -> None:
+def test_results_show_status_result_error_and_attempts(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(2))
     claim = store.claim(2, "test")
     store.settle(claim, results={claim.ids[0]: {"answer": 42}}, errors={claim.ids[1]: error_record(ValueError("no"))})
 
-    contexts = {c["id"]: c for c in client.get(f"/api/batches/{batch_id}/results").json()["contexts"]}
+    contexts = {c["id"]: c for c in api.get(f"/api/batches/{batch_id}/results").json()["contexts"]}
 
     done, failed = contexts[claim.ids[0]], contexts[claim.ids[1]]
     assert (done["status"], done["result"], done["attempts"]) == ("completed", {"answer": 42}, 1)
     assert (failed["status"], failed["error"]["message"], failed["attempts"]) == ("failed", "no", 1)
 
 
-def test_results_are_paged_with_an_opaque_cursor_until_none(client: TestClient, store: ContextStore) -> None:
+def test_results_are_paged_with_an_opaque_cursor_until_none(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(7))
     seen: list[str] = []
     cursor = None
     pages = 0
     while True:
         params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
-        page = client.get(f"/api/batches/{batch_id}/results", params=params).json()
+        page = api.get(f"/api/batches/{batch_id}/results", params=params).json()
         seen += [c["id"] for c in page["contexts"]]
         pages += 1
         cursor = page["next_cursor"]
@@ -149,49 +139,49 @@ def test_results_are_paged_with_an_opaque_cursor_until_none(client: TestClient, 
     assert seen == [row["id"] for row in store.iter_results(batch_id)]
 
 
-def test_results_without_payload_leave_it_out(client: TestClient, store: ContextStore) -> None:
+def test_results_without_payload_leave_it_out(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(1))
 
-    page = client.get(f"/api/batches/{batch_id}/results?payload=false").json()
+    page = api.get(f"/api/batches/{batch_id}/results?payload=false").json()
 
     assert page["contexts"][0]["payload"] is None
 
 
-def test_results_as_json_lines_hold_every_context(client: TestClient, store: ContextStore) -> None:
+def test_results_as_json_lines_hold_every_context(api: TestClient, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(5))
 
-    answer = client.get(f"/api/batches/{batch_id}/results?limit=1", headers={"Accept": NDJSON})
+    answer = api.get(f"/api/batches/{batch_id}/results?limit=1", headers={"Accept": NDJSON})
 
     assert answer.headers["content-type"].startswith(NDJSON)
     lines = [json.loads(line) for line in answer.text.splitlines()]
     assert [line["payload"]["i"] for line in lines] == [r["payload"]["i"] for r in store.iter_results(batch_id)]
 
 
-def test_results_as_json_lines_of_an_unknown_batch_is_404(client: TestClient) -> None:
-    answer = client.get("/api/batches/nope/results", headers={"Accept": NDJSON})
+def test_results_as_json_lines_of_an_unknown_batch_is_404(api: TestClient) -> None:
+    answer = api.get("/api/batches/nope/results", headers={"Accept": NDJSON})
 
     assert answer.status_code == 404
     assert answer.json()["error"]
 
 
-def test_a_context_is_read_by_id(client: TestClient, store: ContextStore) -> None:
+def test_a_context_is_read_by_id(api: TestClient, store: ContextStore) -> None:
     store.submit([{"payload": {"x": 1}, "key": "ctx-1"}])
 
-    answer = client.get("/api/contexts/ctx-1")
+    answer = api.get("/api/contexts/ctx-1")
 
     assert answer.json()["payload"] == {"x": 1}
     assert answer.json()["status"] == "pending"
 
 
-def test_unknown_context_is_404(client: TestClient) -> None:
-    assert client.get("/api/contexts/nope").status_code == 404
+def test_unknown_context_is_404(api: TestClient) -> None:
+    assert api.get("/api/contexts/nope").status_code == 404
 
 
 # -- health, metrics, OpenAPI -----------------------------------------------------------------
 
 
-def test_healthz_answers_ok_while_the_database_answers(client: TestClient) -> None:
-    answer = client.get("/healthz")
+def test_healthz_answers_ok_while_the_database_answers(api: TestClient) -> None:
+    answer = api.get("/healthz")
 
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
@@ -208,22 +198,22 @@ def test_healthz_is_503_when_the_database_does_not_answer() -> None:
     assert "database" in answer.json()["error"]
 
 
-def test_metrics_report_the_queue_length_by_level_and_status(client: TestClient, store: ContextStore) -> None:
+def test_metrics_report_the_queue_length_by_level_and_status(api: TestClient, store: ContextStore) -> None:
     store.submit(_contexts(2, priority=5) + _contexts(3, priority=80))
     store.claim(1, "test")
 
-    text = client.get("/metrics").text
+    text = api.get("/metrics").text
 
     assert 'ctxbatch_queue_length{level="high",status="pending"} 1.0' in text
     assert 'ctxbatch_queue_length{level="high",status="processing"} 1.0' in text
     assert 'ctxbatch_queue_length{level="low",status="pending"} 3.0' in text
 
 
-def test_metrics_count_submitted_contexts_and_requests(client: TestClient) -> None:
-    client.post("/api/contexts/bulk", json=_contexts(4))
-    client.get("/api/batches/nope")
+def test_metrics_count_submitted_contexts_and_requests(api: TestClient) -> None:
+    api.post("/api/contexts/bulk", json=_contexts(4))
+    api.get("/api/batches/nope")
 
-    text = client.get("/metrics").text
+    text = api.get("/metrics").text
 
     assert "ctxbatch_contexts_submitted_total 4.0" in text
     assert 'ctxbatch_http_requests_total{method="POST",route="/api/contexts/bulk",status="202"} 1.0' in text
@@ -231,8 +221,8 @@ def test_metrics_count_submitted_contexts_and_requests(client: TestClient) -> No
     assert 'ctxbatch_http_request_duration_seconds_count{method="POST",route="/api/contexts/bulk"} 1.0' in text
 
 
-def test_openapi_describes_every_route_and_the_bulk_body(client: TestClient) -> None:
-    document = client.get("/openapi.json").json()
+def test_openapi_describes_every_route_and_the_bulk_body(api: TestClient) -> None:
+    document = api.get("/openapi.json").json()
 
     routes = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
     assert routes == {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,57 +19,50 @@ BULK = "/api/contexts/bulk"
 BODY = json.dumps([{"payload": {"n": 1}}, {"payload": {"n": 2}}]).encode()
 
 
-@pytest.fixture
-def client(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    with TestClient(create_app(store, Settings())) as opened:
-        yield opened
-
-
 @pytest.mark.parametrize("declared", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
 def test_a_body_not_declared_json_is_refused_with_415(
-    client: TestClient, store: ContextStore, declared: str | None
+    api: TestClient, store: ContextStore, declared: str | None
 ) -> None:
     headers = {"Content-Type": declared} if declared else {}
-    answer = client.post(BULK, content=BODY, headers=headers)
+    answer = api.post(BULK, content=BODY, headers=headers)
     assert answer.status_code == 415
     assert "application/json" in answer.json()["error"]
     assert store.contexts.count_documents({}) == 0
 
 
-def test_json_with_a_charset_is_accepted(client: TestClient) -> None:
-    answer = client.post(BULK, content=BODY, headers={"Content-Type": "application/json; charset=utf-8"})
+def test_json_with_a_charset_is_accepted(api: TestClient) -> None:
+    answer = api.post(BULK, content=BODY, headers={"Content-Type": "application/json; charset=utf-8"})
     assert answer.status_code == 202
     assert answer.json()["count"] == 2
 
 
-def test_an_ndjson_body_is_accepted(client: TestClient, store: ContextStore) -> None:
+def test_an_ndjson_body_is_accepted(api: TestClient, store: ContextStore) -> None:
     body = b'{"payload": {"n": 1}}\n\n{"payload": {"n": 2}, "priority": 3}\n'
-    answer = client.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
+    answer = api.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
     assert answer.status_code == 202, answer.text
     assert answer.json()["count"] == 2
     assert sorted(d["priority"] for d in store.contexts.find({})) == [3, 50]
 
 
-def test_a_bad_ndjson_line_is_refused_naming_it(client: TestClient, store: ContextStore) -> None:
+def test_a_bad_ndjson_line_is_refused_naming_it(api: TestClient, store: ContextStore) -> None:
     body = b'{"payload": {"n": 1}}\n{"payload": \n'
-    answer = client.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
+    answer = api.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
     assert answer.status_code == 400
     assert "line 2" in answer.json()["error"]
     assert store.contexts.count_documents({}) == 0
 
 
 @pytest.mark.parametrize("declared", ["application/json", "application/x-ndjson"])
-def test_a_utf8_bom_is_accepted(client: TestClient, declared: str) -> None:
+def test_a_utf8_bom_is_accepted(api: TestClient, declared: str) -> None:
     body = b"\xef\xbb\xbf" + (BODY if declared == "application/json" else b'{"payload": {"n": 1}}\n')
-    answer = client.post(BULK, content=body, headers={"Content-Type": declared})
+    answer = api.post(BULK, content=body, headers={"Content-Type": declared})
     assert answer.status_code == 202, answer.text
 
 
 @pytest.mark.parametrize("levels", [99, 500, 5000])
-def test_nesting_past_mongodbs_limit_is_a_4xx(client: TestClient, store: ContextStore, levels: int) -> None:
+def test_nesting_past_mongodbs_limit_is_a_4xx(api: TestClient, store: ContextStore, levels: int) -> None:
     body = '[{"payload": ' + '{"a": ' * levels + "{}" + "}" * (levels + 1) + "]"
-    answer = client.post(BULK, content=body.encode(), headers={"Content-Type": "application/json"})
+    answer = api.post(BULK, content=body.encode(), headers={"Content-Type": "application/json"})
     assert 400 <= answer.status_code < 500
     assert store.contexts.count_documents({}) == 0
 
@@ -93,11 +85,19 @@ def test_a_client_gone_mid_body_is_one_log_line(
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": BULK, "raw_path": BULK.encode(), "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": BULK,
+        "raw_path": BULK.encode(),
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
-    }  # fmt: skip
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
     with caplog.at_level(logging.DEBUG):
         asyncio.run(app(scope, receive, send))
     lines = [r for r in caplog.records if "went away" in r.getMessage()]

@@ -25,12 +25,6 @@ def _app(store: ContextStore, monkeypatch: pytest.MonkeyPatch, **api: Any) -> Te
 
 
 @pytest.fixture
-def client(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    with _app(store, monkeypatch) as opened:
-        yield opened
-
-
-@pytest.fixture
 def secured(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     with _app(store, monkeypatch, token=TOKEN) as opened:
         yield opened
@@ -139,12 +133,12 @@ def _assert_refused(answer: Any, status: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_a_bad_body_is_refused_and_nothing_is_stored(
-    name: str, client: TestClient, store: ContextStore, existing: str
+    name: str, api: TestClient, store: ContextStore, existing: str
 ) -> None:
     send, status, where = BAD_BODIES[name]
     before = _snapshot(store)
 
-    body = _assert_refused(send(client), status)
+    body = _assert_refused(send(api), status)
 
     if where is not None:
         assert [(p["index"], p["field"]) for p in body["problems"]] == where
@@ -153,26 +147,26 @@ def test_a_bad_body_is_refused_and_nothing_is_stored(
 
 @pytest.mark.parametrize("name", list(ODD_PATHS))
 def test_an_odd_path_or_parameter_is_refused_and_changes_nothing(
-    name: str, client: TestClient, store: ContextStore, existing: str
+    name: str, api: TestClient, store: ContextStore, existing: str
 ) -> None:
     send, status = ODD_PATHS[name]
     before = _snapshot(store)
 
-    _assert_refused(send(client), status)
+    _assert_refused(send(api), status)
 
     assert _snapshot(store) == before
 
 
-def test_every_problem_is_listed_up_to_twenty(client: TestClient) -> None:
+def test_every_problem_is_listed_up_to_twenty(api: TestClient) -> None:
     contexts = [{"payload": {}, "priority": 500 + i} for i in range(25)]
 
-    body = _assert_refused(client.post("/api/contexts/bulk", json=contexts), 422)
+    body = _assert_refused(api.post("/api/contexts/bulk", json=contexts), 422)
 
     assert [(p["index"], p["field"]) for p in body["problems"]] == [(i, "priority") for i in range(20)]
 
 
-def test_a_bad_cursor_is_refused(client: TestClient, existing: str) -> None:
-    body = _assert_refused(client.get(f"/api/batches/{existing}/results?cursor=not-a-cursor"), 422)
+def test_a_bad_cursor_is_refused(api: TestClient, existing: str) -> None:
+    body = _assert_refused(api.get(f"/api/batches/{existing}/results?cursor=not-a-cursor"), 422)
 
     assert body["problems"][0]["field"] == "cursor"
 
@@ -250,12 +244,10 @@ def test_the_openapi_document_declares_the_bearer_scheme(secured: TestClient) ->
     assert document["paths"]["/healthz"]["get"]["security"] == []
 
 
-def test_a_refused_body_leaves_no_trace_in_json_either(client: TestClient, store: ContextStore) -> None:
+def test_a_refused_body_leaves_no_trace_in_json_either(api: TestClient, store: ContextStore) -> None:
     # Given a valid body but for its last context
     contexts = [*_ok(3), {"payload": {}, "priority": 101}]
 
-    client.post(
-        "/api/contexts/bulk", content=json.dumps({"contexts": contexts, "name": "n"}).encode(), headers=JSON_BODY
-    )
+    api.post("/api/contexts/bulk", content=json.dumps({"contexts": contexts, "name": "n"}).encode(), headers=JSON_BODY)
 
     assert _snapshot(store) == ([], [])

@@ -53,8 +53,8 @@ def served(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     database = f"t_{uuid.uuid4().hex[:12]}"
     port = _free_port()
     log = home / "serve.log"
-    command = [sys.executable, "-c", "from ctxbatch.cli import main; main()", "--mongo-uri", mongo_uri,
-               "--database", database, "serve", "--port", str(port), "--config", str(config)]  # fmt: skip
+    command = [sys.executable, "-c", "from ctxbatch.cli import main; main()", "--mongo-uri", mongo_uri]
+    command += ["--database", database, "serve", "--port", str(port), "--config", str(config)]
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, env={**os.environ, TOKEN_VARIABLE: TOKEN}, stdout=output, stderr=subprocess.STDOUT
@@ -87,8 +87,13 @@ def test_a_served_bulk_submission_is_accepted_and_its_status_polled(http: httpx.
     assert accepted.status_code == 202
     status = http.get(accepted.headers["location"])
     assert status.json()["counts"] == {
-        "total": 5, "pending": 5, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0,
-    }  # fmt: skip
+        "total": 5,
+        "pending": 5,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
 
 
 def test_a_served_chunked_body_past_the_limit_is_refused(http: httpx.Client) -> None:
@@ -128,8 +133,16 @@ def test_serve_refuses_a_public_host_without_a_token(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize(
     "host,loopback",
-    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),
-     ("0.0.0.0", False), ("10.0.0.5", False), ("example.com", False), ("::", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("10.0.0.5", False),
+        ("example.com", False),
+        ("::", False),
+    ],
+)
 def test_loopback_hosts_are_told_apart(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback

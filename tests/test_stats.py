@@ -75,9 +75,18 @@ def test_stats_are_a_dict_that_serialises_to_the_issues_json(store: ContextStore
     stats = store.stats()
     assert isinstance(stats, Stats) and isinstance(stats, dict)
     assert list(json.loads(json.dumps(stats))) == [
-        "window_seconds", "completed", "failed", "retried", "throughput_per_second", "success_rate",
-        "latency_seconds", "processing_seconds", "queue_length", "oldest_pending_seconds", "in_flight",
-    ]  # fmt: skip
+        "window_seconds",
+        "completed",
+        "failed",
+        "retried",
+        "throughput_per_second",
+        "success_rate",
+        "latency_seconds",
+        "processing_seconds",
+        "queue_length",
+        "oldest_pending_seconds",
+        "in_flight",
+    ]
 
 
 def test_with_nothing_finished_the_rates_and_percentiles_are_null(store: ContextStore) -> None:

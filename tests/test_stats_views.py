@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,11 +12,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctxbatch.cli import main
-from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore
 from ctxbatch.monitoring import terminal
-from ctxbatch.service import create_app
-from ctxbatch.service.security import TOKEN_VARIABLE
 
 ERROR = {"type": "ValueError", "message": "bad", "traceback": ""}
 
@@ -97,35 +93,28 @@ def test_top_redraws_in_place_on_a_terminal(store: ContextStore, worked: str) ->
 # -- GET /api/stats ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    with TestClient(create_app(store, Settings())) as opened:
-        yield opened
-
-
-def test_api_stats_answer_the_stores_stats(client: TestClient, store: ContextStore, worked: str) -> None:
-    answer = client.get("/api/stats", params={"window": 60})
+def test_api_stats_answer_the_stores_stats(api: TestClient, store: ContextStore, worked: str) -> None:
+    answer = api.get("/api/stats", params={"window": 60})
     assert answer.status_code == 200
     assert without_times(answer.json()) == without_times(store.stats(window_seconds=60))
 
 
-def test_api_stats_of_a_batch(client: TestClient, store: ContextStore, worked: str) -> None:
+def test_api_stats_of_a_batch(api: TestClient, store: ContextStore, worked: str) -> None:
     store.submit([{"payload": {}}])
-    answer = client.get("/api/stats", params={"batch_id": worked})
+    answer = api.get("/api/stats", params={"batch_id": worked})
     assert answer.status_code == 200
     assert answer.json()["queue_length"] == {"high": 2, "medium": 0, "low": 0}
 
 
-def test_api_stats_of_an_unknown_batch_is_404(client: TestClient) -> None:
-    answer = client.get("/api/stats", params={"batch_id": "nope"})
+def test_api_stats_of_an_unknown_batch_is_404(api: TestClient) -> None:
+    answer = api.get("/api/stats", params={"batch_id": "nope"})
     assert answer.status_code == 404
     assert "nope" in answer.json()["error"]
 
 
 @pytest.mark.parametrize("window", ["0", "-3", "nan", "inf", "soon", str(10**9)])
-def test_api_stats_refuse_a_bad_window_with_422(client: TestClient, window: str) -> None:
-    answer = client.get("/api/stats", params={"window": window})
+def test_api_stats_refuse_a_bad_window_with_422(api: TestClient, window: str) -> None:
+    answer = api.get("/api/stats", params={"window": window})
     assert answer.status_code == 422
     assert answer.json()["problems"][0]["field"] == "window"
 
@@ -134,9 +123,9 @@ def test_api_stats_refuse_a_bad_window_with_422(client: TestClient, window: str)
 
 
 def test_metrics_report_the_age_of_the_oldest_pending_context_per_level(
-    client: TestClient, store: ContextStore, worked: str
+    api: TestClient, store: ContextStore, worked: str
 ) -> None:
-    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
     ages = {s.labels["level"]: s.value for s in families["ctxbatch_oldest_pending_seconds"].samples}
     assert set(ages) == {"high", "medium", "low"}
     assert ages["high"] >= 0 and ages["medium"] == ages["low"] == 0

@@ -167,10 +167,15 @@ def _uri_client() -> MongoClient[dict[str, Any]]:
 def test_the_store_keeps_its_promises_under_any_interleaving(mongo_uri: str) -> None:
     _uri["uri"] = mongo_uri
     try:
-        run_state_machine_as_test(StoreMachine, settings=settings(
-            max_examples=25, stateful_step_count=20, deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ))  # fmt: skip
+        run_state_machine_as_test(
+            StoreMachine,
+            settings=settings(
+                max_examples=25,
+                stateful_step_count=20,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
     finally:
         for client in _clients:
             client.close()

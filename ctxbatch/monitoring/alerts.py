@@ -99,9 +99,19 @@ def describe(rule: AlertRule, value: float | None) -> str:
 
 
 class AlertEvaluator:
-    """The rules of one loop: `evaluate()` reads the figures and records the changes it wins."""
+    """The rules of one loop: `evaluate()` reads the figures and records the changes it wins.
 
-    def __init__(self, store: ContextStore, rules: list[AlertRule], window_seconds: float, owner: str) -> None:
+    `clock` (seconds, monotonic) times how long a rule has held, for its `for_seconds`.
+    """
+
+    def __init__(
+        self,
+        store: ContextStore,
+        rules: list[AlertRule],
+        window_seconds: float,
+        owner: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.rules = rules
         self.window_seconds = window_seconds
@@ -109,6 +119,7 @@ class AlertEvaluator:
         self.book = store.alert_book
         self.firing: dict[str, bool] = {rule.name: False for rule in rules}
         self._holding_since: dict[str, float] = {}
+        self.clock = clock
 
     def evaluate(self) -> list[Change]:
         readings = Readings(self.store, self.book, self.window_seconds)
@@ -132,8 +143,9 @@ class AlertEvaluator:
             if recorded_firing and state is not None and self.book.resolve(state, self.owner, value, now):
                 return Change(rule, RESOLVED, value, self._state(rule.name))
             return None
-        since = self._holding_since.setdefault(rule.name, time.monotonic())
-        if recorded_firing or time.monotonic() - since < rule.for_seconds:
+        at = self.clock()
+        since = self._holding_since.setdefault(rule.name, at)
+        if recorded_firing or at - since < rule.for_seconds:
             return None
         if self.book.fire(rule.name, state, self.owner, value, now):
             return Change(rule, FIRING, value, self._state(rule.name))
@@ -174,8 +186,10 @@ class AlertsCollector(Collector):
 class AlertMonitor:
     """Runs an AlertEvaluator every `evaluate_every_seconds` in a thread, logs and sends what it wins."""
 
-    def __init__(self, store: ContextStore, settings: MonitoringSettings, owner: str) -> None:
-        self.evaluator = AlertEvaluator(store, settings.rules(), settings.window_seconds, owner)
+    def __init__(
+        self, store: ContextStore, settings: MonitoringSettings, owner: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.evaluator = AlertEvaluator(store, settings.rules(), settings.window_seconds, owner, clock)
         self.every = settings.evaluate_every_seconds
         self.sender = WebhookSender(settings.webhook_url) if settings.webhook_url and self.evaluator.rules else None
         self.evaluations = 0
