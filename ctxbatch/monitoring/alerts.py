@@ -175,9 +175,10 @@ class AlertsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            "ctxbatch_alerts_firing", "1 while an alert rule is firing (cluster-wide), else 0.",
+            "ctxbatch_alerts_firing",
+            "1 while an alert rule is firing (cluster-wide), else 0.",
             labels=["alertname", "severity"],
-        )  # fmt: skip
+        )
         for rule in self.evaluator.rules:
             family.add_metric([rule.name, rule.severity], 1.0 if self.evaluator.firing.get(rule.name) else 0.0)
         yield family
@@ -226,8 +227,12 @@ class AlertMonitor:
             self.evaluations += 1
         for change in changes:
             if change.status == FIRING:
-                log.warning("alert firing: %s (%s): %s", change.rule.name, change.rule.severity,
-                            describe(change.rule, change.value))  # fmt: skip
+                log.warning(
+                    "alert firing: %s (%s): %s",
+                    change.rule.name,
+                    change.rule.severity,
+                    describe(change.rule, change.value),
+                )
             else:
                 log.warning("alert resolved: %s", change.rule.name)
             if self.sender is not None:

@@ -68,19 +68,25 @@ class LoopMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.processed = Counter(
-            "ctxbatch_contexts_processed", "Contexts this loop settled, by outcome (failed: for good).",
-            ["outcome"], registry=r,
-        )  # fmt: skip
+            "ctxbatch_contexts_processed",
+            "Contexts this loop settled, by outcome (failed: for good).",
+            ["outcome"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.processed.labels(outcome)  # every outcome shows, at 0 until it happens
         self.latency = Histogram(
-            "ctxbatch_context_latency_seconds", "Submitted -> finished, per completed context.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ctxbatch_context_latency_seconds",
+            "Submitted -> finished, per completed context.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.processing = Histogram(
-            "ctxbatch_processing_seconds", "Engine time per completed context.",
-            buckets=PROCESSING_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ctxbatch_processing_seconds",
+            "Engine time per completed context.",
+            buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ctxbatch_batch_seconds", "Claim (or last retry) -> written, per batch.", buckets=BATCH_BUCKETS, registry=r
         )
