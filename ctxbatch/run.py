@@ -21,6 +21,7 @@ from distributed import Client
 
 from ctxbatch.config import DaskSettings, Settings, load_config
 from ctxbatch.io import ContextStore, connect
+from ctxbatch.io.outage import known_drained
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import DecisionLog
 from ctxbatch.monitoring.metrics import LoopMonitor
@@ -96,8 +97,7 @@ class Pipeline:
     def run(self, until_empty: bool = False, max_contexts: int | None = None) -> RunReport:
         """Process contexts until stopped, until `max_contexts` were claimed, or (until_empty) none are left."""
         self.report = RunReport(decisions=self.sizer.decisions)
-        self.store.ensure_indexes()
-        if until_empty and self.client is None and self.store.drained():
+        if until_empty and self.client is None and known_drained(self.store):
             # Nothing to do: no cluster, no metrics port; an empty run costs about a connection.
             self.report.stopped_by = "empty"
             log.info("run finished: %s", self.report.summary_line())

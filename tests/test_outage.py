@@ -7,6 +7,7 @@ kills is its own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import servers_for, small_run
+from conftest import servers_for, small_run, until
 from distributed import Client
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -127,6 +128,42 @@ def test_a_loop_rides_out_a_sigkilled_server_and_loses_nothing(home: Path, clien
     assert counts["completed"] == total, (counts, unfinished[["status", "error", "attempts"]].to_dict("records"))
     ran = {int(line) for line in calls.read_text().split()}
     assert ran == set(range(total))
+    store.close()
+
+
+def test_a_run_started_while_the_database_is_away_waits_for_it(
+    home: Path, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given contexts waiting, and a server that is down when the run starts
+    embedded.start()
+    uri = embedded.located()
+    assert uri is not None
+    submitter = ContextStore(uri, "away")
+    submitter.submit([{"payload": {"i": i}} for i in range(20)])
+    submitter.close()
+    # (the run's store is a new one, as a new process's is: it has not touched the database yet)
+    quick: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=300)
+    store = ContextStore(uri, "away", client=quick)
+    kill_server(home)
+    caplog.set_level(logging.WARNING, "ctxbatch.pipeline")
+    reports: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            reports.append(Pipeline("tests.engines:echo", RUN, store, client).run(until_empty=True))
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    loop = threading.Thread(target=run)
+    loop.start()
+    # When the loop has found the database away, and the server comes back
+    until(lambda: any("did not answer" in r.getMessage() for r in caplog.records), "the loop to find it away")
+    embedded.start()
+    loop.join(120)
+    # Then the run waited for it and processed every context
+    assert not loop.is_alive() and not failure, failure
+    assert reports[0].completed == 20
     store.close()
 
 

@@ -16,6 +16,7 @@ from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import json_default
 from ctxbatch.io.formats import read_submission
+from ctxbatch.io.outage import known_drained
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,7 +180,7 @@ def _run_pipeline(
 ) -> None:
     from ctxbatch.pipeline.report import RunReport
 
-    if until_empty and state.store.drained():
+    if until_empty and known_drained(state.store):
         # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
         say(RunReport(stopped_by="empty").summary_line())
         return

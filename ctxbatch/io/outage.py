@@ -1,10 +1,13 @@
-"""A database outage told in one short line; pymongo's whole topology description at debug level."""
+"""A database outage: told in one short line (pymongo's whole topology description at debug level);
+a queue that cannot be read is not known to be drained."""
 
 from __future__ import annotations
 
 import logging
 
 from pymongo.errors import PyMongoError
+
+from ctxbatch.io.store import ContextStore
 
 log = logging.getLogger("ctxbatch.io.outage")
 
@@ -24,3 +27,12 @@ def short_reason(exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     log.debug("database error in full: %s", exc)
     return text
+
+
+def known_drained(store: ContextStore) -> bool:
+    """Whether nothing is left to do; False when the database does not answer (a loop waits for it)."""
+    try:
+        return store.drained()
+    except PyMongoError as exc:
+        log.info("the database did not answer (%s); not known to be drained", short_reason(exc))
+        return False

@@ -152,6 +152,7 @@ class Loop:
 
     def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
         """One turn of the loop; why the run is over, or None while it goes on."""
+        self.store.ensure_indexes()  # once; here, so that a database away when the run starts is waited for
         self._collect(client)
         if leases.due():
             reaped = leases.upkeep(f.claim for f in self.in_flight)
