@@ -97,6 +97,7 @@ class Pipeline:
     def run(self, until_empty: bool = False, max_contexts: int | None = None) -> RunReport:
         """Process contexts until stopped, until `max_contexts` were claimed, or (until_empty) none are left."""
         self.report = RunReport(decisions=self.sizer.decisions)
+        loop = self._loop = Loop(self.store, self.settings, self.sizer, self.job, self.owner)  # stop() reaches it
         if until_empty and self.client is None and known_drained(self.store):
             # Nothing to do: no cluster, no metrics port; an empty run costs about a connection.
             self.report.stopped_by = "empty"
@@ -104,7 +105,6 @@ class Pipeline:
             return self.report
         dask = self.settings.dask
         self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
-        loop = self._loop = Loop(self.store, self.settings, self.sizer, self.job, self.owner)
         with (
             self.monitor.serving(),  # a metrics port that is taken fails the run here, before the cluster
             stop_on_signals(loop.stop, lambda: loop.stopping, self._announce),
