@@ -36,6 +36,9 @@ from ctxbatch.io.views import Views
 
 # A float, as every window is once checked: the CLI and the HTTP API show it as 300.0.
 DEFAULT_WINDOW_SECONDS = float(STATS_WINDOW_SECONDS)
+# A timeline's default span and bucket: the last hour, by the minute.
+TIMELINE_WINDOW_SECONDS = 3600.0
+TIMELINE_BUCKET_SECONDS = 60.0
 # Contexts behind each window's percentiles: past this, a uniform sample of the window.
 SAMPLE_SIZE = 1000
 # retried counts tries up to this many per context (a bound on its queries, far past any retry setting).
@@ -201,8 +204,8 @@ class Statistics:
     def timeline(
         self,
         batch_id: str | None = None,
-        window_seconds: float = 3600.0,
-        bucket_seconds: float = 60.0,
+        window_seconds: float = TIMELINE_WINDOW_SECONDS,
+        bucket_seconds: float = TIMELINE_BUCKET_SECONDS,
     ) -> pd.DataFrame:
         window = _checked_window(window_seconds)
         bucket = _checked_window(bucket_seconds, "bucket_seconds")

@@ -30,7 +30,13 @@ from ctxbatch.io.decisions import SizingDecisions
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
 from ctxbatch.io.staging import Submissions
-from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS, Statistics, Stats
+from ctxbatch.io.stats import (
+    DEFAULT_WINDOW_SECONDS,
+    TIMELINE_BUCKET_SECONDS,
+    TIMELINE_WINDOW_SECONDS,
+    Statistics,
+    Stats,
+)
 from ctxbatch.io.views import BatchStatus, InFlight, Views
 
 Document = dict[str, Any]
@@ -327,8 +333,8 @@ class ContextStore:
     def timeline(
         self,
         batch_id: str | None = None,
-        window_seconds: float = 3600.0,
-        bucket_seconds: float = 60.0,
+        window_seconds: float = TIMELINE_WINDOW_SECONDS,
+        bucket_seconds: float = TIMELINE_BUCKET_SECONDS,
     ) -> pd.DataFrame:
         """One row per bucket of the last `window_seconds`, oldest first, indexed by the bucket's start (UTC).
 
