@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -36,6 +37,7 @@ from ctxbatch.io.schema import BATCH_INDEXES, CONTEXT_INDEXES, STAGED_INDEXES
 
 Document = dict[str, Any]
 log = logging.getLogger("ctxbatch.io")
+CLOSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -164,4 +166,7 @@ class Connection:
             self._indexed = True
 
     def close(self) -> None:
-        self._binding.client.close()
+        # Closing ends the client's sessions on the server: bounded, or a server that is gone would
+        # hold a closing worker or loop for the whole server selection timeout (30 s).
+        with pymongo.timeout(CLOSE_SECONDS):
+            self._binding.client.close()
