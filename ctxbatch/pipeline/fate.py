@@ -23,9 +23,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed.comm.core import CommClosedError
+from pymongo.errors import ConnectionFailure
+
 from ctxbatch.config import RetrySettings
-from ctxbatch.errors import FailNow, RetryLater
+from ctxbatch.errors import CriticalError, DatabaseUnavailable, FailNow, RetryLater
 from ctxbatch.io import Claim, ContextStore, WriteReport
+
+# Not a row's fault: these stop the batch, whichever row raised them (the table's last line).
+STOPS_THE_BATCH: tuple[type[BaseException], ...] = (
+    CriticalError,
+    DatabaseUnavailable,
+    ConnectionFailure,
+    CommClosedError,
+)
 
 
 @dataclass(frozen=True)

@@ -23,25 +23,16 @@ from typing import Any, TypeVar
 import bson
 import numpy as np
 import pandas as pd
-from distributed.comm.core import CommClosedError
-from pymongo.errors import ConnectionFailure
 
 from ctxbatch.config import ENGINE_CONCURRENCY
-from ctxbatch.errors import CriticalError, DatabaseUnavailable, RetryLater
+from ctxbatch.errors import RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
 from ctxbatch.pipeline.calls import Gate, WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
-from ctxbatch.pipeline.fate import Failure
+from ctxbatch.pipeline.fate import STOPS_THE_BATCH, Failure
 
 log = logging.getLogger(__name__)
 
-# Not a row's fault: these stop the batch, whichever row raised them.
-STOPS_THE_BATCH: tuple[type[BaseException], ...] = (
-    CriticalError,
-    DatabaseUnavailable,
-    ConnectionFailure,
-    CommClosedError,
-)
 # Room for the context's own fields next to its payload and result (ids, lease, dates, error).
 RESULT_HEADROOM = 64 * 1024
 # A failing batch writes one record per row: keep each small.
