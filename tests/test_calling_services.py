@@ -167,5 +167,6 @@ def test_a_rate_limit_spaces_the_calls_of_all_workers(
     # Then every context completed, none refused, and the calls took as long as the limit says
     assert (report.completed, report.failed) == (contexts, 0)
     assert max(script.arrivals) - min(script.arrivals) >= (contexts / 20 - 1) * 0.95
-    # And the service never saw more than the limit in any one second (+1)
-    assert busiest_second(script.arrivals) <= 21
+    # And the service never saw more than the limit in any one second: each worker takes its share's
+    # tokens 1/share s apart, and as they arrive at the service one more of each may fall in a window
+    assert busiest_second(script.arrivals) <= 20 + CLUSTER["n_workers"]
