@@ -136,7 +136,7 @@ def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> Pa
         engine,
         store.uri,
         store.database_name,
-        RetryPolicy.of(work.retry),
+        RetryPolicy(work.retry),
         work.max_engine_concurrency if auto else int(work.engine_concurrency),
         work.context_timeout_seconds,
         adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,

@@ -13,7 +13,7 @@ ERROR = {"type": "E", "message": "m", "traceback": ""}
 
 
 def policy(**retry: object) -> RetryPolicy:
-    return RetryPolicy.of(RetrySettings.model_validate({"backoff_seconds": [5, 15], **retry}))
+    return RetryPolicy(RetrySettings.model_validate({"backoff_seconds": [5, 15], **retry}))
 
 
 def test_each_way_a_call_ends_has_its_next_state() -> None:

@@ -19,7 +19,7 @@ def test_a_partition_loads_in_one_find_and_writes_back_in_one_bulk_write(
     # Given one partition of 20 contexts from a claim of 40, two of which the engine fails for good
     watched.submit([{"payload": {"i": i, "bad": i % 10 == 0}} for i in range(40)])
     part = watched.claim(40, "loop").split(2)[0]
-    policy = RetryPolicy.of(RetrySettings(context_retries=0))
+    policy = RetryPolicy(RetrySettings(context_retries=0))
     engine = resolve_engine("tests.engines:fail_when_flagged")
     job = PartitionJob(engine, watched.uri, watched.database_name, policy, concurrency=4)
     # When it is loaded

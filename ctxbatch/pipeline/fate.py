@@ -86,10 +86,6 @@ class RetryPolicy:
 
     settings: RetrySettings
 
-    @classmethod
-    def of(cls, retry: RetrySettings) -> RetryPolicy:
-        return cls(retry)
-
     def backoff(self, attempt: int) -> float:
         return self.settings.backoff(attempt)
 
