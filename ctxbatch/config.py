@@ -24,9 +24,11 @@ STATS_WINDOW_SECONDS = 300
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
-# A waiting engine costs a worker almost nothing per call in flight, and most services serve tens
-# of calls at once; 64 keeps a 100 ms service at ~640 calls/s per worker.
+# An async engine's calls in flight without a worker to learn a limit (a partition run in a notebook):
+# a waiting call costs almost nothing, and most services serve tens of calls at once.
 ENGINE_CONCURRENCY = 64
+# The worker settings that size batches; a config that sets none leaves the size to the loop.
+BATCH_SIZE_KEYS = ("batch_size", "min_batch_size", "max_batch_size")
 
 
 class _Section(BaseModel):
@@ -123,7 +125,7 @@ class WorkerSettings(_Section):
     batch_timeout_seconds: float = Field(60, ge=0, description="Longest wait for a batch to fill.")
     lease_seconds: float = Field(LEASE_SECONDS, gt=0, description="How long a claim holds its contexts unless renewed.")
     engine_concurrency: int | Literal["auto"] = Field(
-        ENGINE_CONCURRENCY,
+        "auto",
         description="Async engine calls in flight at once per worker, over all its partitions; 'auto' learns it.",
     )
     min_engine_concurrency: int = Field(4, ge=1, description="Lowest limit of engine_concurrency: auto.")
@@ -141,6 +143,11 @@ class WorkerSettings(_Section):
     )
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @property
+    def sizes_given(self) -> bool:
+        """Whether the config sets a batch size; with none, an async engine's batches follow its window."""
+        return bool(self.model_fields_set.intersection(BATCH_SIZE_KEYS))
 
     @field_validator("engine_concurrency")
     @classmethod

@@ -1,8 +1,9 @@
 """A small real HTTP service on 127.0.0.1 for the tests of engines that call services.
 
 `POST /` with a JSON payload `{"i": ...}` answers `{"i": ...}`; a `Script` says what else it does:
-answer 429 + Retry-After to the first calls of every payload, or hang on one payload (until the
-service stops).
+take a while to answer, answer 429 + Retry-After to the first calls of every payload (or of every
+n-th), 500 to every n-th payload, or hang on one payload (until the service stops). It counts the
+calls it holds at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Script:
     retry_after: str = "1"
     hang_on: int | None = None  # the payload whose calls never answer while the service runs
     bad_on: int | None = None  # the payload answered 400 (a bad request) every time
+    latency: float = 0.0  # seconds each call takes
+    busy_every: int = 0  # with n, the first call of every n-th payload is answered 429 with no Retry-After
+    fail_every: int = 0  # with n, every n-th payload is answered 500 every time (a bad row)
+    inside: int = 0  # calls it holds now
+    most_inside: int = 0  # the most calls it held at once
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every call
@@ -35,12 +41,27 @@ class Script:
             self.calls[key] += 1
             self.arrivals.append(time.monotonic())
             seen = self.calls[key]
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._status(key, seen)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+    def _status(self, key: int, seen: int) -> tuple[int, dict[str, str], bytes]:
         if key == self.hang_on:
             self.stopping.wait()
         if key == self.bad_on:
             return 400, {}, b'{"error": "field i is odd today"}'
         if seen <= self.busy_first:
             return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
+        if self.busy_every and key % self.busy_every == 0 and seen == 1:
+            return 429, {}, b'{"error": "busy"}'
+        if self.fail_every and key % self.fail_every == 1:
+            return 500, {}, b'{"error": "this row breaks the service"}'
         return 200, {}, json.dumps({"i": key}).encode()
 
 

@@ -41,16 +41,27 @@ def test_the_limit_falls_when_the_services_latency_triples() -> None:
     assert after[-1] < before / 2
 
 
-def test_an_overload_halves_the_limit_and_stops_at_the_minimum() -> None:
+def test_an_overload_halves_the_limit_once_per_window_and_stops_at_the_minimum() -> None:
     # Given a limit of 64
     limit = AdaptiveLimit(8, 256)
     limit.limit = 64.0
-    # Then each RetryLater or timeout halves it, never below the minimum
-    limit.overloaded()
+    # When a RetryLater comes, and more from the calls that were in flight with it
+    for _ in range(10):
+        limit.overloaded()
+    # Then the limit is halved once for them all
     assert limit.limit == 32
+    # And each overload after a window of answers halves it again, never below the minimum
     for _ in range(5):
+        for _ in range(int(limit.limit)):
+            limit.observe(0.1, 1)
         limit.overloaded()
     assert limit.limit == 8
+
+
+def test_the_limit_starts_where_a_worker_fills_a_service_within_its_bounds() -> None:
+    assert AdaptiveLimit(4, 256).limit == 16
+    assert AdaptiveLimit(32, 256).limit == 32
+    assert AdaptiveLimit(1, 8).limit == 8
 
 
 def test_an_unused_limit_does_not_climb() -> None:

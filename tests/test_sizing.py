@@ -77,6 +77,7 @@ class Workload:
         error_rate: float = 0.0,
         critical: bool = False,
         held: Callable[[int], int] | None = None,
+        lost: int = 0,
     ) -> list[int]:
         """Run `batches` batches under these conditions; the sizes planned."""
         planned = []
@@ -86,12 +87,12 @@ class Workload:
             planned.append(plan.size)
             self._in_flight.append((plan, now))
             if len(self._in_flight) >= self.depth:
-                self._finish(error_rate, critical, held)
+                self._finish(error_rate, critical, held, lost)
             self.index += 1
         self.sizes += planned
         return planned
 
-    def _finish(self, error_rate: float, critical: bool, held: Callable[[int], int] | None) -> None:
+    def _finish(self, error_rate: float, critical: bool, held: Callable[[int], int] | None, lost: int) -> None:
         plan, then = self._in_flight.popleft()
         contexts = held(plan.size) if held else plan.size
         seconds = self.curve(contexts, self.index) * (1 + self.rng.gauss(0, self.noise))
@@ -104,6 +105,7 @@ class Workload:
                 errors=round(contexts * error_rate),
                 critical=critical,
                 readings=then,
+                lost=lost,
             )
         )
 
@@ -212,15 +214,32 @@ def test_dynamic_memory_threshold_follows_the_settings() -> None:
     assert work.sizes[-1] >= 400
 
 
-def test_dynamic_shrinks_on_an_error_burst_and_recovers() -> None:
+def test_dynamic_keeps_its_size_through_a_burst_of_failed_rows() -> None:
+    # Given a converged size
     work = converged()
     before = settled(work)
 
+    # When half the rows of three batches fail (isolated rows, FailNow, or RetryLater deferrals)
     work.run(3, error_rate=0.5)
+
+    # Then no batch shrinks for them: a smaller batch would fail the same share of its rows
+    assert work.sizes[-3:] == [before] * 3
+    assert not any("errors" in d.reason or "halve" in d.reason for d in work.sizer.decisions[-3:])
+
+
+def test_dynamic_shrinks_when_leases_expire_and_recovers() -> None:
+    # Given a converged size
+    work = converged()
+    before = settled(work)
+
+    # When batches lose contexts to expired leases (their renewals fell behind)
+    work.run(2, lost=5)
     shrunk = work.sizes[-1]
     work.run(30)
 
-    assert shrunk <= before / 4
+    # Then the size halves, says why, and climbs back once the leases hold
+    assert shrunk <= before / 2
+    assert any("lost to an expired lease" in d.reason for d in work.sizer.decisions)
     assert near_best(settled(work))
 
 
@@ -657,3 +676,39 @@ def test_a_sizer_from_the_current_directory_resolves_in_a_fresh_process(tmp_path
     # Then the sizer is found there
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "MySizer"
+
+
+# -- an async engine's window ---------------------------------------------------------------
+
+
+def window_readings(window: int) -> Readings:
+    return Readings(0.3, 0.5, None, None, 0.001, 0, threads=2, workers=2, window=window)
+
+
+@pytest.mark.parametrize("sizer", [DynamicSizer, FixedSizer])
+def test_with_no_sizes_configured_a_batch_holds_the_async_engines_window(sizer: type[Sizer]) -> None:
+    # Given the default worker settings (batches of 10, 5..20) and an async engine allowing 128 calls in flight
+    planner = sizer(WorkerSettings())
+
+    plan = planner.plan(window_readings(128))
+
+    # Then the batch holds the whole window, and the decision says so
+    assert plan.size >= 128
+    assert "window of 128 calls" in planner.decisions[-1].reason
+    assert planner.decisions[-1].inputs["window"] == 128
+
+
+def test_a_dynamic_batch_follows_the_window_as_the_limits_change() -> None:
+    planner = DynamicSizer(WorkerSettings())
+    assert planner.plan(window_readings(32)).size == 32
+    assert planner.plan(window_readings(96)).size == 96  # the workers' limits climbed
+    assert planner.plan(window_readings(0)).size <= 20  # a row engine: the configured bounds again
+
+
+@pytest.mark.parametrize("sizer", [DynamicSizer, FixedSizer])
+def test_configured_batch_sizes_are_honoured_under_a_larger_window(sizer: type[Sizer]) -> None:
+    # Given a config that sets its batch sizes (the seed's sample: at most 20)
+    planner = sizer(WorkerSettings.model_validate({"batch_size": 10, "max_batch_size": 20}))
+
+    # Then the window does not change them
+    assert planner.plan(window_readings(128)).size <= 20

@@ -31,6 +31,7 @@ from ctxbatch.pipeline.events import (
     BatchClaimed,
     BatchCritical,
     BatchFinished,
+    EngineConcurrency,
     LeasesReaped,
     PartitionFinished,
     RunFinished,
@@ -52,6 +53,7 @@ METRIC_NAMES = (
     "ctxbatch_batch_seconds",
     "ctxbatch_batch_size",
     "ctxbatch_batches_in_flight",
+    "ctxbatch_engine_concurrency",
     "ctxbatch_critical_errors_total",
     "ctxbatch_leases_reaped_total",
     "ctxbatch_queue_length",
@@ -92,6 +94,12 @@ class LoopMetrics:
         )
         self.batch_size = Gauge("ctxbatch_batch_size", "Contexts of the last batch claimed.", registry=r)
         self.in_flight = Gauge("ctxbatch_batches_in_flight", "Batches claimed and not yet written.", registry=r)
+        self.engine_concurrency = Gauge(
+            "ctxbatch_engine_concurrency",
+            "Each worker's limit on async engine calls in flight, as its last partition reported it.",
+            ["worker"],
+            registry=r,
+        )
         self.critical = Counter("ctxbatch_critical_errors", "Batches stopped by a critical error.", registry=r)
         self.reaped = Counter("ctxbatch_leases_reaped", "Expired leases returned to the queue.", registry=r)
         r.register(DatabaseCollector(store))
@@ -214,6 +222,10 @@ class LoopMonitor(Subscriber):
 
     def on_leases_reaped(self, event: LeasesReaped) -> None:
         self.metrics.reaped.inc(event.count)
+
+    def on_engine_concurrency(self, event: EngineConcurrency) -> None:
+        for worker, limit in event.limits.items():
+            self.metrics.engine_concurrency.labels(worker).set(limit)
 
     def _done(self, seq: int) -> None:
         self._batches.discard(seq)

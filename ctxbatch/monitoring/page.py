@@ -176,10 +176,19 @@ def headline(snapshot: Snapshot) -> str:
         f"in flight <b>{snapshot.in_flight.batches}</b> batches ({snapshot.in_flight.contexts:,} contexts)",
         f"alerts firing <b>{len(snapshot.alerts)}</b>",
     ]
-    window = stats.get("window_seconds")
+    window = engine_window(snapshot.decisions)
+    if window:
+        parts.append(f"engine concurrency <b>{window}</b> calls in flight allowed")
+    span = stats.get("window_seconds")
     updated = snapshot.at.strftime("%H:%M:%S UTC")
     figures = " &middot; ".join(parts)
-    return f"<h3 style='margin:4px 0'>ctxbatch</h3>{figures}<br><small>last {window} s, updated {updated}</small>"
+    return f"<h3 style='margin:4px 0'>ctxbatch</h3>{figures}<br><small>last {span} s, updated {updated}</small>"
+
+
+def engine_window(decisions: list[dict[str, Any]]) -> int:
+    """Async engine calls in flight the workers allow, summed over the loops (each loop's newest decision)."""
+    newest = {d.get("owner"): d.get("window") for d in decisions}  # oldest first: the last one wins
+    return sum(int(window) for window in newest.values() if window)
 
 
 def build(doc: Document, levels: list[str], read: Callable[[], Any]) -> DashboardView:

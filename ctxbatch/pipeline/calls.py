@@ -108,6 +108,12 @@ class WorkerCalls:
             self._limit = (limit, adaptive)
         return self._gate
 
+    @property
+    def limit(self) -> int | None:
+        """The worker's limit on async calls in flight now; None before its first async partition."""
+        gate = self._gate
+        return gate.limit if gate is not None else None
+
     def pace(self, rate: float | None) -> TokenBucket | None:
         """The worker's bucket for its share `rate` of the rate limit (None: no limit); kept as the share changes."""
         with self._lock:

@@ -12,6 +12,7 @@ A hook that raises is logged with its traceback and skipped; the run goes on.
 | on_partition_finished   | PartitionFinished | a partition was written back (not one stopped)         |
 | on_batch_finished       | BatchFinished     | every partition of a batch was written back            |
 | on_batch_critical       | BatchCritical     | a critical error stopped a batch (retried or failed)   |
+| on_engine_concurrency   | EngineConcurrency | a worker's limit on async calls in flight changed      |
 | on_leases_reaped        | LeasesReaped      | expired leases (of any loop) were returned to the queue |
 | on_run_finished         | RunFinished       | the run is over, its batches written or released       |
 """
@@ -69,6 +70,8 @@ class PartitionFinished:
     seconds: float = 0.0  # engine wall time
     latency_seconds: tuple[float, ...] = ()  # per completed context: submitted -> written
     processing_seconds: tuple[float, ...] = ()  # per completed context: engine time
+    worker: str = ""  # the address of the worker that ran it
+    engine_concurrency: int | None = None  # that worker's limit on async calls in flight, when it ended
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,19 @@ class BatchCritical:
     retries_left: int  # retries still allowed after this one; 0 when spent (the held contexts failed)
     failed: int  # contexts failed for good with this error
     released: bool  # given back to the queue (the loop is stopping) rather than retried
+
+
+@dataclass(frozen=True)
+class EngineConcurrency:
+    """Each worker's limit on async engine calls in flight, as its partitions last reported it."""
+
+    limits: dict[str, int]  # worker address -> calls in flight allowed
+    auto: bool  # learnt (`engine_concurrency: auto`) rather than fixed
+
+    @property
+    def total(self) -> int:
+        """The window: calls in flight allowed over the cluster."""
+        return sum(self.limits.values())
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,9 @@ class Subscriber:
 
     def on_batch_critical(self, event: BatchCritical) -> None:
         """A critical error stopped a batch."""
+
+    def on_engine_concurrency(self, event: EngineConcurrency) -> None:
+        """A worker's limit on async calls in flight changed."""
 
     def on_leases_reaped(self, event: LeasesReaped) -> None:
         """Expired leases went back to the queue."""

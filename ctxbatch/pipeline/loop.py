@@ -1,10 +1,17 @@
 """The loop: claim a batch, submit its partitions to Dask, collect, settle, observe, repeat.
 
 Up to `max_parallel_batches` claims are in flight; their leases are renewed while they run and
-other loops' expired leases are reaped (`leases.py`). A critical error keeps the batch's contexts
-under its lease and runs what is left again after a backoff, or fails it (`fate.py` decides which).
-The loop emits events (`events.py`) and knows nothing of who listens: a run's counters, progress,
-metrics, alerts and scaling are subscribers that `ctxbatch.run.Pipeline` wires in.
+other loops' expired leases are reaped (`leases.py`). With an async engine the loop keeps the
+engine's window full: the window is each worker's limit on calls in flight (as its partitions report
+it) summed over the workers; the sizer makes each batch hold at least that (unless the config sets
+batch sizes), the partitions of every batch in flight feed the workers' gates at once
+(`partition.py`), and a batch is claimed as soon as one finishes, never after waiting for a full one
+(`batch_timeout_seconds` is for row and batch engines, whose batches cost a call each).
+
+A critical error keeps the batch's contexts under its lease and runs what is left again after a
+backoff, or fails it (`fate.py` decides which). The loop emits events (`events.py`) and knows
+nothing of who listens: a run's counters, progress, metrics, alerts and scaling are subscribers
+that `ctxbatch.run.Pipeline` wires in.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from ctxbatch.config import Settings
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import Claim, ContextStore, error_record
 from ctxbatch.io.outage import short_reason
+from ctxbatch.pipeline.adaptive import first_limit
 from ctxbatch.pipeline.events import (
     BatchClaimed,
     BatchCritical,
     BatchFinished,
+    EngineConcurrency,
     LeasesReaped,
     PartitionFinished,
     RunFinished,
@@ -85,6 +94,8 @@ class Loop:
         self.subscribers: list[Subscriber] = []
         self.in_flight: list[_InFlight] = []
         self._next: tuple[Plan, Readings] | None = None
+        self._limits: dict[str, int] = {}  # each worker's limit on async calls, as last reported
+        self._said_capped = False
         self._fill_since: float | None = None
         self._claimed = 0
         self._seq = 0
@@ -191,13 +202,16 @@ class Loop:
                 self._fill_since = None  # the wait for a full batch starts with the first context
                 return False
             readings = resources.read(client, self.store, len(self.in_flight))
+            readings = replace(readings, window=self._window(readings.workers))
+            self._say_if_capped(readings.window)
             self._next = (self.sizer.plan(readings), readings)
             self._emit("on_sizing_decision", SizingDecision(self.sizer.decisions[-1]))
         plan, readings = self._next
         size = plan.size if budget is None else min(plan.size, budget)
-        # Wait for a full batch, up to batch_timeout_seconds (the seed's fill rule).
+        # Wait for a full batch, up to batch_timeout_seconds (the seed's fill rule), unless async.
         self._fill_since = self._fill_since or time.monotonic()
-        filling = not until_empty and time.monotonic() - self._fill_since < worker_settings.batch_timeout_seconds
+        waited = time.monotonic() - self._fill_since
+        filling = not until_empty and not self._async and waited < worker_settings.batch_timeout_seconds
         if filling and self.store.claimable(size) < size:
             return False
         claim = self.store.claim(
@@ -214,6 +228,49 @@ class Loop:
         self.in_flight.append(flight)
         self._emit("on_batch_claimed", BatchClaimed(flight.seq, flight.label, len(claim), claim.token, plan, readings))
         return True
+
+    # -- the async engine's window ---------------------------------------------------------
+
+    @property
+    def _async(self) -> bool:
+        return self.job.engine.kind == "async"
+
+    def _window(self, workers: int) -> int:
+        """Calls in flight the workers' limits allow (0 for row and batch engines)."""
+        if not self._async:
+            return 0
+        job = self.job
+        limits = list(self._limits.values())
+        if limits:
+            per_worker: float = sum(limits) / len(limits)
+        else:
+            per_worker = first_limit(*job.adaptive) if job.adaptive else job.concurrency
+        return round(per_worker * max(1, workers))
+
+    def _say_if_capped(self, window: int) -> None:
+        """Once, at start: the config's batch sizes keep fewer calls in flight than the engine allows."""
+        work = self.settings.worker
+        if self._said_capped or not window or not work.sizes_given:
+            return
+        self._said_capped = True
+        largest = max(self.sizer.configured_bounds) * work.max_parallel_batches
+        if largest < window:
+            log.warning(
+                "batches cap the engine's calls in flight at %d (largest batch %d x max_parallel_batches %d), "
+                "under the %d the workers allow: leave batch sizes unset to size batches to the window",
+                largest,
+                max(self.sizer.configured_bounds),
+                work.max_parallel_batches,
+                window,
+            )
+
+    def _heard(self, finished: PartitionFinished) -> None:
+        """Note the limit a partition's worker reported; tell subscribers when it changed."""
+        limit, worker = finished.engine_concurrency, finished.worker
+        if limit is None or self._limits.get(worker) == limit:
+            return
+        self._limits[worker] = limit
+        self._emit("on_engine_concurrency", EngineConcurrency(dict(self._limits), self.job.adaptive is not None))
 
     def _submit(self, client: Client, flight: _InFlight) -> None:
         partitions = min(flight.plan.partitions, len(flight.claim))
@@ -256,6 +313,7 @@ class Loop:
             flight.critical = flight.critical or finished.error
             return
         flight.finished.append(finished)
+        self._heard(finished)
         self._emit("on_partition_finished", finished)
 
     def _observe(self, flight: _InFlight, critical: bool) -> Observation:
@@ -264,10 +322,10 @@ class Loop:
             planned=flight.plan.size,
             wall_seconds=time.monotonic() - flight.started,
             partition_seconds=[p.seconds for p in flight.finished],
-            # Deferrals count as errors here, as they did before they were told apart from retries.
             errors=sum(p.retried + p.deferred + p.failed for p in flight.finished),
             critical=critical,
             readings=flight.readings,
+            lost=sum(p.lost for p in flight.finished),
         )
         self.sizer.observe(observation)
         return observation

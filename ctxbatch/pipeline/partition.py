@@ -4,17 +4,22 @@ Per partition, two tasks: `<label>-load-<run>` reads the contexts its part of th
 (fenced by the lease token), and `<label>-partition-<run>` runs the engine over them, isolated per
 row, and writes the outcome back in one fenced bulk write. The loop's process only ever holds ids;
 payloads travel from MongoDB to a worker and results back, never through the loop.
+
+An async engine's partition leaves the worker's thread pool while it runs (`distributed.secede`): it
+only waits on the worker's event loop, and holding a thread would keep the worker's next partition
+queued behind this one's slowest call, so the worker's limit on calls in flight drained at the end of
+every partition. Seceded, all the partitions a worker holds feed its one gate of calls at once.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-from distributed import Client, Future
+from distributed import Client, Future, get_worker, secede
 
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
@@ -102,7 +107,12 @@ def process_partition(
     """Run the engine over one partition with this worker's resources and write its outcome back."""
     resources = worker_resources()
     store = resources.store(job.uri, job.database)
-    return process_with(store, resources.ready, loaded, claim, job, resources.calls, seq, label)
+    if job.engine.kind == "async" and not loaded.frame.empty:
+        secede()  # see the module's note
+    finished = process_with(store, resources.ready, loaded, claim, job, resources.calls, seq, label)
+    if isinstance(finished, PartitionStopped):
+        return finished
+    return replace(finished, worker=get_worker().address, engine_concurrency=resources.calls.limit)
 
 
 def process_with(
@@ -132,11 +142,15 @@ def process_with(
     lost = set(decided.write(store, claim).lost)
     done = [cid for cid in outcome.results if cid not in lost]
     now_ms, created = epoch_ms(utcnow()), loaded.created_ms
+    counts = decided.count(skip=lost)
     return PartitionFinished(
         seq,
         label,
         contexts=len(frame),
-        **decided.count(skip=lost),
+        completed=counts["completed"],
+        retried=counts["retried"],
+        deferred=counts["deferred"],
+        failed=counts["failed"],
         lost=len(lost),
         seconds=outcome.seconds,
         # A few floats per completed context for the loop's histograms, never a payload.

@@ -27,6 +27,8 @@ class RunReport:
     wanted_workers: int | None = None  # with `dask.adaptive`: the worker count the queue calls for
     scaled_to: int | None = None  # the worker count the run last scaled its own cluster to
     decisions: list[Any] = field(default_factory=list)
+    # An async engine's limit on calls in flight per worker (address -> limit), as last reported
+    engine_concurrency: dict[str, int] = field(default_factory=dict)
 
     @property
     def wall_seconds(self) -> float:
@@ -36,6 +38,11 @@ class RunReport:
     def rate(self) -> float:
         """Contexts settled (completed or failed for good) per second."""
         return (self.completed + self.failed) / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def concurrency_line(self) -> str:
+        """`37 + 41 = 78 calls in flight`: each worker's limit, and the window they make."""
+        limits = list(self.engine_concurrency.values())
+        return f"{' + '.join(map(str, limits))} = {sum(limits)} calls in flight"
 
     def summary_line(self) -> str:
         return (
@@ -66,6 +73,8 @@ class RunReport:
             ("Dask dashboard", link),
             ("ctxbatch page", Link(self.page_link) if self.page_link else None),
         ]
+        if self.engine_concurrency:
+            rows.append(("engine concurrency", self.concurrency_line()))
         if self.wanted_workers is not None:
             rows.append(("wanted workers", self.wanted_workers))
         if self.decisions:

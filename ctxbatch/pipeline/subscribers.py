@@ -16,6 +16,7 @@ from ctxbatch.pipeline.events import (
     BatchClaimed,
     BatchCritical,
     BatchFinished,
+    EngineConcurrency,
     PartitionFinished,
     RunFinished,
     RunStarted,
@@ -51,6 +52,9 @@ class RunCounters(Subscriber):
     def on_batch_critical(self, event: BatchCritical) -> None:
         self.report.critical += 1
         self.report.failed += event.failed
+
+    def on_engine_concurrency(self, event: EngineConcurrency) -> None:
+        self.report.engine_concurrency = dict(event.limits)
 
     def on_run_finished(self, event: RunFinished) -> None:
         self.report.finished = time.monotonic()

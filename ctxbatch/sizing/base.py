@@ -33,6 +33,8 @@ log = logging.getLogger("ctxbatch.sizing")
 MAX_DECISIONS = 10_000
 # Weight of the newest batch in the smoothed work cost per context that splitting follows.
 WORK_COST_ALPHA = 0.3
+# With an async engine and no sizes configured, batches range from its window to this many windows.
+WINDOW_SPAN = 4
 
 Inputs = dict[str, float | int | None]
 
@@ -49,6 +51,7 @@ class Readings:
     in_flight_claims: int  # batches this loop has in flight
     threads: int = 1  # total worker threads in the cluster (>= 1)
     workers: int = 0
+    window: int = 0  # an async engine's calls in flight allowed over the cluster (its limit x workers); else 0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -88,9 +91,10 @@ class Observation:
     planned: int  # the size that was planned
     wall_seconds: float  # claim-to-written wall time of the batch
     partition_seconds: list[float]  # engine wall time per partition
-    errors: int  # rows that failed
+    errors: int  # rows that failed (retried or for good) or were deferred: told, not a reason to resize
     critical: bool  # the batch was stopped by a critical error
     readings: Readings = UNKNOWN
+    lost: int = 0  # contexts whose lease expired before they were written: renewals fell behind
 
     @property
     def throughput(self) -> float | None:
@@ -136,6 +140,7 @@ class Sizer(ABC):
         self._in_flight: Counter[int] = Counter()  # sizes planned and not yet observed
         self._beside: Counter[int] = Counter()  # of those, how many per size were planned beside another
         self._last_size: int | None = None
+        self.window = 0  # the async engine's window the last readings gave (0: not an async engine)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -147,7 +152,20 @@ class Sizer(ABC):
 
     @property
     def bounds(self) -> tuple[int, int]:
-        """The sizes `plan()` may return: [min_batch_size, max_batch_size]."""
+        """The sizes `plan()` may return: the configured ones, raised to an async engine's window.
+
+        With an async engine and no batch size in the config, a batch holds at least the window the
+        engine's limit allows in flight (Little's law: calls in flight = rate x latency, and the limit
+        is where the service's latency holds), and up to WINDOW_SPAN times it; explicit sizes are kept.
+        """
+        low, high = self.configured_bounds
+        if self.window and not self.settings.sizes_given:
+            low, high = max(low, self.window), max(high, WINDOW_SPAN * self.window)
+        return low, high
+
+    @property
+    def configured_bounds(self) -> tuple[int, int]:
+        """[min_batch_size, max_batch_size]."""
         return self.settings.min_batch_size, self.settings.max_batch_size
 
     # -- the public template methods ------------------------------------------------------
@@ -155,6 +173,7 @@ class Sizer(ABC):
     def plan(self, readings: Readings) -> Plan:
         """The next batch's size (within bounds) and partition count; records and logs the decision."""
         with self._lock:
+            self.window = readings.window
             low, high = self.bounds
             try:
                 raw = self._next_size(readings)
@@ -166,7 +185,8 @@ class Sizer(ABC):
                 reason = f"sizer failed ({type(exc).__name__}: {exc}) -> keep {wanted}"
             size = min(max(wanted, low), high)
             if size != wanted:
-                reason = f"{reason}; clamped to {size} (bounds {low}..{high})"
+                window = f", the window of {self.window} calls" if low == self.window and size == low else ""
+                reason = f"{reason}; clamped to {size} (bounds {low}..{high}{window})"
             partitions = self.split(size, readings)
             self._note_in_flight(size, readings.in_flight_claims)
             self.batches_planned += 1
@@ -178,6 +198,7 @@ class Sizer(ABC):
                 "in_flight": readings.in_flight_claims,
                 "threads": readings.threads,
                 "workers": readings.workers,
+                "window": readings.window or None,
                 "work_per_context": self.work_per_context,
                 **self._inputs(),
             }

@@ -29,10 +29,14 @@ The controller, deterministic given the same observations (no clock inside):
   A cost per context that jumps (3x either way against earlier batches of the same size: the
   workload changed) restarts the model and the search. Where the batches measured at the
   current size run longer than the line predicts (it lags behind a change), they set the cap.
-- **Back-off.** A critical failure, an error rate above `error_rate_high` and above twice the
-  usual, or worker memory above `worker.memory_high_fraction` halves the size (TCP-like
-  multiplicative decrease), at most once per round: signals from batches planned before the
-  last back-off are not counted again. Memory is judged on the readings given to `plan()`,
+- **Back-off.** What a batch's size costs, and only that: a critical failure (the whole batch runs
+  again), contexts lost to an expired lease (renewals fell behind the batch), or worker memory
+  above `worker.memory_high_fraction` halves the size (TCP-like multiplicative decrease), at most
+  once per round: signals from batches planned before the last back-off are not counted again.
+  Failed rows are not a reason: each fails alone (isolated), as does a FailNow, and a RetryLater
+  deferral is the service's pace, not the batch's size; a smaller batch would fail or defer the
+  same share of its rows (with 3% bad rows, backing off on them held a run at the minimum size, 3.6x
+  slower). Memory is judged on the readings given to `plan()`,
   the freshest ones. Afterwards the size holds `recovery_batches` batches and then probes up
   again; back-offs that keep coming double that wait. A search step up that gains nothing
   while CPU is saturated (> `cpu_high`) ends on the smaller size, not the larger.
@@ -69,8 +73,6 @@ class Tuning:
     leap_gain: float = 0.5  # a gain this big on one step takes the next two steps at once
     level_alpha: float = 0.25  # a size's throughput: mean of its first 4 batches, then this weight on the newest
     backoff: float = 0.5  # multiplicative decrease on trouble
-    error_rate_high: float = 0.1  # failed share of a batch that backs off (when also twice the usual)
-    error_alpha: float = 0.2  # weight of the newest batch in the usual error rate
     cpu_high: float = 0.9  # CPU fraction that counts as saturated
     short_fraction: float = 0.9  # a batch holding less than this share of its plan is not measured
     cost_jump: float = 3.0  # a cost this many times the smoothed one (or 1/this) is a jump, not noise
@@ -87,7 +89,7 @@ class Phase(Enum):
 
 
 class DynamicSizer(Sizer):
-    """Sizes batches from throughput history, target duration, errors and resource readings."""
+    """Sizes batches from throughput history, target duration, trouble and resource readings."""
 
     name = "dynamic"
 
@@ -109,7 +111,6 @@ class DynamicSizer(Sizer):
         self._calm = 0  # full batches since the last back-off
         self._after_backoff = False  # the next probe up is a recovery
         self._open = True  # a back-off may happen (see the module's note on rounds)
-        self._usual_error_rate = 0.0
         self._readings: Readings | None = None
         self._note = f"start at {self.size}"
         self._move_note: str | None = f"start at {self.size} (batch_size {settings.batch_size})"
@@ -121,6 +122,10 @@ class DynamicSizer(Sizer):
 
     def _next_size(self, readings: Readings) -> int:
         self._readings = readings
+        smallest, largest = self.bounds
+        if not smallest <= self.size <= largest:  # the bounds follow an async engine's window as it changes
+            self._move(min(max(self.size, smallest), largest))
+            self._say(f"the async engine's window of {self.window} calls -> {self.size}", moved=True)
         memory, high = readings.memory_fraction, self.settings.memory_high_fraction
         if memory is not None and memory > high:
             self._back_off(f"memory {memory:.2f} > {high:g}")
@@ -144,15 +149,12 @@ class DynamicSizer(Sizer):
             "seconds_per_context": fit[1] if fit else None,
             "predicted_seconds": self.duration.predict(self.size),
             "target_seconds": self.settings.target_batch_seconds,
-            "usual_error_rate": self._usual_error_rate,
         }
 
     def _observe(self, observation: Observation) -> None:
         if observation.planned <= self.size:
             self._open = True  # a batch planned since the last back-off: its signals are new
         trouble = self._trouble(observation)
-        if not observation.critical and observation.contexts:
-            self._usual_error_rate += self.tuning.error_alpha * (observation.error_rate - self._usual_error_rate)
         if trouble:
             self._back_off(trouble)
             return
@@ -185,10 +187,8 @@ class DynamicSizer(Sizer):
     def _trouble(self, observation: Observation) -> str | None:
         if observation.critical:
             return "critical failure"
-        rate = observation.error_rate
-        limit = max(self.tuning.error_rate_high, 2 * self._usual_error_rate)
-        if observation.contexts and rate > limit:
-            return f"errors {rate:.0%} of the batch > {limit:.0%}"
+        if observation.lost:
+            return f"{observation.lost} contexts lost to an expired lease (renewals fell behind)"
         return None
 
     def _back_off(self, why: str) -> None:

@@ -2,7 +2,8 @@
 
 This is the seed's behaviour and the baseline the dynamic sizer is measured against. Its
 bounds are the batch size itself, so `min_batch_size`/`max_batch_size` (which belong to the
-dynamic sizer) never change it. Splitting still follows the cluster's threads and the measured
+dynamic sizer) never change it; with an async engine and no size in the config, the size is the
+engine's window instead (see `Sizer.bounds`). Splitting still follows the cluster's threads and the measured
 work per context, as for every sizer (see `split.py`).
 """
 
@@ -17,11 +18,13 @@ class FixedSizer(Sizer):
     name = "fixed"
 
     @property
-    def bounds(self) -> tuple[int, int]:
+    def configured_bounds(self) -> tuple[int, int]:
         return self.settings.batch_size, self.settings.batch_size
 
     def _next_size(self, readings: Readings) -> int:
-        return self.settings.batch_size
+        return self.bounds[0]
 
     def _reason(self) -> str:
+        if self.bounds[0] != self.settings.batch_size:
+            return f"the async engine's window of {self.window} calls (no batch_size configured)"
         return f"fixed batch_size {self.settings.batch_size}"

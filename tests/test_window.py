@@ -1,0 +1,83 @@
+"""An async engine's window stays full with no tuning: batches follow the workers' limits on calls in
+flight, partitions of every batch feed them at once, and rows that fail alone do not shrink batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from distributed import Client
+from service_app import Script, serve
+
+from ctxbatch import ContextStore, Pipeline, Subscriber
+from ctxbatch.pipeline.events import EngineConcurrency
+
+CLUSTER = {"n_workers": 2}
+
+
+def only_the_url(url: str, **worker: Any) -> dict[str, Any]:
+    """What a new user sets: the service's URL (and no dashboard, in a test)."""
+    return {"http": {"url": url, "timeout_seconds": 10}, "worker": worker, "dask": {"dashboard_address": None}}
+
+
+class Limits(Subscriber):
+    def __init__(self) -> None:
+        self.seen: list[EngineConcurrency] = []
+
+    def on_engine_concurrency(self, event: EngineConcurrency) -> None:
+        self.seen.append(event)
+
+
+def test_with_only_the_url_set_the_http_engine_fills_the_service(store: ContextStore, client: Client) -> None:
+    # Given a service taking 50 ms a call that counts the calls it holds at once
+    script = Script(latency=0.05)
+    limits = Limits()
+    with serve(script) as url:
+        store.submit([{"payload": {"i": i}} for i in range(1200)])
+        report = Pipeline("http", only_the_url(url), store, client, subscribers=[limits]).run(until_empty=True)
+    assert report.completed == 1200
+    # Then it held at least 32 at once, with the default batch sizes of 10 to 20 left as they are
+    assert script.most_inside >= 32
+    # And each worker's limit was told: to subscribers, in the report, and in each sizing decision
+    assert limits.seen and limits.seen[-1].auto
+    assert set(report.engine_concurrency) == set(client.scheduler_info()["workers"])
+    assert report.engine_concurrency == limits.seen[-1].limits
+    assert report.decisions[0].inputs["window"] >= 32
+    assert all(decision.size >= decision.inputs["window"] > 0 for decision in report.decisions)
+
+
+def test_configured_batch_sizes_that_cap_the_window_are_kept_and_said_once(
+    store: ContextStore, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given the seed's sample sizes (batches of at most 20, 3 in flight) under a fixed concurrency of 64
+    worker = {"batch_size": 10, "max_batch_size": 20, "max_parallel_batches": 3, "engine_concurrency": 64}
+    with serve(Script()) as url, caplog.at_level(logging.WARNING, logger="ctxbatch"):
+        store.submit([{"payload": {"i": i}} for i in range(100)])
+        report = Pipeline("http", only_the_url(url, **worker), store, client).run(until_empty=True)
+    # Then the sizes are honoured, and the run said in one line that they cap the window
+    assert report.completed == 100
+    assert max(decision.size for decision in report.decisions) <= 20
+    capped = [r.getMessage() for r in caplog.records if "cap the engine's calls in flight" in r.getMessage()]
+    assert len(capped) == 1
+    assert "at 60 (largest batch 20 x max_parallel_batches 3), under the 128" in capped[0]
+
+
+def test_bad_rows_and_first_try_429s_cost_a_run_at_most_half_again(store: ContextStore, client: Client) -> None:
+    # Given the same 2,000 contexts run twice against a 20 ms service, with only the URL set (and
+    # short retry backoffs, so the waits for the bad rows' last tries do not dominate a short run)
+    def run(script: Script) -> tuple[float, int, int]:
+        with serve(script) as url:
+            store.submit([{"payload": {"i": i}} for i in range(2000)])
+            settings = only_the_url(url, retry={"backoff_seconds": [0.2]})
+            report = Pipeline("http", settings, store, client).run(until_empty=True)
+        assert report.completed + report.failed == 2000
+        return report.wall_seconds, report.failed, report.deferred
+
+    clean, _, _ = run(Script(latency=0.02))
+    # When 3% of the rows always fail (500) and 10% are answered 429 on their first try
+    dirty, failed, deferred = run(Script(latency=0.02, busy_every=10, fail_every=33))
+    assert failed == 61 and deferred >= 200
+    # Then the run takes at most 1.5x the clean one: neither shrinks the batches nor empties the window
+    print(f"clean {clean:.2f} s, dirty {dirty:.2f} s")
+    assert dirty <= 1.5 * clean, f"{dirty:.1f} s with bad rows and 429s against {clean:.1f} s clean"
