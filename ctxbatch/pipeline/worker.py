@@ -6,6 +6,11 @@ called once before the worker's first partition with it; at close, each set-up e
 `teardown()`, the loop's stop and the stores' close. Partition tasks reach it with
 `worker_resources()` (`distributed.get_worker().plugins[PLUGIN_NAME]`).
 
+An engine's `setup()` and `teardown()` may be `async def`: they then run on the worker's engine loop,
+the one its async calls run on, so a client bound to its loop (an `aiohttp.ClientSession`) is made and
+closed where it is used. Async teardowns run before the loop stops, each for at most
+TEARDOWN_SECONDS: one that hangs is logged and left, and the worker goes on closing.
+
 Registration is idempotent: a second run on the same cluster finds the plugin there and keeps the
 worker's stores and set-up engines, rather than tearing them down and building them again.
 A new per-worker resource is an attribute made in `setup()`, an accessor, and its release in
@@ -14,8 +19,10 @@ A new per-worker resource is an attribute made in `setup()`, an accessor, and it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distributed import Client, WorkerPlugin, get_worker
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctxbatch.pipeline.worker")
 
 PLUGIN_NAME = "ctxbatch"
+# How long a closing worker waits for one engine's async teardown (closing a session is quick).
+TEARDOWN_SECONDS = 5.0
 
 
 class WorkerResources(WorkerPlugin):
@@ -50,12 +59,7 @@ class WorkerResources(WorkerPlugin):
     def teardown(self, worker: Worker | None = None) -> None:
         with self._lock:
             for engine in self._engines.values():
-                teardown = getattr(engine.fn, "teardown", None)
-                if callable(teardown):
-                    try:
-                        teardown()
-                    except Exception:  # a worker closing goes on closing
-                        log.exception("engine %s: teardown() raised", engine.name)
+                self._tear_down(engine)
             self.calls.close()
             for store in self._stores.values():
                 store.close()
@@ -82,13 +86,31 @@ class WorkerResources(WorkerPlugin):
             setup: Any = getattr(engine.fn, "setup", None)
             if callable(setup):
                 try:
-                    setup()
+                    self._call(setup)
                 except CriticalError:
                     raise
                 except Exception as exc:
                     raise CriticalError(f"engine {engine.name}: setup() failed: {type(exc).__name__}: {exc}") from exc
             self._engines[engine.name] = engine
             return engine
+
+    def _tear_down(self, engine: Engine) -> None:
+        """The engine's `teardown()`, if it has one: logged if it fails, as a closing worker goes on closing."""
+        teardown = getattr(engine.fn, "teardown", None)
+        if not callable(teardown):
+            return
+        try:
+            self._call(teardown, TEARDOWN_SECONDS)
+        except TimeoutError as exc:
+            log.warning("engine %s: teardown() did not finish: %s", engine.name, exc)
+        except Exception:
+            log.exception("engine %s: teardown() raised", engine.name)
+
+    def _call(self, fn: Callable[[], Any], timeout: float | None = None) -> None:
+        """`fn()`; a coroutine it returns (an `async def` setup or teardown) runs on the engine loop."""
+        returned = fn()
+        if asyncio.iscoroutine(returned):
+            self.calls.run(returned, timeout)
 
 
 def install(client: Client) -> None:
