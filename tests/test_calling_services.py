@@ -118,7 +118,7 @@ def test_the_http_engine_defers_on_429_and_fails_a_bad_request_at_once(
 
 def _http_clients(dask_worker: Any) -> list[int]:
     engines = dask_worker.plugins["ctxbatch"]._engines.values()
-    return [id(e.fn._client) for e in engines if e.name == "http" and e.fn._client is not None]
+    return [id(e.fn._session) for e in engines if e.name == "http" and e.fn._session is not None]
 
 
 def test_the_http_engine_makes_one_client_per_worker(
