@@ -20,11 +20,13 @@ A new per-worker resource is an attribute made in `setup()`, an accessor, and it
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 from distributed import Client, WorkerPlugin, get_worker
 
 from ctxbatch.errors import CriticalError
@@ -53,7 +55,7 @@ class WorkerResources(WorkerPlugin):
         quiet_compute_failures()
         self._lock = threading.Lock()
         self._stores: dict[tuple[str, str], ContextStore] = {}
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Engine] = {}  # set up, by name and pickled form (see ready())
         self.calls = WorkerCalls()
 
     def teardown(self, worker: Worker | None = None) -> None:
@@ -75,14 +77,20 @@ class WorkerResources(WorkerPlugin):
             return found
 
     def ready(self, engine: Engine) -> Engine:
-        """The engine, its `setup()` called once on this worker before its first rows.
+        """The engine as set up on this worker: its `setup()` called once, before its first rows.
 
+        Each partition's task brings its own copy of the engine (Dask unpickles a task's arguments), and
+        what `setup()` made (a session, a model) lives on the copy it was called on: so a later copy of
+        the same engine (its name and pickled form) is answered with that one. An engine of that name
+        configured otherwise (another run on this cluster) is set up as an engine of its own.
         A setup that raises stops the batch (CriticalError): no row could succeed, so no row should be
         blamed; the next partition tries it again.
         """
+        key = f"{engine.name}:{hashlib.sha256(cloudpickle.dumps(engine)).hexdigest()}"
         with self._lock:
-            if engine.name in self._engines:
-                return engine
+            found = self._engines.get(key)
+            if found is not None:
+                return found
             setup: Any = getattr(engine.fn, "setup", None)
             if callable(setup):
                 try:
@@ -91,7 +99,7 @@ class WorkerResources(WorkerPlugin):
                     raise
                 except Exception as exc:
                     raise CriticalError(f"engine {engine.name}: setup() failed: {type(exc).__name__}: {exc}") from exc
-            self._engines[engine.name] = engine
+            self._engines[key] = engine
             return engine
 
     def _tear_down(self, engine: Engine) -> None:
