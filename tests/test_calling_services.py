@@ -116,9 +116,10 @@ def test_the_http_engine_defers_on_429_and_fails_a_bad_request_at_once(
     assert script.calls[4] == 1
 
 
-def _http_clients(dask_worker: Any) -> list[int]:
+def _http_clients(url: str, dask_worker: Any) -> list[int]:
+    """The sessions of the http engines set up on this worker to call `url` (earlier tests' stay set up)."""
     engines = dask_worker.plugins["ctxbatch"]._engines.values()
-    return [id(e.fn._session) for e in engines if e.name == "http" and e.fn._session is not None]
+    return [id(e.fn._session) for e in engines if e.name == "http" and e.fn.settings.url == url and e.fn._session]
 
 
 def test_the_http_engine_makes_one_client_per_worker(
@@ -131,7 +132,7 @@ def test_the_http_engine_makes_one_client_per_worker(
         report = Pipeline("http", http_config(url), store, client).run(until_empty=True)
     assert report.completed == 60
     # Then each worker set the engine up once: one client each, shared by all its partitions
-    clients = client.run(_http_clients)
+    clients = client.run(_http_clients, url)
     assert sorted(len(found) for found in clients.values()) == [1, 1]
     assert len({found[0] for found in clients.values()}) == 2
 
