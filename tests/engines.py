@@ -178,3 +178,39 @@ def batch_call_service(frame: pd.DataFrame) -> list[Any]:
         except RetryLater as later:
             results.append(later)
     return results
+
+
+class LoopBound:
+    """An async engine with async setup() and teardown(): each call fails unless it runs on the loop
+    its setup() ran on, and teardown() leaves a marker file when it runs on that loop too."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def configure(self, settings: Any) -> LoopBound:
+        return LoopBound()  # shipped by value, as the http engine is: each worker sets up its own copy
+
+    async def setup(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def teardown(self) -> None:
+        if asyncio.get_running_loop() is self.loop:
+            _mark("async-teardown")
+
+    async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if asyncio.get_running_loop() is not self.loop:
+            raise RuntimeError("called on another loop than the one its setup() ran on")
+        return {"i": payload.get("i")}
+
+
+loop_bound = LoopBound()
+
+
+class HungTeardown:
+    """An async engine whose async teardown() never ends."""
+
+    async def teardown(self) -> None:
+        await asyncio.Event().wait()
+
+    async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"i": payload.get("i")}

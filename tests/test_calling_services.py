@@ -3,7 +3,12 @@ retries; `worker.context_timeout_seconds` bounds a call."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import gc
+import logging
+import pickle
+import warnings
 from typing import Any
 
 import pytest
@@ -11,7 +16,9 @@ from conftest import small_run
 from distributed import Client
 from service_app import Script, serve
 
-from ctxbatch import ConfigError, ContextStore, Pipeline
+from ctxbatch import ConfigError, ContextStore, Pipeline, load_config
+from ctxbatch.engines.http import HttpEngine
+from ctxbatch.pipeline.engine import configured, resolve_engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
 
@@ -116,9 +123,10 @@ def test_the_http_engine_defers_on_429_and_fails_a_bad_request_at_once(
     assert script.calls[4] == 1
 
 
-def _http_clients(dask_worker: Any) -> list[int]:
+def _http_clients(url: str, dask_worker: Any) -> list[int]:
+    """The sessions of the http engines set up on this worker to call `url` (earlier tests' stay set up)."""
     engines = dask_worker.plugins["ctxbatch"]._engines.values()
-    return [id(e.fn._client) for e in engines if e.name == "http" and e.fn._client is not None]
+    return [id(e.fn._session) for e in engines if e.name == "http" and e.fn.settings.url == url and e.fn._session]
 
 
 def test_the_http_engine_makes_one_client_per_worker(
@@ -131,7 +139,7 @@ def test_the_http_engine_makes_one_client_per_worker(
         report = Pipeline("http", http_config(url), store, client).run(until_empty=True)
     assert report.completed == 60
     # Then each worker set the engine up once: one client each, shared by all its partitions
-    clients = client.run(_http_clients)
+    clients = client.run(_http_clients, url)
     assert sorted(len(found) for found in clients.values()) == [1, 1]
     assert len({found[0] for found in clients.values()}) == 2
 
@@ -170,3 +178,40 @@ def test_a_rate_limit_spaces_the_calls_of_all_workers(
     # And the service never saw more than the limit in any one second: each worker takes its share's
     # tokens 1/share s apart, and as they arrive at the service one more of each may fall in a window
     assert busiest_second(script.arrivals) <= 20 + CLUSTER["n_workers"]
+
+
+async def _connector_limits(engine: HttpEngine) -> tuple[int, int]:
+    await engine.setup()
+    assert engine._session is not None
+    limits = (engine._session.connector.limit, engine._session.connector.limit_per_host)  # type: ignore[union-attr]
+    await engine.teardown()
+    return limits
+
+
+@pytest.mark.parametrize(
+    ("worker", "connections"),
+    [({"engine_concurrency": 7}, 7), ({"engine_concurrency": "auto", "max_engine_concurrency": 50}, 50)],
+)
+def test_the_http_engines_connections_follow_the_workers_calls_in_flight(
+    worker: dict[str, Any], connections: int
+) -> None:
+    # Given the http engine configured for a worker limit, and shipped to a worker as Dask ships it
+    settings = load_config({"worker": worker, "http": {"url": "http://127.0.0.1:9/"}})
+    shipped = pickle.loads(pickle.dumps(configured(resolve_engine("http"), settings).fn))
+    # When a worker sets it up, then its session holds at most that many connections, to any host and in all
+    assert asyncio.run(_connector_limits(shipped)) == (connections, connections)
+
+
+def test_the_http_engine_without_a_worker_leaves_no_session_open(caplog: pytest.LogCaptureFixture) -> None:
+    # Given the http engine run over partitions as a notebook runs it: no worker, a fresh loop each time
+    with serve(Script()) as url:
+        engine = configured(resolve_engine("http"), load_config({"http": {"url": url}}))
+        frame = as_frame([{"_id": f"c{i}", "payload": {"i": i}, "priority": 0, "attempts": 1} for i in range(8)])
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.ERROR, logger="asyncio"):
+            warnings.simplefilter("always")
+            outcomes = [run_partition(engine, frame, concurrency=4) for _ in range(2)]
+            gc.collect()  # a session left open says so when it is collected
+    # Then every call was answered, and nothing warned of a session or connection left open
+    assert all(outcome.results == {f"c{i}": {"i": i} for i in range(8)} for outcome in outcomes)
+    assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
+    assert "nclosed" not in caplog.text

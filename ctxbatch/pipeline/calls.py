@@ -3,8 +3,8 @@
 `worker.engine_concurrency` counts engine calls in flight on one worker across all the partitions it
 runs, not per partition: a worker running three partitions of an async engine shares one loop (a daemon
 thread, started on first use) and one semaphore of that size. One loop per worker is also what lets an
-engine keep one client (an `httpx.AsyncClient`) for the worker's whole life: a client is bound to the
-loop it first ran on.
+engine keep one client (an `aiohttp.ClientSession`) for the worker's whole life: a client is bound to
+the loop it is made on, so an engine's `async def setup()` runs here too (`pipeline/worker.py`).
 
 `worker.rate_limit_per_second` is met the same way: the loop gives each worker a share of the rate
 (R / workers of the run, recomputed per batch as workers come and go) and the worker's `TokenBucket`
@@ -137,9 +137,19 @@ class WorkerCalls:
         while bucket is not None and (wait := bucket.take(time.monotonic())):
             await asyncio.sleep(wait)
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the worker's loop from a worker thread; waits for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on the worker's loop from a worker thread; waits for its result.
+
+        Past `timeout` seconds the coroutine is cancelled and TimeoutError raised.
+        """
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError
+                raise
+            future.cancel()
+            raise TimeoutError(f"not done within {timeout:g} s; cancelled") from None
 
     def close(self) -> None:
         with self._lock:

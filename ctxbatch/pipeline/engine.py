@@ -13,7 +13,8 @@ anything else is refused with an EngineError that says what was expected.
 An engine may give itself a `configure(settings)` attribute returning the engine to run: the loop calls it
 with the run's Settings before shipping the engine (the built-in `http` engine reads its `http:` section).
 An engine may give itself `setup()` and `teardown()` attributes: each Dask worker calls `setup()` once
-before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.worker`).
+before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.worker`). Either may be
+`async def`, and then runs on the worker's engine loop, where the engine's async calls run.
 """
 
 from __future__ import annotations
