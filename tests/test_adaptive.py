@@ -36,8 +36,8 @@ def test_the_limit_falls_when_the_services_latency_triples() -> None:
     limit = AdaptiveLimit(4, 256)
     before = feed(limit, 0.1, 300)[-1]
     # When every call takes three times as long
-    after = feed(limit, 0.3, 30)
-    # Then within thirty calls the limit is below half of what it was
+    after = feed(limit, 0.3, 100)
+    # Then within ten windows of calls the limit is below half of what it was
     assert after[-1] < before / 2
 
 
@@ -62,6 +62,29 @@ def test_the_limit_starts_where_a_worker_fills_a_service_within_its_bounds() -> 
     assert AdaptiveLimit(4, 256).limit == 16
     assert AdaptiveLimit(32, 256).limit == 32
     assert AdaptiveLimit(1, 8).limit == 8
+
+
+def test_one_slow_answer_in_a_window_does_not_lower_the_limit() -> None:
+    # Given a limit that found the capacity of a 100 ms service
+    limit = AdaptiveLimit(4, 256)
+    before = feed(limit, 0.1, 300)[-1]
+    # When one answer in ten takes a second (the worker's thread was held up)
+    for i in range(200):
+        in_flight = int(limit.limit)
+        limit.observe(1.0 if i % 10 == 0 else latency(0.1, in_flight), in_flight)
+    # Then the limit stays where the service's latency put it
+    assert limit.limit >= 0.8 * before
+
+
+def test_slow_start_doubles_the_limit_each_round_trip_until_latency_rises() -> None:
+    # Given a fresh limit and a service that queues beyond 40 at once
+    limit = AdaptiveLimit(4, 256)
+    assert limit.slow_start and limit.limit == 16
+    seen = feed(limit, 0.1, 16 + 32)
+    # Then two round trips of answers take it past the capacity, and queueing ends the slow start
+    assert seen[-1] >= CAPACITY
+    feed(limit, 0.1, 50)
+    assert not limit.slow_start
 
 
 def test_an_unused_limit_does_not_climb() -> None:

@@ -2,24 +2,30 @@
 
 A gradient rule (after Netflix's concurrency-limits Gradient2): the limit follows
 limit x floor / recent + sqrt(limit), where `floor` is a slow average of the calls' latency (what
-the service takes when it is not queueing) and `recent` a fast one. While recent latency stays
-within `TOLERANCE` x floor the gradient is 1 and the sqrt(limit) allowance makes the limit climb;
-once the service queues, recent latency rises and the limit comes down to where it does not. An
-overload signal (RetryLater, a timeout) halves it at once (AIMD), once per window of calls: the calls
-in flight when it came met the same overload, and each halving on their answers would take the limit
-to its minimum for what was one event. It starts at `START` calls, where a worker already fills most
-services' queue a little, rather than at the minimum, which took seconds of calls to climb from.
-Pure: no clock, samples are given.
+the service takes when it is not queueing) and `recent` the median of the last `WINDOW` answers.
+While recent latency stays within `TOLERANCE` x floor the gradient is 1 and the sqrt(limit)
+allowance makes the limit climb; once the service queues, recent latency rises and the limit comes
+down to where it does not. The rule moves once per window, on its median: a single slow answer (a
+garbage collection, a worker's held GIL) delays every call in flight at once, and followed answer by
+answer it halved limits that the service was serving well.
+
+It starts at `START` calls and, until latency first rises, climbs by one per answer (doubling per
+round trip, as TCP's slow start does), so that a worker fills a service in a few round trips rather
+than seconds. An overload signal (a RetryLater with a time to wait, a timeout; see
+`isolate.overloaded`) halves it at once (AIMD), once per window of calls: the calls in flight when it
+came met the same overload, and each halving on their answers would take the limit to its minimum
+for what was one event. Pure: no clock, samples are given.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
 TOLERANCE = 1.25  # recent latency up to 1.25 x the floor is not queueing yet
-SMOOTHING = 0.2  # how far one sample moves the limit towards the rule's value
-FLOOR_WEIGHT = 0.001  # the floor follows ~1,000 samples: a service slower for good becomes the new floor
-RECENT_WEIGHT = 0.1  # the recent latency follows ~10 samples
+SMOOTHING = 0.3  # how far one window moves the limit towards the rule's value
+FLOOR_WEIGHT = 0.02  # the floor follows ~50 windows: a service slower for good becomes the new floor
+WINDOW = 10  # answers per step of the rule
 START = 16  # the first limit (within the bounds): two workers keep 32 calls in flight from the start
 
 
@@ -36,24 +42,40 @@ class AdaptiveLimit:
         self.limit = float(first_limit(minimum, maximum, start))
         self.floor: float | None = None
         self.recent: float | None = None
+        self.slow_start = True  # until latency first rises (or an overload), +1 per answer
+        self._window: list[float] = []
+        self._used = 0  # the most calls in flight seen in the window
         self._calm_for = 0  # answers to see before the next overload may lower the limit again
 
     def observe(self, seconds: float, in_flight: int) -> None:
         """One call answered in `seconds`, with `in_flight` calls in flight when it ended."""
         self._calm_for = max(0, self._calm_for - 1)
-        if self.floor is None or self.recent is None:
-            self.floor = self.recent = seconds
+        filled = in_flight >= self.limit / 2  # else nothing shows a higher limit would be served
+        if self.slow_start and filled and self.floor is not None:
+            self._set(self.limit + 1)
+        self._window.append(seconds)
+        self._used = max(self._used, in_flight)
+        if len(self._window) < WINDOW:
             return
-        self.recent += RECENT_WEIGHT * (seconds - self.recent)
-        self.floor = min(self.floor + FLOOR_WEIGHT * (seconds - self.floor), self.recent)
-        gradient = max(0.5, min(1.0, TOLERANCE * self.floor / self.recent))
+        recent, used = statistics.median(self._window), self._used
+        self._window, self._used = [], 0
+        self.recent = recent
+        floor = self.floor = (
+            recent if self.floor is None else min(self.floor + FLOOR_WEIGHT * (recent - self.floor), recent)
+        )
+        gradient = max(0.5, min(1.0, TOLERANCE * floor / recent))
+        if gradient < 1:
+            self.slow_start = False
+        if self.slow_start:
+            return
         wanted = self.limit * gradient + math.sqrt(self.limit)
-        if wanted > self.limit and in_flight < self.limit / 2:
-            return  # the calls do not use the limit: no evidence that a higher one would be served
+        if wanted > self.limit and used < self.limit / 2:
+            return
         self._set(self.limit + SMOOTHING * (wanted - self.limit))
 
     def overloaded(self) -> None:
-        """The service said "not now" (RetryLater) or a call timed out: halve the limit, once per window."""
+        """The service said "wait" (RetryLater after some seconds) or a call timed out: halve, once per window."""
+        self.slow_start = False
         if self._calm_for:
             return
         self._calm_for = int(self.limit)  # the calls in flight now answer before it can halve again
