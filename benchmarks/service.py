@@ -1,17 +1,18 @@
-"""ctxbatch calling a service of limited capacity, against a hand-written asyncio loop and the bound.
+"""ctxbatch calling a service of limited capacity, against a hand-written aiohttp loop and the bound.
 
 The service (uvicorn in a subprocess, this file with `--serve`): 100 ms per request, K = 40 requests
 served at once; beyond K requests queue, beyond 2K it answers 429 + Retry-After: 1. ctxbatch is not
 told K. Rows, `--contexts` each (one run, fresh database per row):
 
-  (a)  ctxbatch defaults, `--engine http` (the default batch sizing: 10-20 contexts per batch)
-  (a') the same with batches that hold >= engine_concurrency x workers contexts
-  (b)  (a') with `engine_concurrency: auto`
-  (c)  a hand-written asyncio + httpx loop with a semaphore of K, reading and writing the same database
+  (a)  ctxbatch with nothing tuned: `ctxbatch run --engine http` with only `http.url` set
+  (b)  (a) with `engine_concurrency: auto` written out
+  (c)  a hand-written aiohttp loop with a semaphore of K (it knows K), payloads in memory, no database
   (d)  the bound, K / 0.1 s
-  (r)  (a') with `worker.rate_limit_per_second: 200`
+  (e)  README's "Calling a service" recipe as written, against an OpenAI-compatible mock answering
+       in 200 ms, 10% of first tries 429 (no Retry-After); its bound is 32 calls x 2 workers / 0.2 s
+  (f)  (a) while the service's capacity drops from K to K/4 for 20 s and comes back
 
-    python benchmarks/service.py --contexts 5000
+    python benchmarks/service.py --contexts 4000
 """
 
 from __future__ import annotations
@@ -20,31 +21,71 @@ import argparse
 import asyncio
 import json
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import yaml
 from _common import server  # benchmarks/ is on sys.path when run as a script
-from pymongo import MongoClient, UpdateOne
+from pymongo import MongoClient
 
 from ctxbatch.io import ContextStore
 
 K = 40
 SECONDS = 0.1
-RATE = 200
-SIZED = {"batch_size": 200, "min_batch_size": 200, "max_batch_size": 400}
+RECIPE_SECONDS = 0.2
+RECIPE_CONCURRENCY, WORKERS = 32, 2
+DROP_AFTER, DROP_FOR = 5.0, 20.0
+# README's recipe, as its YAML block says (the URL is the mock's).
+RECIPE = {
+    "engine": "http",
+    "http": {"timeout_seconds": 120, "payload_field": "request"},
+    "worker": {"engine_concurrency": RECIPE_CONCURRENCY, "context_timeout_seconds": 150},
+}
 
 
-def app(capacity: int) -> Any:
-    """The service as an ASGI app: K at once, 2K waiting at most, and a count of its 429s on GET."""
-    gate = asyncio.Semaphore(capacity)
-    state = {"inside": 0, "busy": 0, "served": 0}
+class Capacity:
+    """Requests served at once, changeable while requests wait (a semaphore whose size moves)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.inside = size, 0
+        self._turn = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._turn:
+            await self._turn.wait_for(lambda: self.inside < self.size)
+            self.inside += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._turn:
+            self.inside -= 1
+            self._turn.notify_all()
+
+    async def resize(self, size: int) -> None:
+        async with self._turn:
+            self.size = size
+            self._turn.notify_all()
+
+
+def app(capacity: int, seconds: float, openai: bool) -> Any:
+    """The service as an ASGI app; GET answers its counters, POST /capacity {"capacity": n} resizes it.
+
+    The plain service serves `capacity` at once, queues up to as many more, and answers 429 +
+    Retry-After: 1 beyond. The OpenAI-compatible one serves all at once and answers 429 (no
+    Retry-After) to the first try of one request in ten.
+    """
+    gate = Capacity(capacity)
+    state = {"inside": 0, "most_inside": 0, "busy": 0, "served": 0}
+    seen: set[int] = set()
 
     async def reply(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
@@ -63,20 +104,51 @@ def app(capacity: int) -> Any:
         if scope["method"] == "GET":
             await reply(send, 200, json.dumps(state).encode(), [])
             return
-        if state["inside"] >= 2 * capacity:
+        if scope["path"] == "/capacity":
+            await gate.resize(int(json.loads(body)["capacity"]))
+            await reply(send, 200, b"{}", [])
+            return
+        if openai:
+            key = zlib.crc32(body)
+            if key % 10 == 0 and key not in seen:
+                seen.add(key)
+                state["busy"] += 1
+                await reply(send, 429, b'{"error": {"message": "busy", "type": "rate_limit"}}', [])
+                return
+        elif state["inside"] >= 2 * gate.size:
             state["busy"] += 1
             await reply(send, 429, b'{"error": "busy"}', [(b"retry-after", b"1")])
             return
         state["inside"] += 1
+        state["most_inside"] = max(state["most_inside"], state["inside"])
         try:
-            async with gate:
-                await asyncio.sleep(SECONDS)
+            if openai:
+                await asyncio.sleep(seconds)
+            else:
+                async with gate:
+                    await asyncio.sleep(seconds)
         finally:
             state["inside"] -= 1
         state["served"] += 1
-        await reply(send, 200, body or b"{}", [])
+        answer = completion(body) if openai else body or b"{}"
+        await reply(send, 200, answer, [])
 
     return asgi
+
+
+def completion(request: bytes) -> bytes:
+    """A chat completion as OpenAI's API shapes it, echoing the last message."""
+    messages = json.loads(request).get("messages", [{}])
+    text = str(messages[-1].get("content", ""))
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "local",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+        }
+    ).encode()
 
 
 def free_port() -> int:
@@ -86,10 +158,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def service() -> Iterator[str]:
-    """The service in a subprocess on a free port; yields its URL; stopped on exit."""
+def service(openai: bool = False) -> Iterator[str]:
+    """The service in a subprocess on a free port; yields its base URL; stopped on exit."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    words = ["--serve", str(port), *(["--openai"] if openai else [])]
+    process = subprocess.Popen([sys.executable, __file__, *words])
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(100):
@@ -108,9 +181,15 @@ def stats(url: str) -> dict[str, int]:
     return dict(httpx.get(url, timeout=5).json())
 
 
-def fill(uri: str, database: str, count: int) -> None:
+def payloads(count: int, openai: bool) -> list[dict[str, Any]]:
+    if openai:
+        return [{"request": {"model": "local", "messages": [{"role": "user", "content": f"hi {i}"}]}} for i in range(count)]
+    return [{"i": i} for i in range(count)]
+
+
+def fill(uri: str, database: str, count: int, openai: bool = False) -> None:
     store = ContextStore(uri, database)
-    store.submit([{"payload": {"i": i}} for i in range(count)])
+    store.submit([{"payload": payload} for payload in payloads(count, openai)])
     store.close()
 
 
@@ -119,59 +198,87 @@ def counts(uri: str, database: str) -> dict[str, int]:
     return {s: contexts.count_documents({"status": {"$eq": s}}) for s in ("completed", "failed")}
 
 
-def run_ctxbatch(uri: str, database: str, workdir: Path, url: str, worker: dict[str, Any]) -> float:
-    """The CLI's run over the queue; the loop's own seconds from its summary line."""
-    config = workdir / f"{database}.yaml"
-    config.write_text(yaml.safe_dump({"worker": worker, "http": {"url": url}, "dask": {"dashboard_address": None}}))
-    words = ["run", "--config", str(config), "--engine", "http", "--until-empty"]
+def run_ctxbatch(uri: str, database: str, workdir: Path, config: dict[str, Any]) -> float:
+    """`ctxbatch run --until-empty` with this config; the loop's own seconds from its summary line."""
+    path = workdir / f"{database}.yaml"
+    path.write_text(yaml.safe_dump({**config, "dask": {"dashboard_address": None}}))
+    words = ["run", "--config", str(path), "--engine", "http", "--until-empty"]
     command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", uri, "--database", database, *words]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return next(float(part.split()[0]) for part in done.stderr.splitlines()[-1].split(", ") if part.endswith(" s"))
+    summary = next(line for line in reversed(done.stderr.splitlines()) if "contexts/s" in line)
+    return next(float(part.split()[0]) for part in summary.split(", ") if part.endswith(" s"))
 
 
-def hand_written(uri: str, database: str, url: str) -> float:
-    """What a user who knows K writes: every pending context, K calls at once, results written in bulks."""
-    contexts = MongoClient(uri)[database]["contexts"]
+def hand_written(count: int, url: str) -> float:
+    """What a user who knows K writes: K calls at once with one aiohttp session, results kept in memory."""
 
-    async def main() -> None:
-        pending = contexts.find({"status": {"$eq": "pending"}}, {"payload": 1})
+    async def main() -> list[Any]:
         gate = asyncio.Semaphore(K)
-        done: list[UpdateOne] = []
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=K)) as client:
+        connector = aiohttp.TCPConnector(limit=K)
+        async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def one(doc: dict[str, Any]) -> None:
-                async with gate:
-                    response = await client.post(url, json=doc["payload"])
-                result = {"status": "completed", "result": response.json()}
-                done.append(UpdateOne({"_id": doc["_id"]}, {"$set": result}))
-                if len(done) >= 500:
-                    batch = done[:]
-                    done.clear()
-                    await asyncio.to_thread(contexts.bulk_write, batch, ordered=False)
+            async def one(payload: dict[str, Any]) -> Any:
+                async with gate, session.post(url, json=payload) as response:
+                    return await response.json()
 
-            await asyncio.gather(*(one(doc) for doc in pending))
-        if done:
-            contexts.bulk_write(done, ordered=False)
+            return await asyncio.gather(*(one(p) for p in payloads(count, False)))
 
     start = time.perf_counter()
-    asyncio.run(main())
+    results = asyncio.run(main())
+    assert len(results) == count
     return time.perf_counter() - start
 
 
-def measure(uri: str, workdir: Path, count: int) -> list[tuple[str, float, int, int]]:
-    """(row, contexts/s, contexts failed, 429s answered) per row."""
-    rows = []
-    ways: list[tuple[str, Any]] = [
-        ("(a) ctxbatch defaults, --engine http", lambda db, url: run_ctxbatch(uri, db, workdir, url, {})),
-        ("(a') + batch sizes >= concurrency x workers", lambda db, url: run_ctxbatch(uri, db, workdir, url, SIZED)),
+@contextmanager
+def dropping(url: str) -> Iterator[list[tuple[float, int]]]:
+    """Drop the service's capacity to K/4 after DROP_AFTER s for DROP_FOR s; yields (t, served) samples."""
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        start, dropped, restored = time.monotonic(), False, False
+        while not stop.wait(0.5):
+            now = time.monotonic() - start
+            samples.append((now, stats(url)["served"]))
+            if not dropped and now >= DROP_AFTER:
+                httpx.post(url + "capacity", json={"capacity": K // 4}, timeout=5)
+                dropped = True
+            if dropped and not restored and now >= DROP_AFTER + DROP_FOR:
+                httpx.post(url + "capacity", json={"capacity": K}, timeout=5)
+                restored = True
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """Calls served per second at the service between two moments (from the watcher's samples)."""
+    inside = [(t, served) for t, served in samples if start <= t <= end]
+    if len(inside) < 2:
+        return 0.0
+    (t0, s0), (t1, s1) = inside[0], inside[-1]
+    return (s1 - s0) / (t1 - t0)
+
+
+Row = tuple[str, float, float, int, int]  # name, contexts/s, bound, contexts failed, 429s
+
+
+def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
+    """The rows (a)-(e), and (f)'s lines."""
+    rows: list[Row] = []
+    bound = K / SECONDS
+    ways: list[tuple[str, Callable[[str, str], float]]] = [
+        ("(a) ctxbatch, only http.url set", lambda db, url: run_ctxbatch(uri, db, workdir, {"http": {"url": url}})),
         (
-            "(b) (a') + engine_concurrency: auto",
-            lambda db, url: run_ctxbatch(uri, db, workdir, url, {**SIZED, "engine_concurrency": "auto"}),
-        ),
-        (f"(c) hand-written asyncio + httpx, semaphore {K}", lambda db, url: hand_written(uri, db, url)),
-        (
-            f"(r) (a') + rate_limit_per_second {RATE}",
-            lambda db, url: run_ctxbatch(uri, db, workdir, url, {**SIZED, "rate_limit_per_second": RATE}),
+            "(b) (a) + engine_concurrency: auto",
+            lambda db, url: run_ctxbatch(
+                uri, db, workdir, {"http": {"url": url}, "worker": {"engine_concurrency": "auto"}}
+            ),
         ),
     ]
     for n, (name, way) in enumerate(ways):
@@ -182,37 +289,82 @@ def measure(uri: str, workdir: Path, count: int) -> list[tuple[str, float, int, 
             busy = stats(url)["busy"]
         found = counts(uri, database)
         assert found["completed"] + found["failed"] == count, (name, found)
-        rows.append((name, count / seconds, found["failed"], busy))
+        rows.append((name, count / seconds, bound, found["failed"], busy))
         print(f"{name}: {count / seconds:.0f}/s, failed {found['failed']}, 429s {busy}", file=sys.stderr)
-    rows.append((f"(d) the bound, K / {SECONDS:g} s", K / SECONDS, 0, 0))
-    return rows
+    with service() as url:
+        seconds = hand_written(count, url)
+        rows.append((f"(c) hand-written aiohttp, semaphore {K}, no database", count / seconds, bound, 0, stats(url)["busy"]))
+    rows.append((f"(d) the bound, K / {SECONDS:g} s", bound, bound, 0, 0))
+
+    fill(uri, "service_recipe", count, openai=True)
+    with service(openai=True) as url:
+        recipe = {**RECIPE, "http": {**RECIPE["http"], "url": url + "v1/chat/completions"}}  # type: ignore[dict-item]
+        seconds = run_ctxbatch(uri, "service_recipe", workdir, recipe)
+        busy = stats(url)["busy"]
+    found = counts(uri, "service_recipe")
+    recipe_bound = RECIPE_CONCURRENCY * WORKERS / RECIPE_SECONDS
+    rows.append(("(e) README's recipe as written", count / seconds, recipe_bound, found["failed"], busy))
+
+    dropped = max(count, int(bound * (DROP_AFTER + 10) + bound / 4 * DROP_FOR))
+    fill(uri, "service_drop", dropped)
+    with service() as url, dropping(url) as samples:
+        seconds = run_ctxbatch(uri, "service_drop", workdir, {"http": {"url": url}})
+        busy = stats(url)["busy"]
+    found = counts(uri, "service_drop")
+    back = DROP_AFTER + DROP_FOR
+    phases = [
+        ("before", 1.0, DROP_AFTER, bound),
+        ("dropped", DROP_AFTER + 2, back, bound / 4),
+        ("after", back + 2, max(t for t, _ in samples), bound),
+    ]
+    lines = [
+        f"(f) {dropped:,} contexts, capacity {K} -> {K // 4} at {DROP_AFTER:g} s, back at {back:g} s: "
+        f"{found['failed']} failed, {busy} 429s, {dropped / seconds:.0f}/s over the run",
+        "",
+        "| phase | served/s at the service | its bound | x bound |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, start, end, phase_bound in phases:
+        rate = rate_between(samples, start, end)
+        lines.append(f"| {name} ({start:g}-{end:.0f} s) | {rate:.0f} | {phase_bound:.0f} | {rate / phase_bound:.2f} |")
+    return rows, lines
 
 
-def table(rows: list[tuple[str, float, int, int]], count: int) -> str:
-    bound = K / SECONDS
+def table(rows: list[Row], count: int) -> str:
     lines = [
         f"{count:,} contexts per row, service of 100 ms per call, K = {K} at once (429 beyond {2 * K})",
         "",
-        "| row | contexts/s | x bound | contexts failed | 429s answered |",
-        "|---|---:|---:|---:|---:|",
+        "| row | contexts/s | bound | x bound | contexts failed | 429s answered |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {rate:.0f} | {rate / bound:.2f} | {failed} | {busy} |" for name, rate, failed, busy in rows]
+    lines += [
+        f"| {name} | {rate:.0f} | {bound:.0f} | {rate / bound:.2f} | {failed} | {busy} |"
+        for name, rate, bound, failed, busy in rows
+    ]
+    hand = next(rate for name, rate, *_ in rows if name.startswith("(c)"))
+    untuned = statistics.median(rate for name, rate, *_ in rows if name.startswith(("(a)", "(b)")))
+    lines += ["", f"(a)/(b) median against (c): {untuned / hand:.2f}x"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, default=20_000)
+    parser.add_argument("--contexts", type=int, default=4_000)
     parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the service's subprocess
+    parser.add_argument("--openai", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         import uvicorn
 
-        uvicorn.run(app(K), host="127.0.0.1", port=args.serve, log_level="warning", backlog=1024)
+        seconds = RECIPE_SECONDS if args.openai else SECONDS
+        uvicorn.run(app(K, seconds, args.openai), host="127.0.0.1", port=args.serve, log_level="warning", backlog=1024)
         return
     with server(args.mongo_uri) as (uri, workdir):
-        print(table(measure(uri, workdir, args.contexts), args.contexts))
+        rows, drop = measure(uri, workdir, args.contexts)
+        print(table(rows, args.contexts))
+        print()
+        print("\n".join(drop))
 
 
 if __name__ == "__main__":

@@ -76,17 +76,6 @@ def test_one_slow_answer_in_a_window_does_not_lower_the_limit() -> None:
     assert limit.limit >= 0.8 * before
 
 
-def test_slow_start_doubles_the_limit_each_round_trip_until_latency_rises() -> None:
-    # Given a fresh limit and a service that queues beyond 40 at once
-    limit = AdaptiveLimit(4, 256)
-    assert limit.slow_start and limit.limit == 16
-    seen = feed(limit, 0.1, 16 + 32)
-    # Then two round trips of answers take it past the capacity, and queueing ends the slow start
-    assert seen[-1] >= CAPACITY
-    feed(limit, 0.1, 50)
-    assert not limit.slow_start
-
-
 def test_an_unused_limit_does_not_climb() -> None:
     # Given calls that never fill the limit (a few in flight out of 32)
     limit = AdaptiveLimit(32, 256)

@@ -9,9 +9,11 @@ down to where it does not. The rule moves once per window, on its median: a sing
 garbage collection, a worker's held GIL) delays every call in flight at once, and followed answer by
 answer it halved limits that the service was serving well.
 
-It starts at `START` calls and, until latency first rises, climbs by one per answer (doubling per
-round trip, as TCP's slow start does), so that a worker fills a service in a few round trips rather
-than seconds. An overload signal (a RetryLater with a time to wait, a timeout; see
+It starts at `START` calls, where two workers already keep a service of a few dozen calls at once
+busy, and climbs from there by the rule (a second or so to 40 per worker on a 100 ms service). No
+slow start: doubling per round trip overshot a service's queue before the first queued answers came
+back, and its 429s (with Retry-After, a pause for every worker) cost more than the climb saves. An
+overload signal (a RetryLater with a time to wait, a timeout; see
 `isolate.overloaded`) halves it at once (AIMD), once per window of calls: the calls in flight when it
 came met the same overload, and each halving on their answers would take the limit to its minimum
 for what was one event. Pure: no clock, samples are given.
@@ -42,7 +44,6 @@ class AdaptiveLimit:
         self.limit = float(first_limit(minimum, maximum, start))
         self.floor: float | None = None
         self.recent: float | None = None
-        self.slow_start = True  # until latency first rises (or an overload), +1 per answer
         self._window: list[float] = []
         self._used = 0  # the most calls in flight seen in the window
         self._calm_for = 0  # answers to see before the next overload may lower the limit again
@@ -50,9 +51,6 @@ class AdaptiveLimit:
     def observe(self, seconds: float, in_flight: int) -> None:
         """One call answered in `seconds`, with `in_flight` calls in flight when it ended."""
         self._calm_for = max(0, self._calm_for - 1)
-        filled = in_flight >= self.limit / 2  # else nothing shows a higher limit would be served
-        if self.slow_start and filled and self.floor is not None:
-            self._set(self.limit + 1)
         self._window.append(seconds)
         self._used = max(self._used, in_flight)
         if len(self._window) < WINDOW:
@@ -64,18 +62,13 @@ class AdaptiveLimit:
             recent if self.floor is None else min(self.floor + FLOOR_WEIGHT * (recent - self.floor), recent)
         )
         gradient = max(0.5, min(1.0, TOLERANCE * floor / recent))
-        if gradient < 1:
-            self.slow_start = False
-        if self.slow_start:
-            return
         wanted = self.limit * gradient + math.sqrt(self.limit)
         if wanted > self.limit and used < self.limit / 2:
-            return
+            return  # the calls do not use the limit: no evidence that a higher one would be served
         self._set(self.limit + SMOOTHING * (wanted - self.limit))
 
     def overloaded(self) -> None:
         """The service said "wait" (RetryLater after some seconds) or a call timed out: halve, once per window."""
-        self.slow_start = False
         if self._calm_for:
             return
         self._calm_for = int(self.limit)  # the calls in flight now answer before it can halve again
