@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ctxbatch import ConfigError, CriticalError, FailNow, RetryLater, Settings
+from ctxbatch import ConfigError, CriticalError, FailNow, RetryLater, Settings, estimate_tokens
 
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BODY_CHARS = 500
@@ -90,6 +90,11 @@ class HttpEngine:
         client, loop, self._client = self._client, self._loop, None
         if client is not None and loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
+
+    def tokens(self, payload: dict[str, Any]) -> int:
+        """The call's token estimate under `limits.tokens_per_minute`: that of the body it sends."""
+        field = self.settings.payload_field
+        return estimate_tokens(payload.get(field) if field else payload)
 
     async def __call__(self, payload: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
