@@ -1,8 +1,8 @@
 """A small real HTTP service on 127.0.0.1 for the tests of engines that call services.
 
 `POST /` with a JSON payload `{"i": ...}` answers `{"i": ...}`; a `Script` says what else it does:
-answer 429 + Retry-After to the first calls of every payload, or hang on one payload (until the
-service stops).
+answer 429 + Retry-After to the first calls of every payload or to the next call the test asks for,
+hang on one payload (until the service stops), or report a `usage` of tokens.
 """
 
 from __future__ import annotations
@@ -24,24 +24,38 @@ class Script:
     retry_after: str = "1"
     hang_on: int | None = None  # the payload whose calls never answer while the service runs
     bad_on: int | None = None  # the payload answered 400 (a bad request) every time
+    usage: int | None = None  # answered as `usage.total_tokens` of every call served
+    turn_away_next: threading.Event = field(default_factory=threading.Event)  # set: the next call gets a 429
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every call
+    callers: list[tuple[float, int]] = field(default_factory=list)  # (arrival, payload's "pid") when it has one
+    turned_away: list[float] = field(default_factory=list)  # arrivals answered 429 on turn_away_next
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, payload: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
         key = int(str(payload.get("i", -1)))
         with self.lock:
+            now = time.monotonic()
             self.calls[key] += 1
-            self.arrivals.append(time.monotonic())
+            self.arrivals.append(now)
+            if "pid" in payload:
+                self.callers.append((now, int(str(payload["pid"]))))
             seen = self.calls[key]
+            if self.turn_away_next.is_set():
+                self.turn_away_next.clear()
+                self.turned_away.append(now)
+                return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
         if key == self.hang_on:
             self.stopping.wait()
         if key == self.bad_on:
             return 400, {}, b'{"error": "field i is odd today"}'
         if seen <= self.busy_first:
             return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
-        return 200, {}, json.dumps({"i": key}).encode()
+        reply: dict[str, object] = {"i": key}
+        if self.usage is not None:
+            reply["usage"] = {"total_tokens": self.usage}
+        return 200, {}, json.dumps(reply).encode()
 
 
 class Server(ThreadingHTTPServer):
