@@ -37,7 +37,9 @@ from ctxbatch.io.schema import eq
 KINDS = ("requests", "tokens")
 # Compare-and-set tries before a take gives up for now (the caller asks again shortly).
 CAS_TRIES = 20
-EPSILON = 1e-9  # seconds: ten takes of a tenth make one second's worth, as floats do not
+# Seconds a take may come early: ten takes of a tenth make one second's worth (floats do not quite),
+# and nx-27017 keeps 15 significant digits of a $set double, ~10 us of an epoch in seconds.
+EPSILON = 1e-4
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,6 @@ class SharedLimit:
     def counts_tokens(self) -> bool:
         return "tokens" in self.rates
 
-    @property
-    def paused_until(self) -> float:
-        return self._paused_until
-
     def cost(self, tokens: int | None) -> Cost:
         """What one call needs of the kinds this limit counts."""
         need = {"requests": 1.0, "tokens": float(tokens or 0)}
@@ -159,17 +155,18 @@ class SharedLimit:
         """Read the pause, and take a slice when the balance does not cover `cost` (in a worker thread)."""
         with self._cond:
             mono = time.monotonic()
-            short = self._owed > 0 or not self._balance.covers(cost, mono)
+            paused = self._paused_until > time.time()  # nothing is taken that the pause would let expire
+            short = not paused and (self._owed > 0 or not self._balance.covers(cost, mono))
             # Asked again even while the database's last wait runs: others' give-backs may have shortened it.
             draws = self._draws(cost, mono) if short else {}
             debt = max(self._owed, 0.0) if draws else 0.0  # paid by this take, on top of the slice
-            give_back = max(-self._owed, 0.0) if "tokens" in self.rates else 0.0
+            give_back = max(-self._owed, 0.0) if self.counts_tokens else 0.0
             if give_back and not draws:  # unused tokens ride back with this read
                 draws = {"tokens": Draw(0.0, self.rates["tokens"], give_back)}
         if not draws:
-            paused = self.book.paused_until(self.name)
+            until = self.book.paused_until(self.name)
             with self._cond:
-                self._paused_until = max(self._paused_until, paused)
+                self._paused_until = max(self._paused_until, until)
                 self._read_at = mono
             return
         granted = self.book.take(self.name, draws, BURST_SECONDS)
