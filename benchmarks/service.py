@@ -183,7 +183,9 @@ def stats(url: str) -> dict[str, int]:
 
 def payloads(count: int, openai: bool) -> list[dict[str, Any]]:
     if openai:
-        return [{"request": {"model": "local", "messages": [{"role": "user", "content": f"hi {i}"}]}} for i in range(count)]
+        return [
+            {"request": {"model": "local", "messages": [{"role": "user", "content": f"hi {i}"}]}} for i in range(count)
+        ]
     return [{"i": i} for i in range(count)]
 
 
@@ -293,7 +295,9 @@ def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
         print(f"{name}: {count / seconds:.0f}/s, failed {found['failed']}, 429s {busy}", file=sys.stderr)
     with service() as url:
         seconds = hand_written(count, url)
-        rows.append((f"(c) hand-written aiohttp, semaphore {K}, no database", count / seconds, bound, 0, stats(url)["busy"]))
+        rows.append(
+            (f"(c) hand-written aiohttp, semaphore {K}, no database", count / seconds, bound, 0, stats(url)["busy"])
+        )
     rows.append((f"(d) the bound, K / {SECONDS:g} s", bound, bound, 0, 0))
 
     fill(uri, "service_recipe", count, openai=True)

@@ -26,6 +26,7 @@ _LOADED_ON_USE = {
     "RunReport": "ctxbatch.pipeline.report",
     "Subscriber": "ctxbatch.pipeline.events",
     "batch_engine": "ctxbatch.pipeline.engine",
+    "estimate_tokens": "ctxbatch.pipeline.tokens",
 }
 
 
@@ -64,10 +65,12 @@ __all__ = [
     "RunReport",
     "Subscriber",
     "batch_engine",
+    "estimate_tokens",
 ]
 
 if TYPE_CHECKING:
     from ctxbatch.pipeline.engine import batch_engine
     from ctxbatch.pipeline.events import Subscriber
     from ctxbatch.pipeline.report import RunReport
+    from ctxbatch.pipeline.tokens import estimate_tokens
     from ctxbatch.run import Pipeline

@@ -131,7 +131,7 @@ class WorkerSettings(_Section):
     min_engine_concurrency: int = Field(4, ge=1, description="Lowest limit of engine_concurrency: auto.")
     max_engine_concurrency: int = Field(256, ge=1, description="Highest limit of engine_concurrency: auto.")
     rate_limit_per_second: float | None = Field(
-        None, gt=0, description="Engine calls per second over all workers of a run (each loop its own); calls wait."
+        None, gt=0, description="Deprecated: read as limits.requests_per_minute = 60 x this (shared by every loop)."
     )
     context_timeout_seconds: float | None = Field(
         None, gt=0, description="Longest engine call (a batch engine's: per partition); past it the row fails."
@@ -324,6 +324,20 @@ class HttpSettings(_Section):
     payload_field: str | None = Field(None, description="Send this payload field instead of the whole payload.")
 
 
+class LimitsSettings(_Section):
+    """Budgets shared by every worker of every loop on the database that names the same limit (io/limits.py)."""
+
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Engine calls per minute over every loop sharing `name`; calls wait, none refused."
+    )
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Tokens per minute over every loop sharing `name`: estimated, corrected from usage."
+    )
+    name: str = Field(
+        "default", min_length=1, description="The limit's name: loops on one database sharing it share one budget."
+    )
+
+
 class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     mongo: MongoSettings = Field(default_factory=MongoSettings)
@@ -332,6 +346,24 @@ class Settings(_Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+
+    @model_validator(mode="after")
+    def _one_request_rate(self) -> Settings:
+        if self.worker.rate_limit_per_second is not None and self.limits.requests_per_minute is not None:
+            raise ValueError(
+                "worker.rate_limit_per_second and limits.requests_per_minute are both set; keep "
+                "limits.requests_per_minute (rate_limit_per_second is deprecated)"
+            )
+        return self
+
+    @property
+    def shared_limits(self) -> LimitsSettings:
+        """`limits:` as the run applies it: the deprecated `worker.rate_limit_per_second` R read as 60 x R a minute."""
+        rate = self.worker.rate_limit_per_second
+        if rate is None:
+            return self.limits
+        return self.limits.model_copy(update={"requests_per_minute": 60 * rate})
 
     @model_validator(mode="after")
     def _alert_levels_exist(self) -> Settings:

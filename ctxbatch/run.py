@@ -97,6 +97,15 @@ class Pipeline:
     def run(self, until_empty: bool = False, max_contexts: int | None = None) -> RunReport:
         """Process contexts until stopped, until `max_contexts` were claimed, or (until_empty) none are left."""
         self.report = RunReport(decisions=self.sizer.decisions)
+        deprecated_rate = self.settings.worker.rate_limit_per_second
+        if deprecated_rate is not None:
+            log.warning(
+                "worker.rate_limit_per_second is deprecated: read as limits.requests_per_minute: %g "
+                "(60 x %g, shared by every loop on the database under limits.name %r)",
+                60 * deprecated_rate,
+                deprecated_rate,
+                self.settings.limits.name,
+            )
         loop = self._loop = Loop(self.store, self.settings, self.sizer, self.job, self.owner)  # stop() reaches it
         if until_empty and self.client is None and known_drained(self.store):
             # Nothing to do: no cluster, no metrics port; an empty run costs about a connection.
@@ -140,6 +149,7 @@ def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> Pa
         work.max_engine_concurrency if auto else int(work.engine_concurrency),
         work.context_timeout_seconds,
         adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,
+        limits=settings.shared_limits,
     )
 
 

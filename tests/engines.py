@@ -168,6 +168,11 @@ async def async_call_service(payload: dict[str, Any]) -> Any:
     return json.loads(raw_body)
 
 
+async def async_call_service_signed(payload: dict[str, Any]) -> Any:
+    """async_call_service, the payload signed with the calling process's id (the loop, in a thread cluster)."""
+    return await async_call_service({**payload, "pid": os.getpid()})
+
+
 @batch_engine
 def batch_call_service(frame: pd.DataFrame) -> list[Any]:
     """One call per row; a row the service turns away is returned as a RetryLater instance."""

@@ -2,8 +2,8 @@
 
 `POST /` with a JSON payload `{"i": ...}` answers `{"i": ...}`; a `Script` says what else it does:
 take a while to answer, answer 429 + Retry-After to the first calls of every payload (or of every
-n-th), 500 to every n-th payload, or hang on one payload (until the service stops). It counts the
-calls it holds at once.
+n-th, or to the next call the test asks for), 500 to every n-th payload, hang on one payload (until
+the service stops), or report a `usage` of tokens. It counts the calls it holds at once.
 """
 
 from __future__ import annotations
@@ -30,17 +30,28 @@ class Script:
     fail_every: int = 0  # with n, every n-th payload is answered 500 every time (a bad row)
     inside: int = 0  # calls it holds now
     most_inside: int = 0  # the most calls it held at once
+    usage: int | None = None  # answered as `usage.total_tokens` of every call served
+    turn_away_next: threading.Event = field(default_factory=threading.Event)  # set: the next call gets a 429
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every call
+    callers: list[tuple[float, int]] = field(default_factory=list)  # (arrival, payload's "pid") when it has one
+    turned_away: list[float] = field(default_factory=list)  # arrivals answered 429 on turn_away_next
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, payload: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
         key = int(str(payload.get("i", -1)))
         with self.lock:
+            now = time.monotonic()
             self.calls[key] += 1
-            self.arrivals.append(time.monotonic())
+            self.arrivals.append(now)
+            if "pid" in payload:
+                self.callers.append((now, int(str(payload["pid"]))))
             seen = self.calls[key]
+            if self.turn_away_next.is_set():
+                self.turn_away_next.clear()
+                self.turned_away.append(now)
+                return 429, {"Retry-After": self.retry_after}, b'{"error": "slow down"}'
             self.inside += 1
             self.most_inside = max(self.most_inside, self.inside)
         try:
@@ -62,7 +73,10 @@ class Script:
             return 429, {}, b'{"error": "busy"}'
         if self.fail_every and key % self.fail_every == 1:
             return 500, {}, b'{"error": "this row breaks the service"}'
-        return 200, {}, json.dumps({"i": key}).encode()
+        reply: dict[str, object] = {"i": key}
+        if self.usage is not None:
+            reply["usage"] = {"total_tokens": self.usage}
+        return 200, {}, json.dumps(reply).encode()
 
 
 class Server(ThreadingHTTPServer):

@@ -1,4 +1,5 @@
-"""`worker.engine_concurrency` bounds a worker's async engine calls over all the partitions it runs."""
+"""`worker.engine_concurrency` bounds a worker's async engine calls over all the partitions it runs; a
+worker's balance of the shared limits is spent slice by slice."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
-
-from ctxbatch.pipeline.calls import TokenBucket, WorkerCalls
+from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.partition import as_frame
+from ctxbatch.pipeline.slices import Balance
 
 
 class Gauge:
@@ -50,20 +50,20 @@ def test_partitions_on_one_worker_share_its_limit_of_calls_in_flight() -> None:
     assert gauge.most == 4
 
 
-def test_a_token_bucket_spaces_calls_at_its_rate_and_follows_a_new_share() -> None:
-    # Given a bucket of 10 calls per second
-    bucket = TokenBucket(10)
-    # Then a first call goes at once, and the next waits a tenth of a second after it
-    assert bucket.take(now=100.0) == 0
-    assert bucket.take(now=100.04) == pytest.approx(0.06)
-    assert bucket.take(now=100.1) == 0
-    # And a caller that woke late spaces the next call from when it took its token, not before
-    assert bucket.take(now=100.35) == 0
-    assert bucket.take(now=100.4) == pytest.approx(0.05)
-    # And a smaller share (more workers) spaces the calls after the next token further apart
-    bucket.rate = 5
-    assert bucket.take(now=100.45) == 0
-    assert bucket.take(now=100.5) == pytest.approx(0.15)
+def test_a_balance_spends_its_oldest_slice_first_and_drops_what_outlived_its_slice() -> None:
+    # Given two slices taken from the shared budget, ending at 10.5 and 10.75
+    balance = Balance()
+    balance.add({"requests": 2, "tokens": 300}, ends=10.5)
+    balance.add({"requests": 2, "tokens": 300}, ends=10.75)
+    # Then a call is spent from the oldest slice first
+    assert balance.spend({"requests": 1, "tokens": 250}, now=10.0)
+    assert balance.held("tokens", 10.0) == 350
+    # And what a call needs beyond the balance is refused whole, nothing spent
+    assert not balance.spend({"requests": 1, "tokens": 400}, now=10.0)
+    assert balance.held("requests", 10.0) == 3
+    # And once the older slice ended, only the newer one's units are left; after both, none
+    assert balance.held("tokens", 10.6) == 300
+    assert not balance.covers({"requests": 1}, now=10.8)
 
 
 def test_an_auto_limit_climbs_on_a_fast_engine_and_stays_within_its_bounds() -> None:

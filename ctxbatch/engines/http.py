@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from ctxbatch import ConfigError, CriticalError, FailNow, RetryLater, Settings
+from ctxbatch import ConfigError, CriticalError, FailNow, RetryLater, Settings, estimate_tokens
 
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BODY_CHARS = 500
@@ -110,6 +110,11 @@ class HttpEngine:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
         # trust_env: proxies from HTTP(S)_PROXY / NO_PROXY, as the httpx client this replaced honoured them.
         return aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector, trust_env=True)
+
+    def tokens(self, payload: dict[str, Any]) -> int:
+        """The call's token estimate under `limits.tokens_per_minute`: that of the body it sends."""
+        field = self.settings.payload_field
+        return estimate_tokens(payload.get(field) if field else payload)
 
     async def __call__(self, payload: dict[str, Any]) -> Any:
         if self._session is not None and self._loop is asyncio.get_running_loop():

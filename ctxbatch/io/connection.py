@@ -54,11 +54,22 @@ class Binding:
     alerts: Collection[Document]
     critical_errors: Collection[Document]
     sizing_decisions: Collection[Document]
+    # Budgets and pauses shared by every loop (io/limits.py).
+    limits: Collection[Document]
 
     @classmethod
     def of(cls, client: MongoClient[Document], database: str) -> Binding:
         db = client[database]
-        names = ("contexts", "batches", "submissions", "staged", "alerts", "critical_errors", "sizing_decisions")
+        names = (
+            "contexts",
+            "batches",
+            "submissions",
+            "staged",
+            "alerts",
+            "critical_errors",
+            "sizing_decisions",
+            "limits",
+        )
         return cls(client, db, **{name: db[name] for name in names})
 
 

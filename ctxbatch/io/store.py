@@ -3,8 +3,9 @@
 It is made of parts over one shared connection (io/connection.py), each its own class: the queue
 (io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging,
 commit, the move into the queue, the janitor), views (io/views.py: status, results, listings,
-counts), statistics (io/stats.py), the sizing decisions (io/decisions.py) and the alerts' state
-(io/alert_state.py). Its methods say what each does and hand the work to its part.
+counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
+(io/alert_state.py) and the limits every loop shares (io/limits.py). Its methods say what each
+does and hand the work to its part.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.decisions import SizingDecisions
+from ctxbatch.io.limits import LimitBook
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
 from ctxbatch.io.staging import Submissions
@@ -71,6 +73,8 @@ class ContextStore:
         self._decisions = SizingDecisions(self.connection)
         self.alert_book = AlertBook(self.connection)
         """The alerts' shared state and the critical-error log (io/alert_state.py)."""
+        self.limits = LimitBook(self.connection)
+        """Budgets and pauses shared by every loop on the database, by limit name (io/limits.py)."""
 
     def __repr__(self) -> str:
         return f"<ContextStore {mask_uri(self.uri)} database={self.database_name!r}>"

@@ -6,45 +6,24 @@ thread, started on first use) and one semaphore of that size. One loop per worke
 engine keep one client (an `aiohttp.ClientSession`) for the worker's whole life: a client is bound to
 the loop it is made on, so an engine's `async def setup()` runs here too (`pipeline/worker.py`).
 
-`worker.rate_limit_per_second` is met the same way: the loop gives each worker a share of the rate
-(R / workers of the run, recomputed per batch as workers come and go) and the worker's `TokenBucket`
-spaces every engine call it starts, async or row, over all its partitions; a call waits for its
-token, none is refused.
+The limits every loop on the database shares (`limits:`) are met the same way: one `SharedLimit`
+per limit name on the worker (pipeline/budget.py), which every engine call it starts, async or row,
+over all its partitions, waits on; a call waits for its budget, none is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ctxbatch.config import LimitsSettings
+from ctxbatch.io.limits import LimitBook
 from ctxbatch.pipeline.adaptive import AdaptiveLimit
+from ctxbatch.pipeline.budget import SharedLimit
 
 T = TypeVar("T")
-
-
-class TokenBucket:
-    """At most `rate` calls per second: a token every 1/rate s, no burst (pure: `now` is given).
-
-    A call takes a token only when one is free, and the next is free 1/rate s after that, counted
-    from when it was taken: a caller that woke late (a busy loop, a held GIL) cannot bunch the calls
-    that follow it.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._next = float("-inf")  # when the next token is free
-        self._lock = threading.Lock()
-
-    def take(self, now: float) -> float:
-        """0 if a token was taken at `now`; else the seconds to wait before asking again."""
-        with self._lock:
-            if now < self._next:
-                return self._next - now
-            self._next = now + 1 / self.rate
-            return 0.0
 
 
 class Gate:
@@ -80,14 +59,14 @@ class Gate:
 
 
 class WorkerCalls:
-    """A worker's event loop thread and its gate of `engine_concurrency` calls in flight."""
+    """A worker's event loop thread, its gate of `engine_concurrency` calls in flight, and its shared limits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: Gate | None = None
         self._limit: tuple[int, tuple[int, int] | None] = (0, None)
-        self._bucket: TokenBucket | None = None
+        self._limits: dict[tuple[int, str], SharedLimit] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -114,28 +93,17 @@ class WorkerCalls:
         gate = self._gate
         return gate.limit if gate is not None else None
 
-    def pace(self, rate: float | None) -> TokenBucket | None:
-        """The worker's bucket for its share `rate` of the rate limit (None: no limit); kept as the share changes."""
+    def shared_limit(self, book: LimitBook, settings: LimitsSettings) -> SharedLimit:
+        """The worker's view of the limit `settings.name` in `book`'s database; kept while its settings are the same.
+
+        New rates make a new view: it reads the pause from the database before its first call.
+        """
         with self._lock:
-            if rate is None:
-                self._bucket = None
-            elif self._bucket is None:
-                self._bucket = TokenBucket(rate)
-            else:
-                self._bucket.rate = rate
-            return self._bucket
-
-    def wait_for_token(self, rate: float | None) -> None:
-        """Block a worker thread (a row engine's call) until its token is free."""
-        bucket = self.pace(rate)
-        while bucket is not None and (wait := bucket.take(time.monotonic())):
-            time.sleep(wait)
-
-    async def token(self, rate: float | None) -> None:
-        """Wait on the loop (an async engine's call) until its token is free."""
-        bucket = self.pace(rate)
-        while bucket is not None and (wait := bucket.take(time.monotonic())):
-            await asyncio.sleep(wait)
+            key = (id(book), settings.name)
+            found = self._limits.get(key)
+            if found is None or found.book is not book or found.settings != settings:
+                found = self._limits[key] = SharedLimit(book, settings)
+            return found
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on the worker's loop from a worker thread; waits for its result.

@@ -27,9 +27,11 @@ import pandas as pd
 from ctxbatch.config import ENGINE_CONCURRENCY
 from ctxbatch.errors import RetryLater
 from ctxbatch.io.schema import MAX_BSON_BYTES, error_record
+from ctxbatch.pipeline.budget import SharedLimit
 from ctxbatch.pipeline.calls import Gate, WorkerCalls
 from ctxbatch.pipeline.engine import Engine, resolve_engine
 from ctxbatch.pipeline.fate import STOPS_THE_BATCH, Failure
+from ctxbatch.pipeline.tokens import token_estimator
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def run_partition(
     concurrency: int = ENGINE_CONCURRENCY,
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
-    rate: float | None = None,
+    limit: SharedLimit | None = None,
     adaptive: tuple[int, int] | None = None,
 ) -> PartitionOutcome:
     """Run the engine over one partition (columns id, payload, priority, attempts), isolating each row.
@@ -99,9 +101,10 @@ def run_partition(
     `timeout` bounds each call (a batch engine's: the partition's) in seconds; a call past it fails its
     rows with a TimeoutError. With a worker's `calls`, an async engine runs on the worker's loop and
     `concurrency` bounds its calls in flight over all the worker's partitions; without, per partition.
-    With `calls`, `rate` (the worker's share of `worker.rate_limit_per_second`) paces every call of a row
-    or async engine; a batch engine's call is not paced. With `calls`, `adaptive` (min, max) makes the
-    async limit `worker.engine_concurrency: auto`, learnt from the calls (pipeline/adaptive.py).
+    `limit` (the worker's view of the shared `limits:`, pipeline/budget.py) makes every call of a row or
+    async engine wait for its budget and for a pause to pass; a batch engine's call is neither counted
+    nor paused. With `calls`, `adaptive` (min, max) makes the async limit
+    `worker.engine_concurrency: auto`, learnt from the calls (pipeline/adaptive.py).
     """
     engine = resolve_engine(engine)
     ids = [str(cid) for cid in frame["id"].tolist()]
@@ -113,9 +116,9 @@ def run_partition(
     if engine.kind == "batch":
         _bisect(engine, frame, ids, payloads, outcome, timeout)
     elif engine.kind == "async":
-        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls, rate, adaptive)
+        _run_async(engine.fn, ids, payloads, max(1, concurrency), outcome, timeout, calls, limit, adaptive)
     else:
-        _run_rows(engine.fn, ids, payloads, outcome, timeout, calls, rate)
+        _run_rows(engine.fn, ids, payloads, outcome, timeout, limit)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -158,22 +161,32 @@ def _run_rows(
     payloads: list[Any],
     outcome: PartitionOutcome,
     timeout: float | None = None,
-    calls: WorkerCalls | None = None,
-    rate: float | None = None,
+    limit: SharedLimit | None = None,
 ) -> None:
+    estimate = token_estimator(fn)
     for cid, payload in zip(ids, payloads, strict=True):
-        if calls:
-            calls.wait_for_token(rate)
+        tokens = 0
+        if limit:
+            try:
+                tokens = estimate(payload) if limit.counts_tokens else 0
+            except Exception as exc:
+                outcome.fail(cid, exc)
+                continue
+            limit.acquire(limit.cost(tokens))  # before the clock starts: waiting is not the call's time
         started = time.perf_counter()
         try:
             value = call_within(timeout, fn, payload)
         except STOPS_THE_BATCH:
             raise
         except Exception as exc:
+            if limit and (pause := limit.answered(tokens, exc)):
+                limit.pause(pause)
             outcome.fail(cid, exc)
             continue
         finally:
             outcome.row_seconds[cid] = time.perf_counter() - started
+        if limit:
+            limit.answered(tokens, value)
         outcome.add(cid, value, payload)
 
 
@@ -185,16 +198,26 @@ def _run_async(
     outcome: PartitionOutcome,
     timeout: float | None = None,
     calls: WorkerCalls | None = None,
-    rate: float | None = None,
+    limit: SharedLimit | None = None,
     adaptive: tuple[int, int] | None = None,
 ) -> None:
     values: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
+    estimate = token_estimator(fn)
 
     async def one(cid: str, payload: Any, gate: Gate) -> None:
+        tokens, pause, until = 0, None, 0.0
+        if limit and limit.counts_tokens:
+            try:
+                tokens = estimate(payload)
+            except Exception as exc:
+                failures[cid] = exc
+                return
         async with gate:
-            if calls:
-                await calls.token(rate)
+            # The budget is waited for inside the gate: a call starts the moment its budget is spent,
+            # which the shared bound relies on; its timeout and latency sample start after the wait.
+            if limit:
+                await limit.acquire_async(limit.cost(tokens))
             started = time.perf_counter()
             try:
                 values[cid] = await asyncio.wait_for(fn(payload), timeout)
@@ -207,6 +230,12 @@ def _run_async(
             finally:
                 outcome.row_seconds[cid] = time.perf_counter() - started
             gate.answered(outcome.row_seconds[cid], overloaded(failures.get(cid)))
+            if limit:
+                if pause := limit.answered(tokens, failures.get(cid, values.get(cid))):
+                    until = limit.hold(pause)  # this worker's next calls wait at once, before the write
+                limit.wake()
+        if limit and pause:
+            await asyncio.to_thread(limit.publish, until)
 
     async def run_all() -> None:
         gate = calls.gate(concurrency, adaptive) if calls else Gate(concurrency)

@@ -274,11 +274,9 @@ class Loop:
 
     def _submit(self, client: Client, flight: _InFlight) -> None:
         partitions = min(flight.plan.partitions, len(flight.claim))
-        job = self.job
-        limit = self.settings.worker.rate_limit_per_second
-        if limit is not None:  # each worker's fair share, as many workers as the batch's readings saw
-            job = replace(job, rate=limit / max(1, flight.readings.workers))
-        flight.futures = submit_batch(client, flight.claim, partitions, flight.seq, flight.label, flight.retries, job)
+        flight.futures = submit_batch(
+            client, flight.claim, partitions, flight.seq, flight.label, flight.retries, self.job
+        )
         flight.finished, flight.critical = [], None
 
     # -- collect and observe --------------------------------------------------------------

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 from distributed import Client, Future, get_worker, secede
 
+from ctxbatch.config import LimitsSettings
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
 from ctxbatch.io.schema import epoch_ms
@@ -42,7 +43,7 @@ class PartitionJob:
     policy: RetryPolicy
     concurrency: int
     timeout: float | None = None
-    rate: float | None = None  # this batch's share per worker of worker.rate_limit_per_second
+    limits: LimitsSettings = field(default_factory=LimitsSettings)  # shared by every loop (Settings.shared_limits)
     adaptive: tuple[int, int] | None = None  # (min, max) with engine_concurrency: auto
 
 
@@ -133,8 +134,9 @@ def process_with(
     frame = loaded.frame
     if frame.empty:
         return PartitionFinished(seq, label)
+    limit = calls.shared_limit(store.limits, job.limits) if calls else None
     try:
-        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls, job.rate, job.adaptive)
+        outcome = run_partition(ready(job.engine), frame, job.concurrency, job.timeout, calls, limit, job.adaptive)
     except CriticalError as exc:
         return PartitionStopped(len(frame), error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
