@@ -1,32 +1,35 @@
 """`worker.engine_concurrency: auto`: a worker's limit on calls in flight, learnt from its calls.
 
 A gradient rule (after Netflix's concurrency-limits Gradient2): the limit follows
-limit x floor / recent + sqrt(limit), where `floor` is a slow average of the calls' latency (what
-the service takes when it is not queueing) and `recent` the median of the last `WINDOW` answers.
-While recent latency stays within `TOLERANCE` x floor the gradient is 1 and the sqrt(limit)
-allowance makes the limit climb; once the service queues, recent latency rises and the limit comes
-down to where it does not. The rule moves once per window, on its median: a single slow answer (a
-garbage collection, a worker's held GIL) delays every call in flight at once, and followed answer by
-answer it halved limits that the service was serving well.
+limit x floor / recent + sqrt(limit), where `recent` is the median of the last `WINDOW` answers and
+`floor` what the calls take when the service is not queueing: the least of the last `FLOOR_WINDOWS`
+medians, as BBR keeps its round-trip floor, so that a service queueing all the time does not lift
+it, and a service slower for good raises it once they have passed. While recent latency stays
+within `TOLERANCE` x floor the gradient is 1 and the sqrt(limit) allowance makes the limit climb;
+once the service queues, recent latency rises and the limit comes down to where it does not. Only
+answers are samples (see `calls.Gate.answered`). The rule moves once per window, on its median: a
+single slow answer (a garbage collection, a worker's held GIL) delays every call in flight at once,
+and followed answer by answer it halved limits that the service was serving well.
 
 It starts at `START` calls, where two workers already keep a service of a few dozen calls at once
-busy, and climbs from there by the rule (a second or so to 40 per worker on a 100 ms service). No
+busy, and climbs from there by the rule (under a second to 30 per worker on a 100 ms service). No
 slow start: doubling per round trip overshot a service's queue before the first queued answers came
 back, and its 429s (with Retry-After, a pause for every worker) cost more than the climb saves. An
-overload signal (a RetryLater with a time to wait, a timeout; see
-`isolate.overloaded`) halves it at once (AIMD), once per window of calls: the calls in flight when it
-came met the same overload, and each halving on their answers would take the limit to its minimum
-for what was one event. Pure: no clock, samples are given.
+overload signal (a RetryLater with a time to wait, a timeout; see `calls.overloaded`) halves it at
+once (AIMD), once per window of calls: the calls in flight when it came met the same overload, and
+each halving on their answers would take the limit to its minimum for what was one event. Pure: no
+clock, samples are given.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 
-TOLERANCE = 1.25  # recent latency up to 1.25 x the floor is not queueing yet
+TOLERANCE = 1.1  # recent latency up to 1.1 x the floor is not queueing yet
 SMOOTHING = 0.3  # how far one window moves the limit towards the rule's value
-FLOOR_WEIGHT = 0.02  # the floor follows ~50 windows: a service slower for good becomes the new floor
+FLOOR_WINDOWS = 100  # windows the floor is the least of (a few seconds of a busy worker's answers)
 WINDOW = 10  # answers per step of the rule
 START = 16  # the first limit (within the bounds): two workers keep 32 calls in flight from the start
 
@@ -44,6 +47,7 @@ class AdaptiveLimit:
         self.limit = float(first_limit(minimum, maximum, start))
         self.floor: float | None = None
         self.recent: float | None = None
+        self._medians: deque[float] = deque(maxlen=FLOOR_WINDOWS)
         self._window: list[float] = []
         self._used = 0  # the most calls in flight seen in the window
         self._calm_for = 0  # answers to see before the next overload may lower the limit again
@@ -57,10 +61,9 @@ class AdaptiveLimit:
             return
         recent, used = statistics.median(self._window), self._used
         self._window, self._used = [], 0
+        self._medians.append(recent)
         self.recent = recent
-        floor = self.floor = (
-            recent if self.floor is None else min(self.floor + FLOOR_WEIGHT * (recent - self.floor), recent)
-        )
+        floor = self.floor = min(self._medians)
         gradient = max(0.5, min(1.0, TOLERANCE * floor / recent))
         wanted = self.limit * gradient + math.sqrt(self.limit)
         if wanted > self.limit and used < self.limit / 2:

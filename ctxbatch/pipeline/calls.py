@@ -19,11 +19,24 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ctxbatch.config import LimitsSettings
+from ctxbatch.errors import RetryLater
 from ctxbatch.io.limits import LimitBook
 from ctxbatch.pipeline.adaptive import AdaptiveLimit
 from ctxbatch.pipeline.budget import SharedLimit
 
 T = TypeVar("T")
+
+
+def overloaded(failure: Exception | None) -> bool:
+    """Whether a call's failure says the service is overloaded: a timeout, or a RetryLater with a time to wait.
+
+    A RetryLater without one (a bare 429) defers its context but does not lower the limit: services
+    answer those to a share of calls whatever the load (10% of them halved a limit to its minimum),
+    and the latency tells when they queue.
+    """
+    if isinstance(failure, RetryLater):
+        return failure.after_seconds is not None and failure.after_seconds > 0
+    return isinstance(failure, TimeoutError)
 
 
 class Gate:
@@ -48,13 +61,17 @@ class Gate:
             self.inside -= 1
             self._turn.notify_all()  # a raised limit may let in more than one
 
-    def answered(self, seconds: float, overloaded: bool) -> None:
-        """One call done (inside the gate still): what an adaptive limit learns from."""
+    def answered(self, seconds: float, failure: Exception | None) -> None:
+        """One call done (inside the gate still): what an adaptive limit learns from.
+
+        Only an answer's latency is a sample: a failure may come back at once (a refused connection,
+        a bare 429) and would pull the latency floor down to nothing.
+        """
         if self.adaptive is None:
             return
-        if overloaded:
+        if overloaded(failure):
             self.adaptive.overloaded()
-        else:
+        elif failure is None:
             self.adaptive.observe(seconds, self.inside)
 
 

@@ -229,7 +229,7 @@ def _run_async(
                 failures[cid] = exc
             finally:
                 outcome.row_seconds[cid] = time.perf_counter() - started
-            gate.answered(outcome.row_seconds[cid], overloaded(failures.get(cid)))
+            gate.answered(outcome.row_seconds[cid], failures.get(cid))
             if limit:
                 if pause := limit.answered(tokens, failures.get(cid, values.get(cid))):
                     until = limit.hold(pause)  # this worker's next calls wait at once, before the write
@@ -259,18 +259,6 @@ def _run_async(
             outcome.fail(cid, failures[cid])
         else:
             outcome.add(cid, values[cid], payload)
-
-
-def overloaded(failure: Exception | None) -> bool:
-    """Whether a call's failure says the service is overloaded: a timeout, or a RetryLater with a time to wait.
-
-    A RetryLater without one (a bare 429) defers its context but does not lower the limit: services
-    answer those to a share of calls whatever the load (10% of them halved a limit to its minimum),
-    and the latency tells when they queue.
-    """
-    if isinstance(failure, RetryLater):
-        return failure.after_seconds is not None and failure.after_seconds > 0
-    return isinstance(failure, TimeoutError)
 
 
 def _bisect(
