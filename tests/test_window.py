@@ -11,6 +11,8 @@ from distributed import Client
 from service_app import Script, serve
 
 from ctxbatch import ContextStore, Pipeline, Subscriber
+from ctxbatch.monitoring.page import headline
+from ctxbatch.monitoring.snapshot import read_snapshot
 from ctxbatch.pipeline.events import EngineConcurrency
 
 CLUSTER = {"n_workers": 2}
@@ -35,7 +37,8 @@ def test_with_only_the_url_set_the_http_engine_fills_the_service(store: ContextS
     limits = Limits()
     with serve(script) as url:
         store.submit([{"payload": {"i": i}} for i in range(1200)])
-        report = Pipeline("http", only_the_url(url), store, client, subscribers=[limits]).run(until_empty=True)
+        pipeline = Pipeline("http", only_the_url(url), store, client, subscribers=[limits])
+        report = pipeline.run(until_empty=True)
     assert report.completed == 1200
     # Then it held at least 32 at once, with the default batch sizes of 10 to 20 left as they are
     assert script.most_inside >= 32
@@ -45,6 +48,13 @@ def test_with_only_the_url_set_the_http_engine_fills_the_service(store: ContextS
     assert report.engine_concurrency == limits.seen[-1].limits
     assert report.decisions[0].inputs["window"] >= 32
     assert all(decision.size >= decision.inputs["window"] > 0 for decision in report.decisions)
+    # And in the gauge ctxbatch_engine_concurrency, and on the dashboard page (from the decisions stored)
+    assert pipeline.monitor is not None
+    registry = pipeline.monitor.metrics.registry
+    for worker, limit in report.engine_concurrency.items():
+        assert registry.get_sample_value("ctxbatch_engine_concurrency", {"worker": worker}) == limit
+    window = report.decisions[-1].inputs["window"]
+    assert f"engine concurrency <b>{window}</b> calls in flight" in headline(read_snapshot(store, 300, 10))
 
 
 def test_configured_batch_sizes_that_cap_the_window_are_kept_and_said_once(
