@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -235,14 +236,16 @@ def hand_written(count: int, url: str) -> float:
 
 @contextmanager
 def dropping(url: str) -> Iterator[list[tuple[float, int]]]:
-    """Drop the service's capacity to K/4 after DROP_AFTER s for DROP_FOR s; yields (t, served) samples."""
-    samples: list[tuple[float, int]] = []
+    """Drop the service's capacity to K/4 after DROP_AFTER s for DROP_FOR s; yields (t, served) samples,
+    the first of them (0, 0) at time.time() = its t."""
+    start = time.time()
+    samples: list[tuple[float, int]] = [(start, 0)]
     stop = threading.Event()
 
     def watch() -> None:
-        start, dropped, restored = time.monotonic(), False, False
+        dropped, restored = False, False
         while not stop.wait(0.5):
-            now = time.monotonic() - start
+            now = time.time() - start
             samples.append((now, stats(url)["served"]))
             if not dropped and now >= DROP_AFTER:
                 httpx.post(url + "capacity", json={"capacity": K // 4}, timeout=5)
@@ -262,45 +265,47 @@ def dropping(url: str) -> Iterator[list[tuple[float, int]]]:
 
 def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> float:
     """Calls served per second at the service between two moments (from the watcher's samples)."""
-    inside = [(t, served) for t, served in samples if start <= t <= end]
+    inside = [(t, served) for t, served in samples[1:] if start <= t <= end]
     if len(inside) < 2:
         return 0.0
     (t0, s0), (t1, s1) = inside[0], inside[-1]
     return (s1 - s0) / (t1 - t0)
 
 
-Row = tuple[str, float, float, int, int]  # name, contexts/s, bound, contexts failed, 429s
+Row = tuple[str, float, float, int, int, list[float]]  # name, contexts/s (median), bound, failed, 429s, runs
 
 
-def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
-    """The rows (a)-(e), and (f)'s lines."""
+def measure(uri: str, workdir: Path, count: int, repeat: int) -> tuple[list[Row], list[str]]:
+    """The rows (a)-(e), and (f)'s lines; (a)-(c) `repeat` times, in turn."""
     rows: list[Row] = []
     bound = K / SECONDS
-    ways: list[tuple[str, Callable[[str, str], float]]] = [
-        ("(a) ctxbatch, only http.url set", lambda db, url: run_ctxbatch(uri, db, workdir, {"http": {"url": url}})),
-        (
-            "(b) (a) + engine_concurrency: auto",
-            lambda db, url: run_ctxbatch(
-                uri, db, workdir, {"http": {"url": url}, "worker": {"engine_concurrency": "auto"}}
-            ),
-        ),
-    ]
-    for n, (name, way) in enumerate(ways):
-        database = f"service_{n}"
-        fill(uri, database, count)
-        with service() as url:
-            seconds = way(database, url)
-            busy = stats(url)["busy"]
-        found = counts(uri, database)
-        assert found["completed"] + found["failed"] == count, (name, found)
-        rows.append((name, count / seconds, bound, found["failed"], busy))
-        print(f"{name}: {count / seconds:.0f}/s, failed {found['failed']}, 429s {busy}", file=sys.stderr)
-    with service() as url:
-        seconds = hand_written(count, url)
-        rows.append(
-            (f"(c) hand-written aiohttp, semaphore {K}, no database", count / seconds, bound, 0, stats(url)["busy"])
-        )
-    rows.append((f"(d) the bound, K / {SECONDS:g} s", bound, bound, 0, 0))
+    ways: dict[str, dict[str, Any] | None] = {
+        "(a) ctxbatch, only http.url set": {},
+        "(b) (a) + engine_concurrency: auto": {"engine_concurrency": "auto"},
+        f"(c) hand-written aiohttp, semaphore {K}, no database": None,
+    }
+    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in ways}
+    for turn in range(repeat):
+        for n, (name, worker) in enumerate(ways.items()):
+            failed = 0
+            with service() as url:
+                if worker is None:
+                    seconds = hand_written(count, url)
+                else:
+                    database = f"service_{turn}_{n}"
+                    fill(uri, database, count)
+                    seconds = run_ctxbatch(uri, database, workdir, {"http": {"url": url}, "worker": worker})
+                    found = counts(uri, database)
+                    assert found["completed"] + found["failed"] == count, (name, found)
+                    failed = found["failed"]
+                busy = stats(url)["busy"]
+            runs[name].append((count / seconds, failed, busy))
+            print(f"{name}: {count / seconds:.0f}/s, failed {failed}, 429s {busy}", file=sys.stderr)
+    for name, found in runs.items():
+        rates = [rate for rate, _, _ in found]
+        failed, busy = sum(f for _, f, _ in found), sum(b for _, _, b in found)
+        rows.append((name, statistics.median(rates), bound, failed, busy, rates))
+    rows.append((f"(d) the bound, K / {SECONDS:g} s", bound, bound, 0, 0, []))
 
     recipe_bound = RECIPE_CAPACITY / RECIPE_SECONDS
     many = max(count, int(60 * recipe_bound))
@@ -310,9 +315,9 @@ def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
         seconds = run_ctxbatch(uri, "service_recipe", workdir, recipe)
         busy = stats(url)["busy"]
     found = counts(uri, "service_recipe")
-    rows.append(
-        (f"(e) README's recipe as written ({many:,} contexts)", many / seconds, recipe_bound, found["failed"], busy)
-    )
+    rate = many / seconds
+    recipe_row = f"(e) README's recipe as written ({many:,} contexts)"
+    rows.append((recipe_row, rate, recipe_bound, found["failed"], busy, [rate]))
 
     dropped = max(count, int(bound * (DROP_AFTER + 10) + bound / 4 * DROP_FOR))
     fill(uri, "service_drop", dropped)
@@ -320,9 +325,12 @@ def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
         seconds = run_ctxbatch(uri, "service_drop", workdir, {"http": {"url": url}})
         busy = stats(url)["busy"]
     found = counts(uri, "service_drop")
+    began = samples[0][0]
+    decided = MongoClient(uri)["service_drop"]["sizing_decisions"].find({}, {"at": 1, "window": 1})
+    windows = [(d["at"].replace(tzinfo=dt.UTC).timestamp() - began, d.get("window") or 0) for d in decided]
     back = DROP_AFTER + DROP_FOR
     phases = [
-        ("before", 1.0, DROP_AFTER, bound),
+        ("before, with the run's start", 1.0, DROP_AFTER, bound),
         ("dropped", DROP_AFTER + 2, back, bound / 4),
         ("after", back + 2, max(t for t, _ in samples), bound),
     ]
@@ -330,35 +338,40 @@ def measure(uri: str, workdir: Path, count: int) -> tuple[list[Row], list[str]]:
         f"(f) {dropped:,} contexts, capacity {K} -> {K // 4} at {DROP_AFTER:g} s, back at {back:g} s: "
         f"{found['failed']} failed, {busy} 429s, {dropped / seconds:.0f}/s over the run",
         "",
-        "| phase | served/s at the service | its bound | x bound |",
-        "|---|---:|---:|---:|",
+        "| phase | served/s at the service | its bound | x bound | window (median of the decisions) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, start, end, phase_bound in phases:
         rate = rate_between(samples, start, end)
-        lines.append(f"| {name} ({start:g}-{end:.0f} s) | {rate:.0f} | {phase_bound:.0f} | {rate / phase_bound:.2f} |")
+        window = statistics.median([w for t, w in windows if start <= t <= end] or [0])
+        span = f"{start:g}-{end:.0f} s"
+        lines.append(f"| {name} ({span}) | {rate:.0f} | {phase_bound:.0f} | {rate / phase_bound:.2f} | {window:.0f} |")
     return rows, lines
 
 
 def table(rows: list[Row], count: int) -> str:
     lines = [
-        f"{count:,} contexts per row, service of 100 ms per call, K = {K} at once (429 beyond {2 * K})",
+        f"{count:,} contexts per run, service of 100 ms per call, K = {K} at once (429 beyond {2 * K})",
         "",
-        "| row | contexts/s | bound | x bound | contexts failed | 429s answered |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| row | contexts/s (median) | runs | bound | x bound | contexts failed | 429s answered |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {rate:.0f} | {bound:.0f} | {rate / bound:.2f} | {failed} | {busy} |"
-        for name, rate, bound, failed, busy in rows
+        f"| {name} | {rate:.0f} | {', '.join(f'{r:.0f}' for r in runs)} | {bound:.0f} | {rate / bound:.2f} | "
+        f"{failed} | {busy} |"
+        for name, rate, bound, failed, busy, runs in rows
     ]
     hand = next(rate for name, rate, *_ in rows if name.startswith("(c)"))
-    untuned = statistics.median(rate for name, rate, *_ in rows if name.startswith(("(a)", "(b)")))
-    lines += ["", f"(a)/(b) median against (c): {untuned / hand:.2f}x"]
+    for name, rate, *_ in rows:
+        if name.startswith(("(a)", "(b)")):
+            lines.append(f"{name[:3]} against (c): {rate / hand:.2f}x")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=4_000)
+    parser.add_argument("--repeat", type=int, default=3, help="Runs of rows (a)-(c), in turn; medians reported.")
     parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the service's subprocess
     parser.add_argument("--openai", action="store_true", help=argparse.SUPPRESS)
@@ -370,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(asgi, host="127.0.0.1", port=args.serve, log_level="warning", backlog=1024)
         return
     with server(args.mongo_uri) as (uri, workdir):
-        rows, drop = measure(uri, workdir, args.contexts)
+        rows, drop = measure(uri, workdir, args.contexts, args.repeat)
         print(table(rows, args.contexts))
         print()
         print("\n".join(drop))
