@@ -30,8 +30,9 @@ def test_a_subscriber_hears_every_event_of_a_run_in_order(store: ContextStore, c
     pipeline = Pipeline("tests.engines:critical_first_time", settings(), store, client, subscribers=[recorder])
     report = pipeline.run(until_empty=True)
     hooks = recorder.hooks()
-    # Then every kind of event came, the run's start first and its end last
-    assert set(hooks) == set(HOOKS)
+    # Then every kind of event came (but an async engine's limit: test_window.py hears that one), the run's
+    # start first and its end last
+    assert set(hooks) == set(HOOKS) - {"on_engine_concurrency"}
     ends = (hooks[0], hooks[-1], hooks.count("on_run_started"), hooks.count("on_run_finished"))
     assert ends == ("on_run_started", "on_run_finished", 1, 1)
     assert hooks.index("on_sizing_decision") < hooks.index("on_batch_claimed")

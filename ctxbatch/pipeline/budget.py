@@ -38,6 +38,10 @@ BURST_SECONDS = 0.5  # how far ahead of the rate the database grants (GCRA burst
 SLICE_LIFE = 0.5  # a slice's units unused this long after the grant are dropped; burst + life = 1 s
 SLICE_SECONDS = 0.25  # a slice is at most this much of the whole rate (or one call's cost)
 POLL_SECONDS = 0.2  # the oldest view of a pause a call may start on
+# A view older than this is read again in the background while calls go on starting on it: a call
+# that had to wait for the read stalled every call of the worker for a database round trip, five
+# times a second (a run with no rates at all went at half speed once the database was busy).
+REFRESH_SECONDS = POLL_SECONDS / 2
 SMOOTHING = 0.5  # how far one refill moves the worker's estimate of its own use
 
 
@@ -60,6 +64,7 @@ class SharedLimit:
         self._spent = dict.fromkeys(self.rates, 0.0)  # spent since the last take
         self._taken_at = time.monotonic()
         self._changed: asyncio.Event | None = None  # set on the worker's loop when a refill ends
+        self._refresh: asyncio.Task[None] | None = None  # the background read of the pause, while it runs
 
     @property
     def counts_tokens(self) -> bool:
@@ -104,11 +109,16 @@ class SharedLimit:
             while True:
                 with self._cond:
                     wait = self._try(cost)
+                    ahead = wait == 0 and not self._busy and time.monotonic() - self._read_at > REFRESH_SECONDS
                     if wait == 0:
-                        return
+                        self._busy = self._busy or ahead
                     refill = wait is None and not self._busy
                     if refill:
                         self._busy = True
+                if ahead:
+                    self._refresh = asyncio.get_running_loop().create_task(self._refresh_ahead())
+                if wait == 0:
+                    return
                 if refill:
                     try:
                         await asyncio.to_thread(self._refill, cost)
@@ -125,6 +135,14 @@ class SharedLimit:
                     pass
         finally:
             self._waits(cost, -1)
+
+    async def _refresh_ahead(self) -> None:
+        """Read the pause (and give back what is owed back) while calls go on on the current view."""
+        try:
+            await asyncio.to_thread(self._refill, {})
+        finally:
+            self._done_refilling()
+            self.wake()
 
     def _try(self, cost: Cost) -> float | None:
         """Under the lock: 0 when the call may start (its cost spent); the seconds to wait; None: refill due."""
