@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from ctxbatch.io import embedded
 
@@ -33,3 +39,28 @@ def server(mongo_uri: str | None) -> Iterator[tuple[str, Path]]:
             yield uri, Path(workdir)
         finally:
             embedded.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(script: str, *words: str) -> Iterator[str]:
+    """`script --serve PORT *words` in a subprocess on a free port; yields its base URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, script, "--serve", str(port), *words])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import httpx
+from _common import served  # benchmarks/ is on sys.path when run as a script
 from aiohttp import web
-from service import free_port  # benchmarks/ is on sys.path when run as a script
 
 SECONDS = 0.1
 IN_FLIGHT = (40, 200)
@@ -40,23 +39,9 @@ def serve(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-@contextmanager
-def service() -> Iterator[str]:
-    """The service in a subprocess on a free port; yields its URL; stopped on exit."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+def service() -> contextlib.AbstractContextManager[str]:
+    """The service in a subprocess; its URL."""
+    return served(__file__)
 
 
 async def timed(calls: int, in_flight: int, call: Callable[[int], Awaitable[None]]) -> float:
