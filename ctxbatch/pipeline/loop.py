@@ -248,13 +248,14 @@ class Loop:
         return round(per_worker * max(1, workers))
 
     def _say_if_capped(self, window: int) -> None:
-        """Once, at start: the config's batch sizes keep fewer calls in flight than the engine allows."""
+        """Once, when it first shows (at start, or as an auto limit climbs): the config's batch sizes
+        keep fewer calls in flight than the workers allow."""
         work = self.settings.worker
         if self._said_capped or not window or not work.sizes_given:
             return
-        self._said_capped = True
         largest = max(self.sizer.configured_bounds) * work.max_parallel_batches
         if largest < window:
+            self._said_capped = True
             log.warning(
                 "batches cap the engine's calls in flight at %d (largest batch %d x max_parallel_batches %d), "
                 "under the %d the workers allow: leave batch sizes unset to size batches to the window",
