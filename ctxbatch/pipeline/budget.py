@@ -16,9 +16,10 @@ next slice; unused tokens ride back to the database with the worker's next read 
 A pause stops every call under the name: a call that meets `RetryLater(after_seconds)` (a 429 or
 503 with Retry-After) pauses the name here at once and in the database for every other worker and
 loop; each worker with calls to start re-reads the pause at least every `POLL_SECONDS` (with its
-next take, or one find by id). A `RetryLater` without a wait defers its context alone (with the
-backoff): nothing says how long the service wants everyone to keep away. Waiting is neither a
-failure nor a retry: the call simply starts later, and its timeout counts from then.
+next take, or one find by id), in the background from `REFRESH_SECONDS` on, so calls rarely wait
+for it. A `RetryLater` without a wait defers its context alone (with the backoff): nothing says how
+long the service wants everyone to keep away. Waiting is neither a failure nor a retry: the call
+simply starts later, and its timeout counts from then.
 """
 
 from __future__ import annotations
@@ -83,14 +84,13 @@ class SharedLimit:
         try:
             while True:
                 with self._cond:
-                    wait = self._try(cost)
-                    if wait == 0:
-                        return
-                    refill = wait is None and not self._busy
-                    if refill:
-                        self._busy = True
-                    else:
+                    wait, ahead, refill = self._turn(cost)
+                    if wait != 0 and not refill:  # another caller talks to the database, or a wait runs
                         self._cond.wait(min(wait or POLL_SECONDS, POLL_SECONDS))
+                if ahead:
+                    threading.Thread(target=self._refresh_ahead_sync, name="ctxbatch-limit", daemon=True).start()
+                if wait == 0:
+                    return
                 if refill:
                     try:
                         self._refill(cost)
@@ -108,13 +108,7 @@ class SharedLimit:
         try:
             while True:
                 with self._cond:
-                    wait = self._try(cost)
-                    ahead = wait == 0 and not self._busy and time.monotonic() - self._read_at > REFRESH_SECONDS
-                    if wait == 0:
-                        self._busy = self._busy or ahead
-                    refill = wait is None and not self._busy
-                    if refill:
-                        self._busy = True
+                    wait, ahead, refill = self._turn(cost)
                 if ahead:
                     self._refresh = asyncio.get_running_loop().create_task(self._refresh_ahead())
                 if wait == 0:
@@ -136,6 +130,17 @@ class SharedLimit:
         finally:
             self._waits(cost, -1)
 
+    def _turn(self, cost: Cost) -> tuple[float | None, bool, bool]:
+        """Under the lock: (`_try`'s answer, read the pause ahead in the background, refill now).
+
+        The caller that is told to read ahead or to refill holds the one turn to talk to the database.
+        """
+        wait = self._try(cost)
+        ahead = wait == 0 and not self._busy and time.monotonic() - self._read_at > REFRESH_SECONDS
+        refill = wait is None and not self._busy
+        self._busy = self._busy or ahead or refill
+        return wait, ahead, refill
+
     async def _refresh_ahead(self) -> None:
         """Read the pause (and give back what is owed back) while calls go on on the current view."""
         try:
@@ -143,6 +148,13 @@ class SharedLimit:
         finally:
             self._done_refilling()
             self.wake()
+
+    def _refresh_ahead_sync(self) -> None:
+        """`_refresh_ahead` for row engines, in a thread of its own."""
+        try:
+            self._refill({})
+        finally:
+            self._done_refilling()
 
     def _try(self, cost: Cost) -> float | None:
         """Under the lock: 0 when the call may start (its cost spent); the seconds to wait; None: refill due."""
