@@ -123,6 +123,25 @@ def test_the_http_engine_defers_on_429_and_fails_a_bad_request_at_once(
     assert script.calls[4] == 1
 
 
+def test_the_http_engine_fails_a_payload_without_its_payload_field_at_once(
+    store: ContextStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the http engine sending each payload's `request`, and one payload that has none
+    monkeypatch.setenv("CTXBATCH_TEST_KEY", "k")
+    script = Script()
+    with serve(script) as url:
+        settings = http_config(url, context_retries=2)
+        settings["http"]["payload_field"] = "request"
+        batch = store.submit([{"payload": {"request": {"i": 1}}}, {"payload": {"i": 2}}])
+        report = Pipeline("http", settings, store, client).run(until_empty=True)
+    # Then the one with a request completed, and the other failed on its first try, never sent
+    assert (report.completed, report.failed, report.retried) == (1, 1, 0)
+    (bad,) = store.contexts.find({"batch_id": batch, "status": "failed"})
+    assert (bad["attempts"], bad["error"]["type"]) == (1, "FailNow")
+    assert "no field 'request'" in bad["error"]["message"]
+    assert script.calls == {1: 1}
+
+
 def _http_clients(url: str, dask_worker: Any) -> list[int]:
     """The sessions of the http engines set up on this worker to call `url` (earlier tests' stay set up)."""
     engines = dask_worker.plugins["ctxbatch"]._engines.values()

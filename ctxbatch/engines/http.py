@@ -5,7 +5,7 @@ text. What the service answers decides what happens to the context:
 - 429 or 503 (with `Retry-After` honoured): RetryLater, the context waits without spending retries;
 - 408, other 5xx, connection errors and timeouts: a failure, retried as any other;
 - other 4xx: FailNow, the request itself is bad, so the context fails at once with the status and the
-  start of the body.
+  start of the body; so does a payload without the `payload_field` to send, before any call.
 One `aiohttp.ClientSession` per worker, made in the async `setup()` on the worker's engine loop and
 closed in the async `teardown()`; its connector keeps at most as many connections as the worker has
 calls in flight (`worker.engine_concurrency`, or `max_engine_concurrency` under `auto`), kept alive
@@ -113,8 +113,20 @@ class HttpEngine:
 
     def tokens(self, payload: dict[str, Any]) -> int:
         """The call's token estimate under `limits.tokens_per_minute`: that of the body it sends."""
+        return estimate_tokens(self.body(payload))
+
+    def body(self, payload: dict[str, Any]) -> Any:
+        """What is sent for a payload: all of it, or its `http.payload_field`.
+
+        A payload without that field fails at once (FailNow): sending an empty body would only be
+        refused, or worse answered, and retrying it cannot help.
+        """
         field = self.settings.payload_field
-        return estimate_tokens(payload.get(field) if field else payload)
+        if not field:
+            return payload
+        if not isinstance(payload, dict) or field not in payload:
+            raise FailNow(f"the payload has no field {field!r} to send (http.payload_field)")
+        return payload[field]
 
     async def __call__(self, payload: dict[str, Any]) -> Any:
         if self._session is not None and self._loop is asyncio.get_running_loop():
@@ -126,8 +138,7 @@ class HttpEngine:
             return await self.send(session, payload)
 
     async def send(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> Any:
-        field = self.settings.payload_field
-        body = payload.get(field) if field else payload
+        body = self.body(payload)
         url = str(self.settings.url)
         try:
             async with session.request(self.settings.method, url, json=body) as response:
