@@ -27,7 +27,7 @@ from ctxbatch.monitoring.decisions import DecisionLog
 from ctxbatch.monitoring.metrics import LoopMonitor
 from ctxbatch.pipeline import worker
 from ctxbatch.pipeline.cluster import ShowPage, dask_client
-from ctxbatch.pipeline.engine import Engine, configured, resolve_engine
+from ctxbatch.pipeline.engine import Engine, configured, fingerprint, resolve_engine
 from ctxbatch.pipeline.events import Subscriber
 from ctxbatch.pipeline.fate import RetryPolicy
 from ctxbatch.pipeline.loop import Loop
@@ -150,6 +150,7 @@ def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> Pa
         work.context_timeout_seconds,
         adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,
         limits=settings.shared_limits,
+        engine_key=fingerprint(engine),
     )
 
 

@@ -19,10 +19,13 @@ before its first partition and `teardown()` when it closes (`ctxbatch.pipeline.w
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+import cloudpickle
 
 from ctxbatch.errors import EngineError
 from ctxbatch.resolve import BUILTIN_ENGINES, import_attribute, where
@@ -99,6 +102,15 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine {self.name} kind={self.kind}>"
+
+
+def fingerprint(engine: Engine) -> str:
+    """What tells an engine apart from another of its name: the name and a digest of its pickled form.
+
+    Computed once per run, where the run is built, and shipped to the workers with the job: each
+    partition's task unpickles its own copy of the engine, and the worker matches the copy it set up.
+    """
+    return f"{engine.name}:{hashlib.sha256(cloudpickle.dumps(engine)).hexdigest()}"
 
 
 def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:

@@ -13,6 +13,7 @@ every partition. Seceded, all the partitions a worker holds feed its one gate of
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ class PartitionJob:
     timeout: float | None = None
     limits: LimitsSettings = field(default_factory=LimitsSettings)  # shared by every loop (Settings.shared_limits)
     adaptive: tuple[int, int] | None = None  # (min, max) with engine_concurrency: auto
+    engine_key: str = ""  # the engine's fingerprint, computed once where the job is built
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def process_partition(
     store = resources.store(job.uri, job.database)
     if job.engine.kind == "async" and not loaded.frame.empty:
         secede()  # see the module's note
-    finished = process_with(store, resources.ready, loaded, claim, job, resources.calls, seq, label)
+    ready = functools.partial(resources.ready, key=job.engine_key)
+    finished = process_with(store, ready, loaded, claim, job, resources.calls, seq, label)
     if isinstance(finished, PartitionStopped):
         return finished
     return replace(finished, worker=get_worker().address, engine_concurrency=resources.calls.limit)

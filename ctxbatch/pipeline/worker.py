@@ -20,19 +20,17 @@ A new per-worker resource is an attribute made in `setup()`, an accessor, and it
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 from distributed import Client, WorkerPlugin, get_worker
 
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import ContextStore
 from ctxbatch.pipeline.calls import WorkerCalls
-from ctxbatch.pipeline.engine import Engine
+from ctxbatch.pipeline.engine import Engine, fingerprint
 from ctxbatch.pipeline.quiet import quiet_compute_failures
 
 if TYPE_CHECKING:
@@ -76,17 +74,18 @@ class WorkerResources(WorkerPlugin):
                 found = self._stores[(uri, database)] = ContextStore(uri, database)
             return found
 
-    def ready(self, engine: Engine) -> Engine:
+    def ready(self, engine: Engine, key: str = "") -> Engine:
         """The engine as set up on this worker: its `setup()` called once, before its first rows.
 
         Each partition's task brings its own copy of the engine (Dask unpickles a task's arguments), and
         what `setup()` made (a session, a model) lives on the copy it was called on: so a later copy of
-        the same engine (its name and pickled form) is answered with that one. An engine of that name
-        configured otherwise (another run on this cluster) is set up as an engine of its own.
+        the same engine (`key`: its `fingerprint`, which a run's job carries, computed once) is
+        answered with that one. An engine of that name configured otherwise (another run on this
+        cluster) is set up as an engine of its own.
         A setup that raises stops the batch (CriticalError): no row could succeed, so no row should be
         blamed; the next partition tries it again.
         """
-        key = f"{engine.name}:{hashlib.sha256(cloudpickle.dumps(engine)).hexdigest()}"
+        key = key or fingerprint(engine)
         with self._lock:
             found = self._engines.get(key)
             if found is not None:
