@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from ctxbatch.errors import ConfigError
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
 # A record's priority when neither it nor its submission gives one.
 DEFAULT_PRIORITY = 50
+DEFAULT_QUEUE = "default"
 # Defaults the settings and the store's method arguments share.
 LEASE_SECONDS = 300
 STATS_WINDOW_SECONDS = 300
@@ -143,6 +144,9 @@ class WorkerSettings(_Section):
     )
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    queues: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: [DEFAULT_QUEUE], min_length=1, description="The queues this loop claims from."
+    )
 
     @property
     def sizes_given(self) -> bool:
@@ -204,6 +208,12 @@ class ApiSettings(_Section):
     token: str | None = Field(None, description="Bearer token every route but /healthz requires.")
     max_contexts_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    openai_queue: str = Field(
+        DEFAULT_QUEUE, min_length=1, max_length=64, description="The queue of batches made through /v1/batches."
+    )
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest file /v1/files takes (OpenAI's own limit is 200 MB)."
+    )
 
 
 AlertMetric = Literal[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class CtxbatchError(Exception):
     """Raised for any failure ctxbatch can explain in one line to a user."""
@@ -19,13 +21,19 @@ class ConfigError(CtxbatchError):
 class SubmitError(CtxbatchError):
     """Raised when a submission is refused; nothing of it was stored."""
 
-    def __init__(self, index: int | None, field: str | None, message: str) -> None:
+    def __init__(self, index: int | None, field: str | None, message: str, earlier: int | None = None) -> None:
         where = "" if index is None else f"record {index}: "
         what = f"{field}: " if field else ""
-        super().__init__(f"{where}{what}{message}")
         self.index = index
         self.field = field
         self.message = message
+        self.earlier = earlier
+        """The record this one repeats (a key or custom_id given twice), when there is one."""
+        super().__init__(f"{where}{what}{self.said()}")
+
+    def said(self, locate: Callable[[int], str] = "record {}".format) -> str:
+        """The message, naming the record it repeats (if any) as `locate` puts it: "line 3", "record 2"."""
+        return self.message if self.earlier is None else f"{self.message}; first at {locate(self.earlier)}"
 
 
 class InputError(CtxbatchError):

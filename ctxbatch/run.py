@@ -107,7 +107,7 @@ class Pipeline:
                 self.settings.limits.name,
             )
         loop = self._loop = Loop(self.store, self.settings, self.sizer, self.job, self.owner)  # stop() reaches it
-        if until_empty and self.client is None and known_drained(self.store):
+        if until_empty and self.client is None and known_drained(self.store, self.settings.worker.queues):
             # Nothing to do: no cluster, no metrics port; an empty run costs about a connection.
             self.report.stopped_by = "empty"
             log.info("run finished: %s", self.report.summary_line())

@@ -8,6 +8,7 @@ CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a cond
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from pymongo import MongoClient, monitoring
 from receiver import WebhookReceiver
 
+from ctxbatch.cli import main
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, embedded
 from ctxbatch.service import create_app
@@ -174,6 +177,26 @@ def client(request: pytest.FixtureRequest) -> Iterator[Client]:
     """One cluster per test module, shaped by the module's `CLUSTER` (local_cluster's arguments)."""
     with local_cluster(**getattr(request.module, "CLUSTER", {})) as connected:
         yield connected
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def ctxbatch(mongo_uri: str, database: str) -> Invoke:
+    """Runs `ctxbatch --mongo-uri URI --database DB ARGS...` in-process; stdout and stderr apart."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(main, ["--mongo-uri", mongo_uri, "--database", database, *args], input=input)
+
+    return invoke
+
+
+def json_lines(path: Path, records: list[Any]) -> str:
+    """`records` written to `path` as JSON Lines; the path as text."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
 
 
 @pytest.fixture

@@ -13,30 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
+from conftest import Invoke, json_lines
 
 from ctxbatch.cli import main
 from ctxbatch.io import ContextStore
 
 RECORDS = [{"payload": {"n": 1}, "priority": 5}, {"payload": {"n": 2}, "key": "second"}]
 CTXBATCH = Path(sys.executable).with_name("ctxbatch")
-
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def ctxbatch(mongo_uri: str, database: str) -> Invoke:
-    """Runs `ctxbatch --mongo-uri URI --database DB ARGS...` in-process; stdout and stderr apart."""
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(main, ["--mongo-uri", mongo_uri, "--database", database, *args], input=input)
-
-    return invoke
-
-
-def json_lines(path: Path, records: list[object]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 def submitted(store: ContextStore, result: Result) -> str:

@@ -133,7 +133,8 @@ def test_a_key_repeated_within_a_submission_is_refused(store: ContextStore) -> N
     with pytest.raises(SubmitError) as refused:
         store.submit([{"payload": {}, "key": "a"}, {"payload": {}, "key": "b"}, {"payload": {}, "key": "a"}])
     assert (refused.value.index, refused.value.field) == (2, "key")
-    assert "record 0" in refused.value.message
+    assert refused.value.earlier == 0
+    assert "first at record 0" in str(refused.value)
     assert stored(store) == (0, 0)
 
 
@@ -185,7 +186,15 @@ def test_batch_status_has_the_shape_of_the_design(store: ContextStore) -> None:
     report = store.batch_status(batch_id)
     assert {"batch_id", "status", "counts", "created_at", "updated_at"} <= set(report)
     assert report["batch_id"] == batch_id
-    assert report["counts"] == {"total": 3, "pending": 3, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    assert report["counts"] == {
+        "total": 3,
+        "pending": 3,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+    }
     assert dt.datetime.fromisoformat(report["updated_at"]) >= dt.datetime.fromisoformat(report["created_at"])
     assert json.loads(json.dumps(report)) == report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -12,9 +13,9 @@ from typing import Any
 import click
 
 from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
-from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
+from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
-from ctxbatch.io import json_default
+from ctxbatch.io import json_default, openai_batch
 from ctxbatch.io.formats import read_submission
 from ctxbatch.io.outage import known_drained
 
@@ -40,16 +41,43 @@ def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config
 @click.argument("source", metavar="FILE|-")
 @click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), help="Priority of records that give none.")
 @click.option("--name", help="A name for the batch.")
+@click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="The queue the batch joins.")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["openai"]),
+    help="Read the lines as OpenAI batch requests (recognised without it when the first line is one).",
+)
+@click.option(
+    "--completion-window",
+    metavar="DURATION",
+    help="The batch's deadline, such as 24h, 30m or 90s: what is still pending then expires.",
+)
 @pass_state
-def submit(state: State, source: str, priority: int | None, name: str | None) -> None:
-    """Submit contexts (JSON Lines, JSON array, CSV or Parquet); prints the batch id."""
+def submit(
+    state: State,
+    source: str,
+    priority: int | None,
+    name: str | None,
+    queue: str,
+    form: str | None,
+    completion_window: str | None,
+) -> None:
+    """Submit contexts (JSON Lines, JSON array, CSV, Parquet or OpenAI batch lines); prints the batch id."""
     submission = read_submission(source)
     try:
-        batch_id = state.store.submit(submission.records, priority=priority, name=name)
+        batch_id = state.store.submit(
+            submission.records,
+            priority=priority,
+            name=name,
+            queue=queue,
+            completion_window=completion_window,
+            format=form,
+        )
     except SubmitError as exc:
         where = submission.locate(exc.index) if exc.index is not None else source
         field = f"{exc.field}: " if exc.field else ""
-        raise InputError(f"{where}: {field}{exc.message}; nothing was submitted") from None
+        raise InputError(f"{where}: {field}{exc.said(submission.locate)}; nothing was submitted") from None
     click.echo(batch_id)
 
 
@@ -64,8 +92,11 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
         click.echo(json.dumps(report))
         return
     counts = report["counts"]
-    click.echo(f"batch {report['batch_id']}: {report['status']}")
+    click.echo(f"batch {report['batch_id']}: {report['status']} (queue {report['queue']})")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
+    if report.get("expires_at"):
+        passed = "expired" if report.get("expired_at") else "expires"
+        click.echo(f"  {passed} at {report['expires_at']}")
 
 
 @main.command()
@@ -76,9 +107,25 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.",
 )
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["openai"]),
+    help="OpenAI's batch output lines: the completed requests (and their failures with --errors-output).",
+)
+@click.option(
+    "--errors-output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="With --format openai: write the failed, expired and cancelled requests' lines here.",
+)
 @pass_state
-def results(state: State, batch_id: str, output: str | None) -> None:
+def results(state: State, batch_id: str, output: str | None, form: str | None, errors_output: str | None) -> None:
     """Print or save a batch's contexts with their results and errors."""
+    if form == "openai":
+        _openai_results(state, batch_id, output, errors_output)
+        return
+    if errors_output is not None:
+        raise click.UsageError("--errors-output goes with --format openai")
     if output is None:
         for row in state.store.iter_results(batch_id):
             click.echo(_json_line(row), nl=False)
@@ -101,6 +148,22 @@ def results(state: State, batch_id: str, output: str | None) -> None:
     frame = state.store.results(batch_id)
     writer(frame, path)
     say(f"wrote {len(frame)} contexts to {path}")
+
+
+def _openai_results(state: State, batch_id: str, output: str | None, errors_output: str | None) -> None:
+    """OpenAI's output and error files, streamed in input order (flat memory at any size)."""
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(Path(output).open("w", encoding="utf-8")) if output else sys.stdout
+        errors = files.enter_context(Path(errors_output).open("w", encoding="utf-8")) if errors_output else None
+        written = openai_batch.write_lines(state.store.iter_results(batch_id, payload=False), out, errors)
+    where = f" to {output}" if output else ""
+    say(f"wrote {written.output} completed requests{where}")
+    if errors_output:
+        say(f"wrote {written.errors} failed, expired or cancelled requests to {errors_output}")
+    elif written.errors:
+        say(f"{written.errors} failed, expired or cancelled requests are not written; add --errors-output FILE")
+    if written.unfinished:
+        say(f"{written.unfinished} requests are still pending or processing; they are in neither file yet")
 
 
 def _json_line(row: dict[str, Any]) -> str:
@@ -130,10 +193,12 @@ def cancel(state: State, batch_id: str) -> None:
 
 @main.command()
 @click.argument("batch_id")
+@click.option("--expired", is_flag=True, help="Retry the expired contexts instead, under a fresh completion window.")
 @pass_state
-def retry(state: State, batch_id: str) -> None:
+def retry(state: State, batch_id: str, expired: bool) -> None:
     """Send a batch's failed contexts back to the queue with attempts reset."""
-    say(f"{state.store.retry(batch_id)} failed contexts of {batch_id} are pending again")
+    which = "expired" if expired else "failed"
+    say(f"{state.store.retry(batch_id, expired=expired)} {which} contexts of {batch_id} are pending again")
 
 
 @main.command()
@@ -141,6 +206,12 @@ def retry(state: State, batch_id: str) -> None:
 @click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Claim only from this queue (repeat for several; default: worker.queues, else 'default').",
+)
 @click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
 @click.option("--max-contexts", type=click.IntRange(min=1), help="Stop after claiming this many contexts.")
 @click.option(
@@ -155,6 +226,7 @@ def run(
     engine: str | None,
     workers: int | None,
     scheduler_address: str | None,
+    queues: tuple[str, ...],
     until_empty: bool,
     max_contexts: int | None,
     metrics_port: int | None,
@@ -167,6 +239,8 @@ def run(
         settings.monitoring.metrics_port = metrics_port
     if workers is not None:
         settings.dask.n_workers = workers
+    if queues:
+        settings.worker.queues = list(queues)
     if scheduler_address:
         settings.dask.scheduler_address = scheduler_address
     engine = engine or settings.engine
@@ -180,7 +254,7 @@ def _run_pipeline(
 ) -> None:
     from ctxbatch.pipeline.report import RunReport
 
-    if until_empty and known_drained(state.store):
+    if until_empty and known_drained(state.store, settings.worker.queues):
         # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
         say(RunReport(stopped_by="empty").summary_line())
         return

@@ -32,8 +32,14 @@ from pymongo.monitoring import (
     ServerHeartbeatSucceededEvent,
 )
 
+from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.io import embedded
-from ctxbatch.io.schema import BATCH_INDEXES, CONTEXT_INDEXES, STAGED_INDEXES
+from ctxbatch.io.schema import (
+    BATCH_INDEXES,
+    CONTEXT_INDEXES,
+    RETIRED_CONTEXT_INDEXES,
+    STAGED_INDEXES,
+)
 
 Document = dict[str, Any]
 log = logging.getLogger("ctxbatch.io")
@@ -171,13 +177,31 @@ class Connection:
         """The queue's indexes, created once per connection (creating them again is a no-op there)."""
         if not self._indexed:
             binding = self.bound
+            _retire_status_led_claim(binding.contexts)
             binding.contexts.create_indexes(CONTEXT_INDEXES)
             binding.batches.create_indexes(BATCH_INDEXES)
             binding.staged.create_indexes(STAGED_INDEXES)
             self._indexed = True
+
+    @property
+    def files(self) -> Collection[Document]:
+        return self.bound.db["files"]
 
     def close(self) -> None:
         # Closing ends the client's sessions on the server: bounded, or a server that is gone would
         # hold a closing worker or loop for the whole server selection timeout (30 s).
         with pymongo.timeout(CLOSE_SECONDS):
             self._binding.client.close()
+
+
+def _retire_status_led_claim(contexts: Collection[Document]) -> None:
+    """A database from before queues: its contexts join the default queue, its old claim indexes go.
+
+    Every index costs each status change on nx-27017, so the retired ones are dropped, not kept.
+    """
+    retired = [name for name in contexts.index_information() if name in RETIRED_CONTEXT_INDEXES]
+    if not retired:
+        return
+    contexts.update_many({"queue": {"$exists": False}}, {"$set": {"queue": DEFAULT_QUEUE}})
+    for name in retired:
+        contexts.drop_index(name)

@@ -4,6 +4,7 @@ a queue that cannot be read is not known to be drained."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from pymongo.errors import PyMongoError
 
@@ -29,10 +30,10 @@ def short_reason(exc: BaseException) -> str:
     return text
 
 
-def known_drained(store: ContextStore) -> bool:
-    """Whether nothing is left to do; False when the database does not answer (a loop waits for it)."""
+def known_drained(store: ContextStore, queues: Sequence[str] | None = None) -> bool:
+    """Whether nothing is left to do (in `queues`, if given); False when the database does not answer."""
     try:
-        return store.drained()
+        return store.drained(queues)
     except PyMongoError as exc:
         log.info("the database did not answer (%s); not known to be drained", short_reason(exc))
         return False

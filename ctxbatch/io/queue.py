@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 from pymongo import ASCENDING, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.errors import PyMongoError
 
-from ctxbatch.config import LEASE_SECONDS
+from ctxbatch.config import DEFAULT_QUEUE, LEASE_SECONDS
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
+from ctxbatch.io.deadlines import Deadlines, deadline_ms
 from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
 from ctxbatch.io.views import Views
 
@@ -39,8 +40,9 @@ def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
     return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
 
 
-def _claimable(now: dt.datetime) -> dict[str, Any]:
-    return {"status": eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
+def _claimable(now: dt.datetime, queue: str) -> dict[str, Any]:
+    # `$eq` on the queue, one find per queue: the `queue_claim` index serves it; `$in` scans on nx-27017.
+    return {"queue": eq(queue), "status": eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -51,35 +53,40 @@ def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
 class Queue:
     """Claims, their fenced writes and leases, and a batch's cancel and retry (ContextStore documents each)."""
 
-    def __init__(self, connection: Connection, views: Views) -> None:
+    def __init__(self, connection: Connection, views: Views, deadlines: Deadlines) -> None:
         self.connection = connection
         self.views = views
+        self.deadlines = deadlines
         # Claims whose update may have been applied though no answer came (see claim()).
         self._unanswered: list[Claim] = []
 
-    def claim(self, n: int, owner: str, lease_seconds: float = LEASE_SECONDS, *, by_priority: bool = True) -> Claim:
+    def claim(
+        self,
+        n: int,
+        owner: str,
+        lease_seconds: float = LEASE_SECONDS,
+        *,
+        by_priority: bool = True,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> Claim:
         self.release_unanswered()
-        contexts = self.connection.contexts
+        self.deadlines.expire_due_now_and_then()
         token = uuid.uuid4().hex
         now = utcnow()
         expires_at = now + dt.timedelta(seconds=lease_seconds)
-        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
-        claimable = _claimable(now)
         lease = _lease(owner, token, expires_at)
-        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1}
         held: list[dict[str, Any]] = []
         asked: list[str] = []  # every id an update of this lease was sent for
         try:
             for _ in range(CLAIM_ROUNDS):
-                wanted = n - len(held)
-                found = list(in_one_reply(contexts.find(claimable, fields).sort(order).limit(wanted), wanted))
+                found = self._first(n - len(held), now, queues, by_priority)
                 if not found:
                     break
                 asked += [d["_id"] for d in found]
                 # The status condition makes this the one conditional update: a context another
                 # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
                 # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
-                won = contexts.update_many(
+                won = self.connection.contexts.update_many(
                     {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
                     {
                         "$set": {"status": Status.PROCESSING.value, "lease": lease},
@@ -89,7 +96,8 @@ class Queue:
                 ).modified_count
                 if won < len(found):
                     # Another loop took some in between: ask which ones this lease holds.
-                    mine = {d["_id"] for d in contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})}
+                    taken = self.connection.contexts.find(held_of(token, [d["_id"] for d in found]), {"_id": 1})
+                    mine = {d["_id"] for d in taken}
                     found = [d for d in found if d["_id"] in mine]
                 held += [{**d, "attempts": d["attempts"] + 1} for d in found]
                 if len(held) >= n:
@@ -108,6 +116,18 @@ class Queue:
             attempts={d["_id"]: d["attempts"] for d in held},
             batch_ids=sorted({d["batch_id"] for d in held}),
         )
+
+    def _first(self, wanted: int, now: dt.datetime, queues: Sequence[str], by_priority: bool) -> list[dict[str, Any]]:
+        """The `wanted` most urgent claimable contexts of the queues (their ids, tries, priorities, batches)."""
+        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
+        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "created_at": 1}
+        found: list[dict[str, Any]] = []
+        for queue in dict.fromkeys(queues):
+            cursor = self.connection.contexts.find(_claimable(now, queue), fields).sort(order).limit(wanted)
+            found += in_one_reply(cursor, wanted)
+        if len(queues) > 1:
+            found.sort(key=lambda d: tuple(d[name] for name, _ in order))
+        return found[:wanted]
 
     def release_unanswered(self) -> int:
         given = 0
@@ -207,8 +227,13 @@ class Queue:
         by_id = {d["_id"]: d for d in found}
         return [by_id[i] for i in claim.ids if i in by_id]  # claim order, not the server's
 
-    def claimable(self, limit: int) -> int:
-        return len(list(self.connection.contexts.find(_claimable(utcnow()), {"_id": 1}).limit(limit)))
+    def claimable(self, limit: int, queues: Sequence[str] = (DEFAULT_QUEUE,)) -> int:
+        found = 0
+        for queue in dict.fromkeys(queues):
+            if found < limit:
+                matching = self.connection.contexts.find(_claimable(utcnow(), queue), {"_id": 1})
+                found += len(list(matching.limit(limit - found)))
+        return found
 
     def held(self, claim: Claim) -> Claim:
         still = {d["_id"] for d in self.connection.contexts.find(held_of(claim.token, claim.ids), {"_id": 1})}
@@ -267,10 +292,16 @@ class Queue:
         self._touch([batch_id])
         return changed
 
-    def retry(self, batch_id: str) -> int:
-        self.views.batch_document(batch_id)
+    def retry(self, batch_id: str, *, expired: bool = False) -> int:
+        batch = self.views.batch_document(batch_id)
+        status = Status.EXPIRED if expired else Status.FAILED
+        if expired and batch.get("window_seconds"):
+            # A fresh window, set before the contexts are pending again, so none is without one.
+            due = deadline_ms(batch["window_seconds"])
+            fresh = {"deadline_ms": due, "expires_ms": due}
+            self.connection.batches.update_one({"_id": eq(batch_id)}, {"$set": fresh, "$unset": {"expired_at": ""}})
         changed = self.connection.contexts.update_many(
-            {"batch_id": eq(batch_id), "status": eq(Status.FAILED.value)},
+            {"batch_id": eq(batch_id), "status": eq(status.value)},
             {
                 "$set": {"status": Status.PENDING.value, "attempts": 0, "next_attempt_ms": epoch_ms(utcnow())},
                 "$unset": {"finished_at": "", "finished_ms": ""},

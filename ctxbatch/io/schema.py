@@ -24,8 +24,9 @@ from ctxbatch.io.document_limits import NotStorable, check_json_value
 
 MAX_KEY_LENGTH = 256
 MAX_NAME_LENGTH = 256
+MAX_QUEUE_LENGTH = 64
 MAX_BSON_BYTES = 16 * 1024 * 1024
-REQUEST_FIELDS = frozenset({"payload", "priority", "key"})
+REQUEST_FIELDS = ("payload", "priority", "key", "custom_id")
 
 
 class Status(StrEnum):
@@ -34,13 +35,22 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # still pending when its batch's deadline passed
+
+
+# A context in one of these will not change again unless a user retries it.
+FINISHED = (Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value, Status.EXPIRED.value)
 
 
 CONTEXT_INDEXES = [
-    # claim: status + priority order + oldest first, sort included (also serves the reaper).
-    IndexModel([("status", ASCENDING), ("priority", ASCENDING), ("created_at", ASCENDING)], name="claim"),
+    # claim: one queue's pending contexts in priority order, oldest first, sort included. Led by the
+    # queue, so a queue's claim costs what it would alone, however much waits in the others.
+    IndexModel(
+        [("queue", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("created_at", ASCENDING)],
+        name="queue_claim",
+    ),
     # claim with priorities disabled: oldest first.
-    IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="claim_fifo"),
+    IndexModel([("queue", ASCENDING), ("status", ASCENDING), ("created_at", ASCENDING)], name="queue_claim_fifo"),
     IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)], name="batch_status"),
     # results pages: a key range over the batch's own ordinal, so a deep page costs what the first does.
     IndexModel([("batch_id", ASCENDING), ("sort_id", ASCENDING)], name="results"),
@@ -49,7 +59,13 @@ CONTEXT_INDEXES = [
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
     IndexModel([("status", ASCENDING), ("finished_ms", ASCENDING), ("attempts", ASCENDING)], name="finished"),
 ]
-BATCH_INDEXES = [IndexModel([("created_at", DESCENDING)], name="newest")]
+# The indexes the claim used before queues (status first); dropped where found (io/connection.py).
+RETIRED_CONTEXT_INDEXES = ("claim", "claim_fifo")
+BATCH_INDEXES = [
+    IndexModel([("created_at", DESCENDING)], name="newest"),
+    # Batches whose deadline is set and not yet acted on (io/deadlines.py).
+    IndexModel([("deadline_ms", ASCENDING)], name="deadline"),
+]
 # A submission's staged chunks, read back in order when it moves into the queue (io/staging.py).
 STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
 
@@ -104,6 +120,7 @@ class ContextRequest:
     payload: dict[str, Any]
     priority: int
     key: str | None = None
+    custom_id: str | None = None
 
 
 def _encodable(text: str) -> bool:
@@ -132,13 +149,28 @@ def validate_name(name: Any) -> str | None:
     return name
 
 
+def validate_queue(queue: Any) -> str:
+    """A queue's name: a non-empty string of at most MAX_QUEUE_LENGTH characters, or SubmitError."""
+    if not (isinstance(queue, str) and 0 < len(queue) <= MAX_QUEUE_LENGTH and _encodable(queue)):
+        raise SubmitError(None, "queue", f"must be a non-empty string of at most {MAX_QUEUE_LENGTH} characters")
+    return queue
+
+
+def _identifier(index: int, record: Mapping[str, Any], field: str) -> str | None:
+    value = record.get(field)
+    if value is not None and not (isinstance(value, str) and 0 < len(value) <= MAX_KEY_LENGTH and _encodable(value)):
+        raise SubmitError(index, field, f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+    return value
+
+
 def validate_request(index: int, record: Any, default_priority: int) -> ContextRequest:
     """One record -> ContextRequest, or SubmitError naming the record and field."""
     if not isinstance(record, Mapping):
         raise SubmitError(index, None, f"must be an object with a 'payload', got {type(record).__name__}")
-    unknown = set(record) - REQUEST_FIELDS
+    unknown = set(record) - set(REQUEST_FIELDS)
     if unknown:
-        raise SubmitError(index, sorted(map(str, unknown))[0], "unknown field (expected payload, priority, key)")
+        expected = ", ".join(REQUEST_FIELDS)
+        raise SubmitError(index, sorted(map(str, unknown))[0], f"unknown field (expected {expected})")
     if "payload" not in record:
         raise SubmitError(index, "payload", "is missing")
     payload = record["payload"]
@@ -149,9 +181,8 @@ def validate_request(index: int, record: Any, default_priority: int) -> ContextR
         raise SubmitError(
             index, "priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
         )
-    key = record.get("key")
-    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _encodable(key)):
-        raise SubmitError(index, "key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+    key = _identifier(index, record, "key")
+    custom_id = _identifier(index, record, "custom_id")
     try:
         check_json_value(payload)
     except NotStorable as exc:
@@ -163,24 +194,31 @@ def validate_request(index: int, record: Any, default_priority: int) -> ContextR
         raise SubmitError(index, "payload", f"cannot be stored: {exc}") from None
     if size > MAX_BSON_BYTES - 64 * 1024:
         raise SubmitError(index, "payload", f"is {size} bytes; the limit is about 16 MB")
-    return ContextRequest(dict(payload), int(priority), key)
+    return ContextRequest(dict(payload), int(priority), key, custom_id)
 
 
 def _checked(records: Iterable[Any], default: int) -> Iterator[ContextRequest | SubmitError]:
-    """Each record as a ContextRequest or the problem with it (a repeated key included)."""
-    seen_keys: dict[str, int] = {}
+    """Each record as a ContextRequest or the problem with it (a repeated key or custom_id included)."""
+    seen: dict[str, dict[str, int]] = {"key": {}, "custom_id": {}}
     for index, record in enumerate(records):
         try:
             request = validate_request(index, record, default)
         except SubmitError as exc:
             yield exc
             continue
-        if request.key is not None:
-            first = seen_keys.setdefault(request.key, index)
-            if first != index:
-                yield SubmitError(index, "key", f"{request.key!r} repeats record {first}'s key")
-                continue
-        yield request
+        repeated = _repeated(request, index, seen)
+        yield request if repeated is None else repeated
+
+
+def _repeated(request: ContextRequest, index: int, seen: dict[str, dict[str, int]]) -> SubmitError | None:
+    """The problem when the request's key or custom_id was given by an earlier record of the submission."""
+    for field, value, scope in (("key", request.key, "database"), ("custom_id", request.custom_id, "batch")):
+        if value is None:
+            continue
+        first = seen[field].setdefault(value, index)
+        if first != index:
+            return SubmitError(index, field, f"{value!r} is given twice; it must be unique in the {scope}", first)
+    return None
 
 
 def iter_requests(records: Iterable[Any], default_priority: int | None = None) -> Iterator[ContextRequest]:
@@ -226,12 +264,13 @@ def collect_problems(
 
 
 def context_document(
-    request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime, position: int
+    request: ContextRequest, context_id: str, batch_id: str, now: dt.datetime, position: int, queue: str
 ) -> dict[str, Any]:
-    """A new pending context, the `position`-th of its batch (from 0)."""
+    """A new pending context of `queue`, the `position`-th of its batch (from 0)."""
     return {
         "_id": context_id,
         "batch_id": batch_id,
+        "queue": queue,
         # The results pages' key: an integer, because nx-27017 serves no range over string or
         # ObjectId `_id`s.
         "sort_id": position,
@@ -244,6 +283,7 @@ def context_document(
         "next_attempt_ms": epoch_ms(now),
         "created_at": now,
         **({"key": request.key} if request.key is not None else {}),
+        **({"custom_id": request.custom_id} if request.custom_id is not None else {}),
     }
 
 

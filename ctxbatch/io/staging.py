@@ -29,6 +29,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import bson
@@ -37,8 +38,11 @@ from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.errors import SubmitError
 from ctxbatch.io.connection import Connection
+from ctxbatch.io.deadlines import deadline_ms, window_seconds
+from ctxbatch.io.openai_batch import records_of
 from ctxbatch.io.schema import (
     MAX_BSON_BYTES,
     ContextRequest,
@@ -48,6 +52,7 @@ from ctxbatch.io.schema import (
     iter_requests,
     utcnow,
     validate_name,
+    validate_queue,
 )
 
 log = logging.getLogger("ctxbatch.io.staging")
@@ -73,12 +78,41 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a submission says about its batch as a whole, validated."""
+
+    name: str | None = None
+    queue: str = DEFAULT_QUEUE
+    window_seconds: float | None = None
+    # Fields kept on the batch document as they are (OpenAI's endpoint, completion_window, metadata...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        name: Any = None,
+        queue: Any = DEFAULT_QUEUE,
+        completion_window: str | float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> BatchOptions:
+        """Validated options; SubmitError names the one that is wrong."""
+        return cls(validate_name(name), validate_queue(queue), window_seconds(completion_window), dict(extra or {}))
+
+    def batch_fields(self) -> dict[str, Any]:
+        """The fields of the batch document these options set."""
+        fields: dict[str, Any] = {"name": self.name, "queue": self.queue, **self.extra}
+        if self.window_seconds is not None:
+            fields["window_seconds"] = self.window_seconds
+        return fields
+
+
 class Stager:
     """One submission on its way in: chunks staged under a lease, then committed and moved."""
 
-    def __init__(self, connection: Connection, name: str | None) -> None:
+    def __init__(self, connection: Connection, options: BatchOptions) -> None:
         self.connection = connection
-        self.name = name
+        self.options = options
         self.batch_id = str(ObjectId())
         self.token = uuid.uuid4().hex
         self.created_at = utcnow()
@@ -98,7 +132,7 @@ class Stager:
             {
                 "_id": self.batch_id,
                 "state": STAGING,
-                "name": self.name,
+                "batch": self.options.batch_fields(),
                 "created_at": self.created_at,
                 "lease": self._lease(),
             }
@@ -161,7 +195,8 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
     now = stager.created_at
     for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
-        encoded = bson.encode(context_document(request, context_id, stager.batch_id, now, position))
+        document = context_document(request, context_id, stager.batch_id, now, position, stager.options.queue)
+        encoded = bson.encode(document)
         if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
             yield chunk
             chunk, size = [], 0
@@ -221,17 +256,23 @@ class Submissions:
         self.connection = connection
 
     def submit_counted(
-        self, records: Iterable[Any] | pd.DataFrame, priority: int | None, name: str | None
+        self,
+        records: Iterable[Any] | pd.DataFrame,
+        priority: int | None,
+        options: BatchOptions,
+        form: str | None = None,
     ) -> tuple[str, int]:
-        """Stage, commit and move in a submission (see the module's note); (batch id, contexts)."""
-        name = validate_name(name)
-        requests = iter_requests(as_records(records), priority)
+        """Stage, commit and move in a submission (see the module's note); (batch id, contexts).
+
+        `form` "openai" reads the records as OpenAI batch lines; None recognises them by the first.
+        """
+        requests = iter_requests(records_of(as_records(records), form), priority)
         self.connection.ensure_indexes()
         self.tidy()
-        return self._stage_and_move_in(requests, name)
+        return self._stage_and_move_in(requests, options)
 
-    def _stage_and_move_in(self, requests: Iterable[ContextRequest], name: str | None) -> tuple[str, int]:
-        stager = Stager(self.connection, name)
+    def _stage_and_move_in(self, requests: Iterable[ContextRequest], options: BatchOptions) -> tuple[str, int]:
+        stager = Stager(self.connection, options)
         stager.begin()
         try:
             for chunk in _encoded(requests, stager):
@@ -260,16 +301,15 @@ class Submissions:
         if submission is None or submission["state"] != COMMITTED:
             return
         stamp = submission["created_at"]
+        fields = submission.get("batch", {"name": submission.get("name")})
+        if fields.get("window_seconds") is not None:
+            # The window runs from when the batch becomes visible, so a slow upload does not eat it.
+            # `expires_ms` stays to be shown; `deadline_ms` goes once acted on (io/deadlines.py).
+            fields["deadline_ms"] = fields["expires_ms"] = deadline_ms(fields["window_seconds"])
         # Written first: a resumed move finds it there.
         with contextlib.suppress(DuplicateKeyError):
             self.connection.batches.insert_one(
-                {
-                    "_id": batch_id,
-                    "name": submission.get("name"),
-                    "total": submission["total"],
-                    "created_at": stamp,
-                    "updated_at": stamp,
-                }
+                {"_id": batch_id, **fields, "total": submission["total"], "created_at": stamp, "updated_at": stamp}
             )
         for chunk in staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
             submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})

@@ -160,6 +160,7 @@ class Statistics:
             queue_length=self.views.queue_length(Status.PENDING, batch_id),
             oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
             in_flight=sum(self.views.queue_length(Status.PROCESSING, batch_id).values()),
+            queues=self.views.by_queue() if batch_id is None else {},
         )
 
     def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
@@ -174,14 +175,21 @@ class Statistics:
         self, status: Status, batch_id: str | None = None, level: str | None = None
     ) -> dt.datetime | None:
         query: dict[str, Any] = {"status": _eq(status.value)}
-        if batch_id is not None:
-            query["batch_id"] = _eq(batch_id)
         if level is not None:
             low, high = self.views.levels[level]
             query["priority"] = {"$gte": low, "$lte": high}
-        # Walks the `claim_fifo` index (status, created_at) in order and stops at the first match.
-        found = self.connection.contexts.find_one(query, {"created_at": 1}, sort=[("created_at", ASCENDING)])
-        return None if found is None else found["created_at"]
+        if batch_id is not None:
+            within = [{"batch_id": _eq(batch_id)}]
+        else:
+            # Per queue, each walking the `queue_claim_fifo` index (queue, status, created_at) in
+            # order and stopping at the first match; the oldest of the queues' firsts.
+            within = [{"queue": _eq(queue)} for queue in self.views.queues()]
+        firsts = [
+            self.connection.contexts.find_one({**where, **query}, {"created_at": 1}, sort=[("created_at", ASCENDING)])
+            for where in within
+        ]
+        found = [first["created_at"] for first in firsts if first is not None]
+        return min(found) if found else None
 
     def seconds_since_progress(self) -> float:
         now = utcnow()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,16 +22,17 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from ctxbatch.config import DEFAULT_LEVELS, LEASE_SECONDS, level_ranges
+from ctxbatch.config import DEFAULT_LEVELS, DEFAULT_QUEUE, LEASE_SECONDS, level_ranges
 from ctxbatch.io import embedded
 from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
+from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.decisions import SizingDecisions
 from ctxbatch.io.limits import LimitBook
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
-from ctxbatch.io.staging import Submissions
+from ctxbatch.io.staging import BatchOptions, Submissions
 from ctxbatch.io.stats import (
     DEFAULT_WINDOW_SECONDS,
     TIMELINE_BUCKET_SECONDS,
@@ -67,8 +68,9 @@ class ContextStore:
         self.connection = Connection(uri, database, client)
         self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
         self._submissions = Submissions(self.connection)
-        self._views = Views(self.connection, self.levels, self._submissions)
-        self._queue = Queue(self.connection, self._views)
+        self._deadlines = Deadlines(self.connection)
+        self._views = Views(self.connection, self.levels, self._submissions, self._deadlines)
+        self._queue = Queue(self.connection, self._views, self._deadlines)
         self._statistics = Statistics(self.connection, self._views)
         self._decisions = SizingDecisions(self.connection)
         self.alert_book = AlertBook(self.connection)
@@ -153,22 +155,43 @@ class ContextStore:
         records: Iterable[Any] | pd.DataFrame,
         priority: int | None = None,
         name: str | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        completion_window: str | float | None = None,
+        format: str | None = None,
+        openai: Mapping[str, Any] | None = None,
     ) -> str:
-        """Store a whole submission as one batch and return its id; all of it or nothing."""
-        return self.submit_counted(records, priority, name)[0]
+        """Store a whole submission as one batch and return its id; all of it or nothing.
+
+        Records are ctxbatch's (`payload`, `priority`, `key`, `custom_id`) or OpenAI batch lines
+        (`custom_id`, `method`, `url`, `body`), recognised by the first record or forced with
+        `format="openai"`. The batch goes to `queue` (a loop claims only its queues). With a
+        `completion_window` ("24h", "30m", "90s" or seconds), what is still pending when it has
+        passed expires (io/deadlines.py). `openai` holds OpenAI's batch fields kept on the batch
+        (endpoint, completion_window, metadata, input_file_id).
+        """
+        return self.submit_counted(
+            records, priority, name, queue=queue, completion_window=completion_window, format=format, openai=openai
+        )[0]
 
     def submit_counted(
         self,
         records: Iterable[Any] | pd.DataFrame,
         priority: int | None = None,
         name: str | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        completion_window: str | float | None = None,
+        format: str | None = None,
+        openai: Mapping[str, Any] | None = None,
     ) -> tuple[str, int]:
         """submit(), also returning how many contexts were stored.
 
         The records are streamed (an iterator is never held whole): validated, encoded and
         staged in chunks, and invisible until the whole submission is committed (io/staging.py).
         """
-        return self._submissions.submit_counted(records, priority, name)
+        options = BatchOptions.of(name, queue, completion_window, dict(openai or {}))
+        return self._submissions.submit_counted(records, priority, options, format)
 
     def tidy_submissions(self) -> int:
         """The janitor of interrupted submissions (see io/staging.py); how many it settled."""
@@ -176,15 +199,23 @@ class ContextStore:
 
     # -- claim and settle -----------------------------------------------------------------
 
-    def claim(self, n: int, owner: str, lease_seconds: float = LEASE_SECONDS, *, by_priority: bool = True) -> Claim:
-        """Take up to n claimable contexts, most urgent then oldest first, under a fresh lease.
+    def claim(
+        self,
+        n: int,
+        owner: str,
+        lease_seconds: float = LEASE_SECONDS,
+        *,
+        by_priority: bool = True,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> Claim:
+        """Take up to n claimable contexts of `queues`, most urgent then oldest first, under a fresh lease.
 
         When the database stops answering midway, the contexts this lease may have taken are
         given back (fenced by its token) at the start of the next claim, their try uncounted:
         otherwise they would sit under a lease nobody holds until it expired, and a context out
         of retries would then fail for good without having run.
         """
-        return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority)
+        return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority, queues=queues)
 
     def settle(
         self,
@@ -237,9 +268,9 @@ class ContextStore:
         """The part of a claim its lease still holds, in claim order."""
         return self._queue.held(claim)
 
-    def claimable(self, limit: int) -> int:
-        """How many contexts could be claimed now, counting no further than `limit` (index-backed)."""
-        return self._queue.claimable(limit)
+    def claimable(self, limit: int, queues: Sequence[str] = (DEFAULT_QUEUE,)) -> int:
+        """How many contexts of `queues` could be claimed now, counting no further than `limit` (index-backed)."""
+        return self._queue.claimable(limit, queues)
 
     def renew(self, claim: Claim, lease_seconds: float = LEASE_SECONDS) -> int:
         """Extend the lease; returns how many contexts it still holds."""
@@ -257,9 +288,16 @@ class ContextStore:
         """Cancel the batch's pending contexts; returns how many."""
         return self._queue.cancel(batch_id)
 
-    def retry(self, batch_id: str) -> int:
-        """Send the batch's failed contexts back to `pending` with attempts reset; returns how many."""
-        return self._queue.retry(batch_id)
+    def retry(self, batch_id: str, *, expired: bool = False) -> int:
+        """Send the batch's failed contexts back to `pending` with attempts reset; returns how many.
+
+        With `expired`, its expired contexts instead, under a fresh completion window.
+        """
+        return self._queue.retry(batch_id, expired=expired)
+
+    def expire_due(self) -> int:
+        """Expire what is still pending in batches whose deadline passed (io/deadlines.py); how many."""
+        return self._deadlines.expire_due()
 
     # -- views --------------------------------------------------------------------------
 
@@ -295,13 +333,13 @@ class ContextStore:
         """The batches under a lease now, across every loop: distinct lease tokens of `processing` contexts."""
         return self._views.in_flight()
 
-    def drained(self) -> bool:
-        """Nothing pending, processing or on its way in: index-backed lookups of one id, not counts.
+    def drained(self, queues: Sequence[str] | None = None) -> bool:
+        """Nothing pending, processing or on its way in (of `queues`, when given): lookups of one id, not counts.
 
         On its way in: a committed submission whose move into the queue was cut off (io/staging.py);
         the loop's janitor finishes it.
         """
-        return self._views.drained()
+        return self._views.drained(queues)
 
     def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest batches first, as batch_status() JSON; only those with `status` if given.

@@ -9,25 +9,29 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 
+from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
 from ctxbatch.io.connection import Connection
-from ctxbatch.io.schema import Status, in_one_reply, in_replies_of
+from ctxbatch.io.deadlines import Deadlines
+from ctxbatch.io.schema import Status, epoch_ms, in_one_reply, in_replies_of, utcnow
 from ctxbatch.io.schema import eq as _eq
 from ctxbatch.io.staging import Submissions
 
 RESULT_COLUMNS = [
-    "id", "batch_id", "key", "status", "priority", "payload", "result", "error",
+    "id", "batch_id", "queue", "key", "custom_id", "status", "priority", "payload", "result", "error",
     "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
 ]  # fmt: skip
 INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms", "sort_id")
+# OpenAI's batch fields a batch submitted through /v1/batches (or with them) keeps and shows.
+OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
@@ -44,10 +48,17 @@ class InFlight:
 class Views:
     """Reads of the queue as users see it (ContextStore documents each public method)."""
 
-    def __init__(self, connection: Connection, levels: dict[str, tuple[int, int]], submissions: Submissions) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        levels: dict[str, tuple[int, int]],
+        submissions: Submissions,
+        deadlines: Deadlines,
+    ) -> None:
         self.connection = connection
         self.levels = levels
         self.submissions = submissions
+        self.deadlines = deadlines
 
     def batch_document(self, batch_id: str) -> dict[str, Any]:
         """The batch's own document; BatchNotFound when there is none."""
@@ -76,17 +87,31 @@ class Views:
 
     def batch_status(self, batch_id: str) -> BatchStatus:
         batch = self.batch_document(batch_id)
+        if batch.get("deadline_ms") is not None and batch["deadline_ms"] <= epoch_ms(utcnow()):
+            # Read after its deadline and before any loop saw it: expire now, so the status is true.
+            self.deadlines.expire_due()
+            batch = self.batch_document(batch_id)
         counts = self.counts(batch_id)
+        deadline = batch.get("expires_ms")
         return BatchStatus(
             {
                 "batch_id": batch_id,
                 "name": batch.get("name"),
+                "queue": batch.get("queue", DEFAULT_QUEUE),
                 "status": derive_status(counts),
                 "counts": counts,
                 "created_at": batch["created_at"].isoformat(),
                 "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
+                "expires_at": None if deadline is None else _from_ms(deadline).isoformat(),
+                "expired_at": batch["expired_at"].isoformat() if batch.get("expired_at") else None,
+                **{field: batch[field] for field in OPENAI_FIELDS if field in batch},
             }
         )
+
+    def queues(self) -> list[str]:
+        """Every queue a batch was submitted to, the default first (a distinct over the small `batches`)."""
+        named = {name for name in self.connection.batches.distinct("queue") if isinstance(name, str)}
+        return [DEFAULT_QUEUE, *sorted(named - {DEFAULT_QUEUE})]
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
         self.batch_document(batch_id)
@@ -107,20 +132,34 @@ class Views:
     def status_counts(self) -> dict[str, int]:
         return self._count_by_status()
 
-    def drained(self) -> bool:
+    def drained(self, queues: Sequence[str] | None = None) -> bool:
         waiting = (Status.PENDING.value, Status.PROCESSING.value)
-        if any(self.connection.contexts.find_one({"status": _eq(s)}, {"_id": 1}) is not None for s in waiting):
-            return False
+        contexts = self.connection.contexts
+        for queue in self.queues() if queues is None else dict.fromkeys(queues):
+            if any(contexts.find_one({"queue": _eq(queue), "status": _eq(s)}, {"_id": 1}) for s in waiting):
+                return False
         return not self.submissions.arriving()
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
-        match: dict[str, Any] = {"status": _eq(str(status))}
         if batch_id is not None:
-            match["batch_id"] = _eq(batch_id)
-        # A closed range per level: the `claim` index (status, priority, ...) serves each count.
+            within = [{"batch_id": _eq(batch_id)}]
+        else:
+            # One count per queue: the `queue_claim` index (queue, status, priority, ...) serves each.
+            within = [{"queue": _eq(queue)} for queue in self.queues()]
         return {
-            name: self.count({**match, "priority": {"$gte": low, "$lte": high}})
+            name: sum(
+                self.count({**where, "status": _eq(str(status)), "priority": {"$gte": low, "$lte": high}})
+                for where in within
+            )
             for name, (low, high) in self.levels.items()
+        }
+
+    def by_queue(self) -> dict[str, dict[str, int]]:
+        """Pending and processing contexts of each queue."""
+        waiting = (Status.PENDING.value, Status.PROCESSING.value)
+        return {
+            queue: {status: self.count({"queue": _eq(queue), "status": _eq(status)}) for status in waiting}
+            for queue in self.queues()
         }
 
     def in_flight(self) -> InFlight:
@@ -140,6 +179,7 @@ class Views:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else Status(status).value
         # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
+        self.deadlines.expire_due()
         newest = self.connection.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort(
             "created_at", DESCENDING
         )
@@ -182,6 +222,10 @@ class Views:
             self.connection.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
 
 
+def _from_ms(ms: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(milliseconds=ms)
+
+
 def page_cursor(offset: int) -> str:
     """The opaque cursor of the results page that starts at this `sort_id`."""
     return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
@@ -218,13 +262,16 @@ class BatchStatus(dict[str, Any]):
 
 
 def derive_status(counts: Mapping[str, int]) -> str:
-    """Batch status from its contexts' counts."""
+    """Batch status from its contexts' counts: once nothing waits, cancelled or expired if any was."""
     done = counts["completed"] + counts["failed"]
-    if counts["processing"] or (counts["pending"] and (done or counts["cancelled"])):
+    stopped = counts["cancelled"] + counts.get("expired", 0)
+    if counts["processing"] or (counts["pending"] and (done or stopped)):
         return Status.PROCESSING.value if counts["processing"] or done else Status.PENDING.value
     if counts["pending"]:
         return Status.PENDING.value
-    return Status.CANCELLED.value if counts["cancelled"] else Status.COMPLETED.value
+    if counts["cancelled"]:
+        return Status.CANCELLED.value
+    return Status.EXPIRED.value if counts.get("expired", 0) else Status.COMPLETED.value
 
 
 def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -178,7 +178,7 @@ class Loop:
         if not self.in_flight:
             if not can_claim:
                 return "stop" if self._stop.is_set() else "max_contexts"
-            if until_empty and not started and self.store.drained():
+            if until_empty and not started and self.store.drained(self.settings.worker.queues):
                 return "empty"
         if not started:
             self._wait_a_little()
@@ -198,7 +198,7 @@ class Loop:
         worker_settings = self.settings.worker
         if self._next is None:
             # Plan once per batch started (a plan is a sizing decision), and only with work to plan for.
-            if self.store.claimable(1) == 0:
+            if self.store.claimable(1, self.settings.worker.queues) == 0:
                 self._fill_since = None  # the wait for a full batch starts with the first context
                 return False
             readings = resources.read(client, self.store, len(self.in_flight))
@@ -212,10 +212,14 @@ class Loop:
         self._fill_since = self._fill_since or time.monotonic()
         waited = time.monotonic() - self._fill_since
         filling = not until_empty and not self._async and waited < worker_settings.batch_timeout_seconds
-        if filling and self.store.claimable(size) < size:
+        if filling and self.store.claimable(size, worker_settings.queues) < size:
             return False
         claim = self.store.claim(
-            size, self.owner, worker_settings.lease_seconds, by_priority=worker_settings.priorities.enabled
+            size,
+            self.owner,
+            worker_settings.lease_seconds,
+            by_priority=worker_settings.priorities.enabled,
+            queues=worker_settings.queues,
         )
         if not claim.ids:
             return False

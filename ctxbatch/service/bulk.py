@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from starlette.requests import ClientDisconnect, Request
 
+from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore
 from ctxbatch.io.schema import collect_problems, validate_name
@@ -189,11 +190,13 @@ def _at_most(items: Iterator[Any], limit: int) -> Iterator[Any]:
         yield item
 
 
-def accept(store: ContextStore, body: bytes, max_contexts: int, kind: str = JSON) -> tuple[str, int]:
+def accept(
+    store: ContextStore, body: bytes, max_contexts: int, kind: str = JSON, queue: str = DEFAULT_QUEUE
+) -> tuple[str, int]:
     """Parse, check and store a bulk body; (batch id, contexts stored) or ApiError. Blocking."""
     contexts, name = contexts_of(body, kind)
     try:
-        batch_id, count = store.submit_counted(_at_most(contexts(), max_contexts), name=name)
+        batch_id, count = store.submit_counted(_at_most(contexts(), max_contexts), name=name, queue=queue)
     except SubmitError as exc:
         problems = collect_problems(_at_most(contexts(), max_contexts), limit=MAX_PROBLEMS)
         if not problems and exc.field == "key":

@@ -29,6 +29,9 @@ class ContextIn(_Strict):
     key: str | None = Field(
         None, min_length=1, max_length=MAX_KEY_LENGTH, description="Becomes the context's id; unique."
     )
+    custom_id: str | None = Field(
+        None, min_length=1, max_length=MAX_KEY_LENGTH, description="The client's id for it, unique in the batch."
+    )
 
 
 class BulkEnvelope(_Strict):
@@ -113,7 +116,7 @@ class Cancelled(BaseModel):
 
 class Retried(BaseModel):
     batch_id: str
-    retried: int = Field(description="Failed contexts sent back to the queue.")
+    retried: int = Field(description="Failed (or with ?expired=true, expired) contexts sent back to the queue.")
 
 
 class Health(BaseModel):
@@ -141,3 +144,4 @@ class StatsOut(BaseModel):
     queue_length: dict[str, int] = Field(description="Pending contexts by priority level.")
     oldest_pending_seconds: float | None = Field(description="Age of the oldest pending context; null when none.")
     in_flight: int = Field(description="Contexts processing now.")
+    queues: dict[str, dict[str, int]] = Field(description="Pending and processing contexts of each queue.")

@@ -92,7 +92,7 @@ def error_answer(
 
 
 def submit_problems(errors: Iterable[SubmitError]) -> list[dict[str, Any]]:
-    return [problem(e.index, e.field, e.message) for e in errors]
+    return [problem(e.index, e.field, e.said()) for e in errors]
 
 
 def _field(location: tuple[Any, ...]) -> str:

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
 
-from ctxbatch.config import Settings
+from ctxbatch.config import DEFAULT_QUEUE, Settings
 from ctxbatch.io import ContextStore, Status
 from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 from ctxbatch.service import bulk
@@ -67,12 +67,17 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         openapi_extra={"requestBody": BULK_BODY},
         summary="Submit contexts as one batch",
     )
-    async def submit_contexts(request: Request) -> JSONAnswer:
+    async def submit_contexts(
+        request: Request,
+        queue: Annotated[str, Query(min_length=1, max_length=64, description="The queue the batch joins.")] = (
+            DEFAULT_QUEUE
+        ),
+    ) -> JSONAnswer:
         """Store the contexts as one batch, all or nothing; poll the `Location` for its status."""
         kind = bulk.body_type(request)
         body = await bulk.read_body(request, settings.api.max_body_bytes)
         limit = settings.api.max_contexts_per_request
-        batch_id, count = await run_in_threadpool(bulk.accept, store, body, limit, kind)
+        batch_id, count = await run_in_threadpool(bulk.accept, store, body, limit, kind, queue)
         metrics.submitted.inc(count)
         location = f"/api/batches/{batch_id}"
         return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})
@@ -127,9 +132,12 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         return {"batch_id": batch_id, "cancelled": store.cancel(batch_id)}
 
     @router.post("/api/batches/{batch_id}/retry", response_model=Retried, responses={**COMMON, **_errors(404)})
-    def retry_batch(batch_id: str) -> dict[str, Any]:
+    def retry_batch(
+        batch_id: str,
+        expired: Annotated[bool, Query(description="Retry the expired contexts, under a fresh window.")] = False,
+    ) -> dict[str, Any]:
         """Send the batch's failed contexts back to the queue with attempts reset."""
-        return {"batch_id": batch_id, "retried": store.retry(batch_id)}
+        return {"batch_id": batch_id, "retried": store.retry(batch_id, expired=expired)}
 
     @router.get("/api/stats", response_model=StatsOut, responses={**COMMON, **_errors(404)})
     def stats(
