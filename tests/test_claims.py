@@ -149,9 +149,12 @@ def test_an_uncontended_claim_is_one_find_and_one_update(watched: ContextStore, 
     claim = watched.claim(1000, "loop")
     assert len(claim) == 1000
     # The read back by lease token happens only when another loop took some in between.
-    assert sorted(commands.names) == ["find", "update"]
+    assert len(commands.on("find")) == 1
     (update,) = commands.on("update")
     assert len(update["updates"]) == 1  # one conditional update_many over the ids found
+    # Besides, at most once a second, one look for batches past their deadline.
+    assert [e.command_name for e in commands.events if e.command.get(e.command_name) != "contexts"] == ["find"]
+    assert list(commands.on("find", "batches")[0]["filter"]) == ["deadline_ms"]
 
 
 # -- leases: renew, reap, fence --------------------------------------------------------------

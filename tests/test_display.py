@@ -55,7 +55,17 @@ def test_batch_status_is_the_design_json_and_a_table(store: ContextStore) -> Non
     status = store.batch_status(batch_id)
     assert isinstance(status, BatchStatus)
     assert json.loads(json.dumps(status)) == dict(status)
-    assert set(status) == {"batch_id", "name", "status", "counts", "created_at", "updated_at"}
+    assert set(status) == {
+        "batch_id",
+        "name",
+        "queue",
+        "status",
+        "counts",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "expired_at",
+    }
     table = read_table(status._repr_html_())
     assert table.caption == "Batch status"
     assert table.rows["batch"] == batch_id

@@ -79,6 +79,7 @@ def test_stats_are_a_dict_that_serialises_to_the_issues_json(store: ContextStore
         "completed",
         "failed",
         "retried",
+        "expired",
         "throughput_per_second",
         "success_rate",
         "latency_seconds",
@@ -86,6 +87,7 @@ def test_stats_are_a_dict_that_serialises_to_the_issues_json(store: ContextStore
         "queue_length",
         "oldest_pending_seconds",
         "in_flight",
+        "queues",
     ]
 
 

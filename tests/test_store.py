@@ -354,8 +354,8 @@ def test_the_claim_find_reads_the_pending_contexts_through_the_claim_index(
     queue.claim(10, "loop")
     find = next(c for c in commands.on("find") if "sort" in c)
     # nx-27017's explain drops `sort` and `limit` (it plans the filter alone), so there the
-    # status-led claim_fifo index can win the plan; both claim indexes lead with `status`.
-    assert index_used(queue, as_find(find)) in (index_keys("claim"), index_keys("claim_fifo"))
+    # queue-led fifo index can win the plan; both claim indexes lead with `queue`, then `status`.
+    assert index_used(queue, as_find(find)) in (index_keys("queue_claim"), index_keys("queue_claim_fifo"))
 
 
 def dates_in(value: Any) -> list[dt.datetime]:
@@ -379,7 +379,7 @@ def test_the_claim_find_compares_no_dates(queue: ContextStore, commands: Command
 def test_the_fifo_claim_find_uses_the_claim_fifo_index(queue: ContextStore, commands: Commands) -> None:
     queue.claim(10, "loop", by_priority=False)
     find = next(c for c in commands.on("find") if "sort" in c)
-    assert index_used(queue, as_find(find)) == index_keys("claim_fifo")
+    assert index_used(queue, as_find(find)) == index_keys("queue_claim_fifo")
 
 
 def test_the_claim_update_uses_the_id_index(queue: ContextStore, commands: Commands) -> None:
@@ -404,12 +404,14 @@ def test_batch_counts_match_through_the_batch_status_index(queue: ContextStore, 
     assert all(index_used(queue, as_find(count)) == index_keys("batch_status") for count in counts)
 
 
-def test_queue_lengths_count_each_level_through_the_claim_index(queue: ContextStore, commands: Commands) -> None:
+def test_queue_lengths_count_each_level_of_each_queue_through_the_claim_index(
+    queue: ContextStore, commands: Commands
+) -> None:
     lengths = queue.queue_length()
     assert sum(lengths.values()) == 300
     counts = commands.on("count")
-    assert len(counts) == len(queue.levels)
-    assert all(index_used(queue, as_find(count)) == index_keys("claim") for count in counts)
+    assert len(counts) == len(queue.levels)  # one queue: one count per level
+    assert all(index_used(queue, as_find(count)) == index_keys("queue_claim") for count in counts)
 
 
 def test_renew_finds_the_lease_by_the_id_index(queue: ContextStore, commands: Commands) -> None:
@@ -427,7 +429,8 @@ def test_reap_expired_finds_processing_contexts_through_a_status_index(queue: Co
     updates = commands.on("update")
     assert len(updates) == 2
     for update in updates:
-        assert index_used(queue, as_find(update)) in (index_keys("claim"), index_keys("claim_fifo"))
+        # The status-led index: processing contexts are few, however many wait.
+        assert index_used(queue, as_find(update)) == index_keys("finished")
 
 
 def test_settling_finds_each_context_by_id(queue: ContextStore, commands: Commands) -> None:

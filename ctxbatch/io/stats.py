@@ -69,6 +69,7 @@ class Stats(dict[str, Any]):
             ("completed", self["completed"]),
             ("failed", self["failed"]),
             ("retried", self["retried"]),
+            ("expired", self["expired"]),
             ("throughput /s", self["throughput_per_second"]),
             ("success rate", None if rate is None else f"{rate:.1%}"),
         ]
@@ -143,6 +144,7 @@ class Statistics:
         now = utcnow()
         match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
         outcomes = self._outcomes(match)
+        expired = self.views.count({**match, "status": _eq(Status.EXPIRED.value)})
         finished = outcomes["completed"] + outcomes["failed"]
         sample = self._sample(match, SAMPLE_SIZE) if outcomes["completed"] else []
         latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
@@ -153,6 +155,7 @@ class Statistics:
             completed=outcomes["completed"],
             failed=outcomes["failed"],
             retried=outcomes["retried"],
+            expired=expired,
             throughput_per_second=finished / window,
             success_rate=outcomes["completed"] / finished if finished else None,
             latency_seconds=percentiles(latency),
@@ -160,7 +163,7 @@ class Statistics:
             queue_length=self.views.queue_length(Status.PENDING, batch_id),
             oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
             in_flight=sum(self.views.queue_length(Status.PROCESSING, batch_id).values()),
-            queues=self.views.by_queue() if batch_id is None else {},
+            queues=self.views.by_queue(batch_id),
         )
 
     def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:

@@ -154,9 +154,13 @@ class Views:
             for name, (low, high) in self.levels.items()
         }
 
-    def by_queue(self) -> dict[str, dict[str, int]]:
-        """Pending and processing contexts of each queue."""
+    def by_queue(self, batch_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Pending and processing contexts of each queue (the batch's queue and its own, when given)."""
         waiting = (Status.PENDING.value, Status.PROCESSING.value)
+        if batch_id is not None:
+            counts = self.counts(batch_id)
+            queue = self.batch_document(batch_id).get("queue", DEFAULT_QUEUE)
+            return {queue: {status: counts[status] for status in waiting}}
         return {
             queue: {status: self.count({"queue": _eq(queue), "status": _eq(status)}) for status in waiting}
             for queue in self.queues()

@@ -23,15 +23,17 @@ SCRAPE_DB_TIMEOUT_SECONDS = 5.0
 
 
 class DatabaseCollector(Collector):
-    """`ctxbatch_queue_length{level,status}`, `ctxbatch_oldest_pending_seconds{level}` and `ctxbatch_database_up`.
+    """`ctxbatch_queue_length{level,status}`, `ctxbatch_oldest_pending_seconds{level}`,
+    `ctxbatch_contexts{status}` and `ctxbatch_database_up`.
 
-    Each scrape costs one `$group` per status and one indexed `find_one` per level.
+    Each scrape costs an indexed count per queue, level and status, one per status, and an indexed
+    `find_one` per queue and level.
     """
 
     def __init__(self, store: ContextStore) -> None:
         self.store = store
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "ctxbatch_queue_length",
@@ -43,6 +45,11 @@ class DatabaseCollector(Collector):
                 "Age of the oldest pending context of each priority level (0 when none waits).",
                 labels=["level"],
             ),
+            GaugeMetricFamily(
+                "ctxbatch_contexts",
+                "Contexts in the database by status (expired: still pending when their batch's deadline passed).",
+                labels=["status"],
+            ),
             GaugeMetricFamily("ctxbatch_database_up", "1 when the database answered this scrape, else 0."),
         )
 
@@ -51,11 +58,12 @@ class DatabaseCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        queue, oldest, up = self._families()
+        queue, oldest, by_status, up = self._families()
         try:
             with pymongo.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
                 lengths = {status.value: self.store.queue_length(status) for status in QUEUE_STATUSES}
                 since = {level: self.store.oldest_pending(level=level) for level in self.store.levels}
+                counts = self.store.status_counts()
         except PyMongoError as exc:
             log.warning("metrics: the database did not answer: %s", exc)
             up.add_metric([], 0)
@@ -67,5 +75,7 @@ class DatabaseCollector(Collector):
         now = utcnow()
         for level, created in since.items():
             oldest.add_metric([level], 0.0 if created is None else max((now - created).total_seconds(), 0.0))
+        for status, count in counts.items():
+            by_status.add_metric([status], count)
         up.add_metric([], 1)
-        yield from (queue, oldest, up)
+        yield from (queue, oldest, by_status, up)

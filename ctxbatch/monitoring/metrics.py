@@ -58,6 +58,7 @@ METRIC_NAMES = (
     "ctxbatch_leases_reaped_total",
     "ctxbatch_queue_length",
     "ctxbatch_oldest_pending_seconds",
+    "ctxbatch_contexts",
     "ctxbatch_database_up",
     "ctxbatch_alerts_firing",
 )

@@ -173,6 +173,7 @@ def headline(snapshot: Snapshot) -> str:
         f"success <b>{'-' if rate is None else f'{rate:.1%}'}</b>",
         f"latency p50 <b>{seconds(latency.get('p50'))}</b> p95 <b>{seconds(latency.get('p95'))}</b>",
         f"pending <b>{sum((stats.get('queue_length') or {}).values()):,}</b>",
+        f"expired <b>{stats.get('expired', 0):,}</b>",
         f"in flight <b>{snapshot.in_flight.batches}</b> batches ({snapshot.in_flight.contexts:,} contexts)",
         f"alerts firing <b>{len(snapshot.alerts)}</b>",
     ]

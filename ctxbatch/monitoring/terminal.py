@@ -31,13 +31,17 @@ def _rate(value: float | None) -> str:
 def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
     """The stats JSON as a few aligned lines for a person."""
     queue = "  ".join(f"{level} {n}" for level, n in stats["queue_length"].items())
+    queues = stats.get("queues") or {}
+    by_queue = "  ".join(f"{name} {n['pending']}+{n['processing']}" for name, n in queues.items())
     return [
         f"{title}, last {stats['window_seconds']:g} s",
         f"  finished    completed {stats['completed']}  failed {stats['failed']}  retried {stats['retried']}"
+        f"  expired {stats.get('expired', 0)}"
         f"  ({stats['throughput_per_second']:.2f}/s, success {_rate(stats['success_rate'])})",
         f"  latency     {_percentiles(stats['latency_seconds'])}",
         f"  processing  {_percentiles(stats['processing_seconds'])}",
         f"  queue       {queue}  (oldest {_seconds(stats['oldest_pending_seconds'])}, in flight {stats['in_flight']})",
+        *([f"  queues      {by_queue}  (pending+processing)"] if len(queues) > 1 else []),
     ]
 
 

@@ -72,15 +72,23 @@ class Counts(BaseModel):
     completed: int
     failed: int
     cancelled: int
+    expired: int
 
 
 class BatchStatus(BaseModel):
     batch_id: str
     name: str | None = None
+    queue: str
     status: Status
     counts: Counts
     created_at: IsoTime
     updated_at: IsoTime
+    expires_at: IsoTime | None = Field(description="The completion window's deadline, when the batch has one.")
+    expired_at: IsoTime | None = Field(description="When the deadline was acted on.")
+    endpoint: str | None = Field(None, description="OpenAI's endpoint, for a batch of OpenAI requests.")
+    completion_window: str | None = None
+    metadata: dict[str, Any] | None = None
+    input_file_id: str | None = None
 
 
 class BatchList(BaseModel):
@@ -90,7 +98,9 @@ class BatchList(BaseModel):
 class ContextOut(BaseModel):
     id: str
     batch_id: str
+    queue: str | None = None
     key: str | None = None
+    custom_id: str | None = None
     status: Status
     priority: int
     payload: dict[str, Any] | None = Field(None, description="Absent from results asked with payload=false.")
@@ -137,6 +147,9 @@ class StatsOut(BaseModel):
     completed: int = Field(description="Contexts completed in the window.")
     failed: int = Field(description="Contexts failed for good in the window.")
     retried: int = Field(description="Tries of those contexts that failed and ran again.")
+    expired: int = Field(
+        description="Contexts expired in the window: still pending when their batch's deadline passed."
+    )
     throughput_per_second: float
     success_rate: float | None = Field(description="completed / (completed + failed); null with nothing finished.")
     latency_seconds: Percentiles = Field(description="Submitted -> finished.")
