@@ -138,7 +138,7 @@ def retry(state: State, batch_id: str) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
-@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo).")
+@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo, http, openai).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option("--until-empty", is_flag=True, help="Stop once nothing is pending or processing.")
