@@ -193,6 +193,14 @@ def test_a_key_naming_a_missing_variable_is_refused_before_the_run(store: Contex
         Pipeline("openai", settings, store)
 
 
+def test_a_base_url_that_is_no_url_is_refused_naming_where_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"openai.base_url: must be an http:// or https:// URL"):
+        load_config({"openai": {"base_url": "127.0.0.1:8000/v1"}})
+    monkeypatch.setenv("OPENAI_BASE_URL", "127.0.0.1:8000/v1")
+    with pytest.raises(ConfigError, match=r"openai.base_url: \$OPENAI_BASE_URL is '127.0.0.1:8000/v1'"):
+        configured(resolve_engine("openai"), load_config({}))
+
+
 # -- the engine alone, as a notebook runs it ----------------------------------------------
 
 
