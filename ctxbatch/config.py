@@ -334,6 +334,32 @@ class HttpSettings(_Section):
     payload_field: str | None = Field(None, description="Send this payload field instead of the whole payload.")
 
 
+class OpenAISettings(_Section):
+    """The built-in OpenAI engine (`--engine openai`): each payload is a line of an OpenAI batch,
+    `{"method": "POST", "url": "/v1/...", "body": {...}}`, sent to the API at `base_url`."""
+
+    base_url: str | None = Field(
+        None,
+        description="The API's root, where `/v1` ends; unset: $OPENAI_BASE_URL, else https://api.openai.com/v1.",
+    )
+    api_key: str | None = Field(
+        None,
+        repr=False,  # never printed
+        description="Sent as `Authorization: Bearer`; ${ENV_VAR} is replaced from the worker's environment; "
+        "unset: $OPENAI_API_KEY (no header without either).",
+    )
+    # The openai SDK's own default: a long completion (a reasoning model, a large max_tokens) may take
+    # minutes, and a call given up on is paid for and then sent again.
+    timeout_seconds: float = Field(600, gt=0, description="Longest wait for one response.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
 class LimitsSettings(_Section):
     """Budgets shared by every worker of every loop on the database that names the same limit (io/limits.py)."""
 
@@ -356,6 +382,7 @@ class Settings(_Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @model_validator(mode="after")

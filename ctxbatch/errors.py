@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 class CtxbatchError(Exception):
@@ -86,8 +87,13 @@ class RetryLater(CtxbatchError):
 class FailNow(CtxbatchError):
     """Raised by an engine when retrying cannot help (the request itself is bad, e.g. an HTTP 400).
 
-    The context fails at once, without spending its remaining `context_retries`.
+    The context fails at once, without spending its remaining `context_retries`. A `response` (a JSON
+    dict, e.g. the service's `{status_code, request_id, body}`) is kept in the context's error record.
     """
+
+    def __init__(self, message: str = "", response: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class InvalidCursor(CtxbatchError):

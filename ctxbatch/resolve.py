@@ -23,6 +23,7 @@ BUILTIN_ENGINES: dict[str, str] = {
     "batched-call": "ctxbatch.engines.service:batched_call",
     "echo": "ctxbatch.engines.trivial:echo",
     "http": "ctxbatch.engines.http:http_engine",
+    "openai": "ctxbatch.engines.openai:openai_engine",
 }
 
 Refuse = Callable[[str], CtxbatchError]

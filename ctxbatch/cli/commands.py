@@ -203,7 +203,7 @@ def retry(state: State, batch_id: str, expired: bool) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
-@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo).")
+@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo, http, openai).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option(

@@ -8,6 +8,7 @@ compound index; so every filter in `io/` is written with explicit operators.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,6 +28,10 @@ MAX_NAME_LENGTH = 256
 MAX_QUEUE_LENGTH = 64
 MAX_BSON_BYTES = 16 * 1024 * 1024
 REQUEST_FIELDS = ("payload", "priority", "key", "custom_id")
+# A failed call's response is kept with each row it fails, and a failing batch writes one record
+# per row: past this size only its status, request id and the start of its body are kept.
+RESPONSE_BYTES = 8_000
+RESPONSE_DEPTH = 3  # a context's `error.response`
 
 
 class Status(StrEnum):
@@ -287,6 +292,36 @@ def context_document(
     }
 
 
-def error_record(exc: BaseException, traceback_text: str = "") -> dict[str, str]:
-    """The `error` field of a context: {type, message, traceback}."""
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
+def error_record(exc: BaseException, traceback_text: str = "") -> dict[str, Any]:
+    """The `error` field of a context: {type, message, traceback}, and `response` when the exception
+    carries a dict of what the service answered (`FailNow(..., response=...)`, the openai engine's errors)."""
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
+    response = getattr(exc, "response", None)
+    # Only a dict: other libraries' exceptions carry their response objects under this name.
+    if isinstance(response, dict):
+        record["response"] = kept_response(response)
+    return record
+
+
+def kept_response(response: dict[str, Any]) -> dict[str, Any]:
+    """A failed call's response as its context keeps it: whole when it is JSON MongoDB stores in
+    RESPONSE_BYTES, else its `status_code`, `request_id` and the start of its `body` as text."""
+    try:
+        check_json_value(response, "error.response", RESPONSE_DEPTH)
+        if len(bson.encode(response)) <= RESPONSE_BYTES:
+            return response
+    except Exception:  # NotStorable; bson's errors (a lone surrogate has no UTF-8); deep nesting
+        pass
+    status, request_id = response.get("status_code"), response.get("request_id")
+    body = response.get("body", response)  # a response of another shape is kept as text whole
+    try:
+        text = body if isinstance(body, str) else json.dumps(body, default=repr)
+    except (ValueError, RecursionError):
+        text = f"<a {type(body).__name__} that has no JSON text>"
+    if len(text) > RESPONSE_BYTES // 2:
+        text = text[: RESPONSE_BYTES // 2 - 3] + "..."
+    return {
+        "status_code": status if isinstance(status, int) and not isinstance(status, bool) else None,
+        "request_id": request_id if isinstance(request_id, str) else None,
+        "body": text.encode("utf-8", "backslashreplace").decode("utf-8"),
+    }

@@ -87,7 +87,7 @@ class BatchFinished:
 class BatchCritical:
     seq: int
     label: str
-    error: dict[str, str]  # the critical error's record: type, message, traceback
+    error: dict[str, Any]  # the critical error's record: type, message, traceback
     held: int  # contexts still under the lease when it stopped
     retries_left: int  # retries still allowed after this one; 0 when spent (the held contexts failed)
     failed: int  # contexts failed for good with this error

@@ -43,13 +43,13 @@ STOPS_THE_BATCH: tuple[type[BaseException], ...] = (
 class Failure:
     """How one row's call failed, as far as its next state is concerned."""
 
-    error: dict[str, str]  # the row's error record: type, message, traceback
+    error: dict[str, Any]  # the row's error record: type, message, traceback (and response)
     final: bool = False  # FailNow: retrying cannot help
     deferred: bool = False  # RetryLater: the service said "not now", which is not the row's fault
     after_seconds: float | None = None  # the wait RetryLater asked for (None: the backoff)
 
     @classmethod
-    def of(cls, exc: BaseException, error: dict[str, str]) -> Failure:
+    def of(cls, exc: BaseException, error: dict[str, Any]) -> Failure:
         if isinstance(exc, RetryLater):
             return cls(error, deferred=True, after_seconds=exc.after_seconds)
         return cls(error, final=isinstance(exc, FailNow))
@@ -60,7 +60,7 @@ class NextStates:
     """One partition's decision: what its contexts become, written by one fenced `settle`."""
 
     results: dict[str, Any] = field(default_factory=dict)  # completed, with these results
-    errors: dict[str, dict[str, str]] = field(default_factory=dict)  # failed or rescheduled, with these errors
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)  # failed or rescheduled, with these errors
     retry_at: dict[str, dt.datetime | None] = field(default_factory=dict)  # per error: when again; None: for good
     deferred: frozenset[str] = frozenset()  # the rescheduled errors that are deferrals
 
@@ -112,7 +112,7 @@ class RetryPolicy:
         errors = {cid: failure.error for cid, failure in failures.items()}
         return NextStates(dict(results), errors, retry_at, frozenset(deferred))
 
-    def failed_for_good(self, ids: Iterable[str], error: dict[str, str]) -> NextStates:
+    def failed_for_good(self, ids: Iterable[str], error: dict[str, Any]) -> NextStates:
         """A batch whose critical error outlasted its retries: every context it holds fails with that error."""
         ids = list(ids)
         return NextStates(errors=dict.fromkeys(ids, error), retry_at=dict.fromkeys(ids))

@@ -68,7 +68,7 @@ class PartitionOutcome:
         return f"<PartitionOutcome completed={completed} failed={failed} seconds={self.seconds:.3f}>"
 
     @property
-    def errors(self) -> dict[str, dict[str, str]]:
+    def errors(self) -> dict[str, dict[str, Any]]:
         """The failed rows' error records, by context id."""
         return {cid: failure.error for cid, failure in self.failures.items()}
 
@@ -375,8 +375,10 @@ def storable(value: Any, payload: Any) -> Any:
     return plain
 
 
-def row_error(exc: BaseException) -> dict[str, str]:
-    """The error record of a row, with the traceback's innermost frames only, so a bad batch stays small."""
+def row_error(exc: BaseException) -> dict[str, Any]:
+    """The error record of a row, with the traceback's innermost frames only, so a bad batch stays small.
+
+    Its texts are clipped here; a `response` the exception carried, by `error_record`."""
     text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
     if len(text) > TRACEBACK_CHARS:
         text = "...\n" + text[-TRACEBACK_CHARS:]
@@ -384,8 +386,8 @@ def row_error(exc: BaseException) -> dict[str, str]:
         record = error_record(exc, text)
     except Exception:  # an exception whose __str__ raises
         record = {"type": type(exc).__name__, "message": "<unprintable message>", "traceback": text}
-    limits = {"message": MESSAGE_CHARS, "traceback": TRACEBACK_CHARS + 4}
-    return {key: _clip(value, limits.get(key, MESSAGE_CHARS)) for key, value in record.items()}
+    limits = {"type": MESSAGE_CHARS, "message": MESSAGE_CHARS, "traceback": TRACEBACK_CHARS + 4}
+    return {**record, **{key: _clip(record[key], limit) for key, limit in limits.items()}}
 
 
 def _clip(text: str, limit: int) -> str:

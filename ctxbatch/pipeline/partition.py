@@ -54,7 +54,7 @@ class PartitionStopped:
     """A partition whose engine raised what stops the batch (a CriticalError): nothing of it was written."""
 
     contexts: int
-    error: dict[str, str]
+    error: dict[str, Any]
 
 
 @dataclass(frozen=True)

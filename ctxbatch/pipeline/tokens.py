@@ -2,8 +2,8 @@
 
 Under `limits.tokens_per_minute` each call is charged its estimate before it starts: the engine's
 optional `tokens(payload) -> int` (looked up on the engine as `setup` is), else `estimate_tokens`
-of the payload. The answer's `usage.total_tokens` (OpenAI's shape) then corrects the charge: the
-difference is charged or given back. Without usage the estimate stands.
+of the payload. The answer's `usage.total_tokens` (OpenAI's shape, at the top or in its `body`) then
+corrects the charge: the difference is charged or given back. Without usage the estimate stands.
 """
 
 from __future__ import annotations
@@ -48,10 +48,37 @@ def token_estimator(engine_fn: Any) -> Callable[[Any], int]:
     return own if callable(own) else estimate_tokens
 
 
-def used_tokens(result: Any) -> int | None:
-    """`usage.total_tokens` of a call's answer (a dict in OpenAI's shape); None when it reports none."""
-    if not isinstance(result, dict):
+def usage_of(result: Any) -> dict[str, int] | None:
+    """`{"input", "output", "total"}` tokens a call's answer reports; None when it reports none.
+
+    The usage is the answer's `usage`, or its `body`'s (the openai engine's result, and a line of an
+    OpenAI batch's output). Input is `prompt_tokens` (chat, completions, embeddings) or `input_tokens`
+    (responses); output is `completion_tokens` or `output_tokens`, 0 when there is none (embeddings);
+    total is `total_tokens`, else input + output.
+    """
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if usage is None and isinstance(result, dict) and isinstance(result.get("body"), dict):
+        usage = result["body"].get("usage")
+    if not isinstance(usage, dict):
         return None
-    usage = result.get("usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+    given = _count(usage, "prompt_tokens", "input_tokens"), _count(usage, "completion_tokens", "output_tokens")
+    total = _count(usage, "total_tokens")
+    if total is None and given == (None, None):
+        return None
+    counted = given[0] or 0, given[1] or 0
+    return {"input": counted[0], "output": counted[1], "total": sum(counted) if total is None else total}
+
+
+def _count(usage: dict[str, Any], *names: str) -> int | None:
+    """The first of these fields that holds a count of tokens (an int >= 0)."""
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def used_tokens(result: Any) -> int | None:
+    """The total tokens a call's answer reports (`usage_of`); None when it reports none."""
+    usage = usage_of(result)
+    return None if usage is None else usage["total"]
