@@ -66,6 +66,9 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
     counts = report["counts"]
     click.echo(f"batch {report['batch_id']}: {report['status']}")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
+    usage = report["usage"]
+    if usage["total"] > 0:
+        click.echo(f"  tokens  input {usage['input']}  output {usage['output']}  total {usage['total']}")
 
 
 @main.command()

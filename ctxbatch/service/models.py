@@ -71,11 +71,20 @@ class Counts(BaseModel):
     cancelled: int
 
 
+class Usage(BaseModel):
+    """Tokens as results report them in OpenAI's `usage` (prompt/input, completion/output, total)."""
+
+    input: int
+    output: int
+    total: int
+
+
 class BatchStatus(BaseModel):
     batch_id: str
     name: str | None = None
     status: Status
     counts: Counts
+    usage: Usage = Field(description="Tokens its completed results reported, summed; zeros when none did.")
     created_at: IsoTime
     updated_at: IsoTime
 
@@ -135,6 +144,11 @@ class StatsOut(BaseModel):
     failed: int = Field(description="Contexts failed for good in the window.")
     retried: int = Field(description="Tries of those contexts that failed and ran again.")
     throughput_per_second: float
+    tokens_per_second: float = Field(description="tokens.total / window_seconds.")
+    tokens: Usage = Field(
+        description="Tokens the completed results of the window reported (exact up to 1,000 of them, then scaled "
+        "from a uniform sample)."
+    )
     success_rate: float | None = Field(description="completed / (completed + failed); null with nothing finished.")
     latency_seconds: Percentiles = Field(description="Submitted -> finished.")
     processing_seconds: Percentiles = Field(description="Claimed (the last time) -> finished.")
