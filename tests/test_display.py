@@ -55,12 +55,13 @@ def test_batch_status_is_the_design_json_and_a_table(store: ContextStore) -> Non
     status = store.batch_status(batch_id)
     assert isinstance(status, BatchStatus)
     assert json.loads(json.dumps(status)) == dict(status)
-    assert set(status) == {"batch_id", "name", "status", "counts", "created_at", "updated_at"}
+    assert set(status) == {"batch_id", "name", "status", "counts", "usage", "created_at", "updated_at"}
     table = read_table(status._repr_html_())
     assert table.caption == "Batch status"
     assert table.rows["batch"] == batch_id
     assert table.rows["name"] == "<three>"  # escaped in the markup, read back as written
     assert table.rows["pending"] == "3" and table.rows["total"] == "3"
+    assert table.rows["tokens"] == "0 (0 input, 0 output)"
     assert (
         repr(status)
         == f"<BatchStatus {batch_id} '<three>' pending: 0 completed, 0 failed, 3 pending, 0 processing of 3>"

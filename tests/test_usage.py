@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 from conftest import Commands
 from fastapi.testclient import TestClient
 from test_claims import expire
+from test_display import read_table
 
 from ctxbatch.cli import main
 from ctxbatch.io import Claim, ContextStore, usage_of
@@ -20,12 +20,6 @@ from ctxbatch.io.stats import sampled_tokens
 CHAT = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
 RESPONSES = {"input_tokens": 12, "output_tokens": 30, "total_tokens": 42}
 ERROR = {"type": "ValueError", "message": "bad", "traceback": ""}
-
-
-def table_row(html: str, label: str) -> str | None:
-    """The value of a row of an html_table (ctxbatch.display)."""
-    found = re.search(rf">{label}</th><td[^>]*>([^<]*)</td>", html)
-    return found.group(1) if found else None
 
 
 def chat(prompt: int, completion: int) -> dict[str, Any]:
@@ -171,7 +165,7 @@ def test_a_batch_without_usage_shows_zeros(store: ContextStore) -> None:
     store.complete(claim, {claim.ids[0]: {"echo": 1}})
     status = store.batch_status(batch_id)
     assert status["usage"] == {"input": 0, "output": 0, "total": 0}
-    assert table_row(status._repr_html_(), "tokens") == "0 (0 input, 0 output)"
+    assert read_table(status._repr_html_()).rows["tokens"] == "0 (0 input, 0 output)"
 
 
 @pytest.fixture
@@ -207,7 +201,7 @@ def test_status_prints_a_tokens_line_only_when_tokens_were_used(
 
 
 def test_the_batch_table_in_jupyter_has_a_tokens_row(store: ContextStore, used: str) -> None:
-    assert table_row(store.batch_status(used)._repr_html_(), "tokens") == "1,234 (1,200 input, 34 output)"
+    assert read_table(store.batch_status(used)._repr_html_()).rows["tokens"] == "1,234 (1,200 input, 34 output)"
 
 
 # -- stats: tokens per second over the window ---------------------------------------------------
@@ -224,6 +218,7 @@ def test_stats_count_the_tokens_of_the_windows_completed_results(store: ContextS
     stats = store.stats(window_seconds=600)
     assert stats["tokens"] == {"input": 1206, "output": 38, "total": 1244}
     assert stats["tokens_per_second"] == pytest.approx(1244 / 600)
+    assert ", 2.1 tokens/s, " in repr(stats)
     assert store.stats(used, window_seconds=60)["tokens"] == store.batch_status(used)["usage"]
 
 

@@ -59,10 +59,10 @@ class Stats(dict[str, Any]):
 
     def __repr__(self) -> str:
         rate, latency = self["success_rate"], self["latency_seconds"]
+        tokens = f"{self['tokens_per_second']:.1f} tokens/s, " if self["tokens"]["total"] else ""
         return (
             f"<Stats last {self['window_seconds']:g}s: {self['completed']} completed, {self['failed']} failed, "
-            f"{self['throughput_per_second']:.1f}/s, {self['tokens_per_second']:.1f} tokens/s, "
-            f"success {'-' if rate is None else f'{rate:.1%}'}, "
+            f"{self['throughput_per_second']:.1f}/s, {tokens}success {'-' if rate is None else f'{rate:.1%}'}, "
             f"latency p50 {latency['p50']} s p95 {latency['p95']} s, "
             f"pending {sum(self['queue_length'].values())}, in flight {self['in_flight']}>"
         )
