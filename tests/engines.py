@@ -92,6 +92,47 @@ def nap(payload: dict[str, Any]) -> dict[str, Any]:
     return {"i": payload.get("i")}
 
 
+def nap_with_usage(payload: dict[str, Any]) -> dict[str, Any]:
+    """nap(), answered as a chat completion that used 10 + i prompt and i completion tokens."""
+    nap(payload)
+    i = payload.get("i", 0)
+    return {
+        "object": "chat.completion",
+        "usage": {"prompt_tokens": 10 + i, "completion_tokens": i, "total_tokens": 10 + 2 * i},
+    }
+
+
+def tokens_of(i: int) -> tuple[int, int, int]:
+    """(input, output, total) tokens that openai_answer reports for payload i: embeddings have no output."""
+    output = 0 if i % 4 == 3 else i
+    return 10 + i, output, 10 + i + output
+
+
+def openai_answer(payload: dict[str, Any]) -> dict[str, Any]:
+    """An answer in one of OpenAI's shapes (by i % 4) reporting tokens_of(i); a payload flagged `bad` fails.
+
+    0: a chat completion as the `http` engine stores it; 1: the same as a batch-line response (the
+    `openai` engine's result); 2: a Responses API answer as a batch-line response; 3: embeddings.
+    """
+    if payload.get("bad"):
+        raise ValueError(f"bad row {payload.get('i')}")
+    i = payload["i"]
+    prompt, completion, total = tokens_of(i)
+    chat = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"row {i}"}}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total},
+    }
+    if i % 4 == 0:
+        return chat
+    if i % 4 == 1:
+        return {"status_code": 200, "request_id": f"req-{i}", "body": chat}
+    if i % 4 == 2:
+        usage = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": total}
+        return {"status_code": 200, "request_id": f"req-{i}", "body": {"object": "response", "usage": usage}}
+    return {"object": "list", "data": [], "usage": {"prompt_tokens": prompt, "total_tokens": total}}
+
+
 def always_critical(payload: dict[str, Any]) -> dict[str, Any]:
     raise CriticalError("the service is down")
 

@@ -31,6 +31,7 @@ class Script:
     inside: int = 0  # calls it holds now
     most_inside: int = 0  # the most calls it held at once
     usage: int | None = None  # answered as `usage.total_tokens` of every call served
+    chat_usage: bool = False  # answer a chat completion's usage: 10 + i prompt tokens, i completion tokens
     turn_away_next: threading.Event = field(default_factory=threading.Event)  # set: the next call gets a 429
     stopping: threading.Event = field(default_factory=threading.Event)
     calls: Counter[int] = field(default_factory=Counter)
@@ -76,6 +77,8 @@ class Script:
         reply: dict[str, object] = {"i": key}
         if self.usage is not None:
             reply["usage"] = {"total_tokens": self.usage}
+        if self.chat_usage:
+            reply["usage"] = {"prompt_tokens": 10 + key, "completion_tokens": key, "total_tokens": 10 + 2 * key}
         return 200, {}, json.dumps(reply).encode()
 
 

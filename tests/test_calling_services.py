@@ -142,6 +142,20 @@ def test_the_http_engine_fails_a_payload_without_its_payload_field_at_once(
     assert script.calls == {1: 1}
 
 
+def test_the_http_engine_sums_the_services_usage_into_the_batch(
+    store: ContextStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a service that answers each payload i as a chat completion of 10 + i prompt and i completion tokens
+    monkeypatch.setenv("CTXBATCH_TEST_KEY", "k")
+    with serve(Script(chat_usage=True)) as url:
+        batch = store.submit([{"payload": {"i": i}} for i in range(30)])
+        report = Pipeline("http", http_config(url), store, client).run(until_empty=True)
+    # Then the batch's usage is what the service reported, summed
+    assert report.completed == 30
+    prompt, completion = sum(10 + i for i in range(30)), sum(range(30))
+    assert store.batch_status(batch)["usage"] == {"input": prompt, "output": completion, "total": prompt + completion}
+
+
 def _http_clients(url: str, dask_worker: Any) -> list[int]:
     """The sessions of the http engines set up on this worker to call `url` (earlier tests' stay set up)."""
     engines = dask_worker.plugins["ctxbatch"]._engines.values()

@@ -35,9 +35,15 @@ SOURCES_JS = """(() => {
   }
   return found;
 })()"""
-PLOTS = ("throughput", "latency", "success", "queue", "batch_size", "in_flight")
+PLOTS = ("throughput", "tokens", "latency", "success", "queue", "batch_size", "in_flight")
 # The plots' line colours (ctxbatch/monitoring/page.py): painted pixels, not only data in memory.
-COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44), "red": (214, 39, 40)}
+COLOURS = {
+    "blue": (31, 119, 180),
+    "orange": (255, 127, 14),
+    "green": (44, 160, 44),
+    "red": (214, 39, 40),
+    "purple": (148, 103, 189),  # tokens per second, on the throughput plot
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +60,7 @@ def chromium() -> str:
 def running_loop(store: ContextStore) -> Iterator[str]:
     """A loop on its own LocalCluster working through a queue; yields the page address it announced."""
     # Rows of 20 ms on two workers: the run lasts well beyond the test, so the queue never drains.
+    # Each result reports a chat completion's usage, for the tokens per second.
     store.submit([{"payload": {"i": i, "sleep": 0.02}, "priority": (i * 37) % 101} for i in range(4000)])
     said: list[str] = []
     config = {
@@ -66,7 +73,7 @@ def running_loop(store: ContextStore) -> Iterator[str]:
             "batch_timeout_seconds": 0,
         },
     }
-    pipeline = Pipeline("tests.engines:nap", config, store, announce=said.append)
+    pipeline = Pipeline("tests.engines:nap_with_usage", config, store, announce=said.append)
     failure: list[BaseException] = []
 
     def run() -> None:

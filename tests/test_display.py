@@ -65,12 +65,14 @@ def test_batch_status_is_the_design_json_and_a_table(store: ContextStore) -> Non
         "updated_at",
         "expires_at",
         "expired_at",
+        "usage",
     }
     table = read_table(status._repr_html_())
     assert table.caption == "Batch status"
     assert table.rows["batch"] == batch_id
     assert table.rows["name"] == "<three>"  # escaped in the markup, read back as written
     assert table.rows["pending"] == "3" and table.rows["total"] == "3"
+    assert table.rows["tokens"] == "0 (0 input, 0 output)"
     assert (
         repr(status)
         == f"<BatchStatus {batch_id} '<three>' pending: 0 completed, 0 failed, 3 pending, 0 processing of 3>"

@@ -20,10 +20,11 @@ from openai_server import Script, serve
 from ctxbatch import ConfigError, ContextStore, FailNow, Pipeline, estimate_tokens, load_config
 from ctxbatch.engines.openai import endpoint
 from ctxbatch.io.schema import RESPONSE_BYTES, error_record
+from ctxbatch.io.usage import usage_of
 from ctxbatch.pipeline.engine import Engine, configured, resolve_engine
 from ctxbatch.pipeline.isolate import PartitionOutcome, run_partition
 from ctxbatch.pipeline.partition import as_frame
-from ctxbatch.pipeline.tokens import usage_of, used_tokens
+from ctxbatch.pipeline.tokens import used_tokens
 
 CLUSTER = {"n_workers": 2}
 KEY_VARIABLE = "CTXBATCH_TEST_OPENAI_KEY"

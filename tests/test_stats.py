@@ -81,6 +81,8 @@ def test_stats_are_a_dict_that_serialises_to_the_issues_json(store: ContextStore
         "retried",
         "expired",
         "throughput_per_second",
+        "tokens_per_second",
+        "tokens",
         "success_rate",
         "latency_seconds",
         "processing_seconds",
@@ -167,7 +169,14 @@ def test_the_timeline_has_one_row_per_bucket_with_the_counts_of_each(store: Cont
 
     timeline = store.timeline(window_seconds=600, bucket_seconds=60)
 
-    assert list(timeline.columns) == ["completed", "failed", "throughput", "latency_p50", "latency_p95"]
+    assert list(timeline.columns) == [
+        "completed",
+        "failed",
+        "throughput",
+        "tokens_per_second",
+        "latency_p50",
+        "latency_p95",
+    ]
     assert len(timeline) == 10 and timeline.index.is_monotonic_increasing
     assert isinstance(timeline.index, pd.DatetimeIndex) and str(timeline.index.tz) == "UTC"
     assert timeline["completed"].tolist() == [0] * 7 + [1, 0, 3]

@@ -97,6 +97,9 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
     if report.get("expires_at"):
         passed = "expired" if report.get("expired_at") else "expires"
         click.echo(f"  {passed} at {report['expires_at']}")
+    usage = report["usage"]
+    if usage["total"] > 0:
+        click.echo(f"  tokens  input {usage['input']}  output {usage['output']}  total {usage['total']}")
 
 
 @main.command()

@@ -4,6 +4,7 @@ from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
 from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
+from ctxbatch.io.usage import usage_of
 from ctxbatch.io.views import BatchStatus, derive_status, json_default
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "error_record",
     "json_default",
     "mask_uri",
+    "usage_of",
     "utcnow",
 ]

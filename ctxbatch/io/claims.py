@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from ctxbatch.io.usage import no_usage
+
 
 @dataclass
 class Claim:
@@ -16,6 +18,9 @@ class Claim:
     ids: list[str] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     batch_ids: list[str] = field(default_factory=list)
+    # Each context's batch, for the usage summed per batch at settle. Its values are the very
+    # strings of `batch_ids` (see Queue.claim), which pickle writes once and then refers to.
+    batch_of: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -24,14 +29,16 @@ class Claim:
         return f"<Claim {self.token[:8]} owner={self.owner!r} contexts={len(self.ids)}>"
 
     def subset(self, ids: list[str]) -> Claim:
-        """The same lease over some of its contexts (one partition's)."""
+        """The same lease over some of its contexts (one partition's), and only their batches."""
+        batch_of = {i: self.batch_of[i] for i in ids if i in self.batch_of}
         return Claim(
             self.token,
             self.owner,
             self.expires_at,
             list(ids),
             {i: self.attempts[i] for i in ids},
-            self.batch_ids,
+            sorted(set(batch_of.values())) if self.batch_of else list(self.batch_ids),
+            batch_of,
         )
 
     def split(self, parts: int) -> list[Claim]:
@@ -55,6 +62,7 @@ class WriteReport:
 
     written: int
     lost: list[str]
+    usage: dict[str, int] = field(default_factory=no_usage)  # the tokens of the results written (io/usage.py)
 
     @property
     def ok(self) -> bool:

@@ -30,6 +30,7 @@ from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines, deadline_ms
 from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
 CLAIM_ROUNDS = 3
@@ -108,13 +109,16 @@ class Queue:
             raise
         if by_priority:
             held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
+        # One string object per batch, so a pickled claim holds each batch id once (see Claim.batch_of).
+        batches = {d["batch_id"]: d["batch_id"] for d in held}
         return Claim(
             token=token,
             owner=owner,
             expires_at=expires_at,
             ids=[d["_id"] for d in held],
             attempts={d["_id"]: d["attempts"] for d in held},
-            batch_ids=sorted({d["batch_id"] for d in held}),
+            batch_ids=sorted(batches.values()),
+            batch_of={d["_id"]: batches[d["batch_id"]] for d in held},
         )
 
     def _first(self, wanted: int, now: dt.datetime, queues: Sequence[str], by_priority: bool) -> list[dict[str, Any]]:
@@ -183,8 +187,12 @@ class Queue:
             lost = sorted(
                 d["_id"] for d in contexts.find({"_id": {"$in": ids}, "lease.token": {"$ne": claim.token}}, {"_id": 1})
             )
-        self._touch(claim.batch_ids)
-        return WriteReport(written, lost)
+        # Only the results written count: a lost one is another lease's to write (and to count).
+        gone = set(lost)
+        kept = {cid: result for cid, result in (results or {}).items() if cid not in gone}
+        by_batch = usage_by_batch(kept, claim.batch_of)
+        self._touch(claim.batch_ids, by_batch)
+        return WriteReport(written, lost, summed(by_batch.values()))
 
     def complete(self, claim: Claim, results: Mapping[str, Any]) -> WriteReport:
         return self.settle(claim, results=results)
@@ -279,9 +287,25 @@ class Queue:
         ).modified_count
         return reaped
 
-    def _touch(self, batch_ids: list[str]) -> None:
-        if batch_ids:
-            self.connection.batches.update_many({"_id": {"$in": batch_ids}}, _stamp("updated_at"))
+    def _touch(self, batch_ids: list[str], usage: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """Stamp the batches' `updated_at` and add each one's `usage`: one write for all of them.
+
+        The usage is added after the contexts' own write (there are no transactions): a loop that
+        dies in between leaves those tokens uncounted, never counted twice.
+        """
+        usage = usage or {}
+        ops: list[UpdateOne | UpdateMany] = [
+            UpdateOne(
+                {"_id": eq(batch_id)},
+                {"$inc": {f"usage.{kind}": n for kind, n in used.items()}, **_stamp("updated_at")},
+            )
+            for batch_id, used in usage.items()
+        ]
+        rest = [batch_id for batch_id in batch_ids if batch_id not in usage]
+        if rest:
+            ops.append(UpdateMany({"_id": {"$in": rest}}, _stamp("updated_at")))
+        if ops:
+            self.connection.batches.bulk_write(ops, ordered=False)
 
     def cancel(self, batch_id: str) -> int:
         self.views.batch_document(batch_id)

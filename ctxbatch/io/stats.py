@@ -14,7 +14,10 @@ Cost on nx-27017 (measured in benchmarks/monitoring.py), which decides the shape
   k >= 2 (the contexts tried at least k times), until none is;
 - the percentiles come from a `$sample` of at most SAMPLE_SIZE completed contexts of the window
   (exact below that), so their cost does not grow with the window; the sample is not projected
-  (a projection after `$sample` runs in Python there).
+  (a projection after `$sample` runs in Python there);
+- the tokens come from that same sample, at no further read: each sampled result's `usage`
+  (io/usage.py), summed, exact up to SAMPLE_SIZE completed contexts and scaled to their count
+  past it. A batch's exact total is its `usage`, summed at settle (batch_status()).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ctxbatch.display import html_table
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import Status, epoch_ms, utcnow
 from ctxbatch.io.schema import eq as _eq
+from ctxbatch.io.usage import summed, usage_of
 from ctxbatch.io.views import Views
 
 # A float, as every window is once checked: the CLI and the HTTP API show it as 300.0.
@@ -47,7 +51,7 @@ MAX_ATTEMPTS_COUNTED = 100
 TIMELINE_SAMPLE_SIZE = 5000
 MAX_BUCKETS = 1000
 PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
-TIMELINE_COLUMNS = ["completed", "failed", "throughput", "latency_p50", "latency_p95"]
+TIMELINE_COLUMNS = ["completed", "failed", "throughput", "tokens_per_second", "latency_p50", "latency_p95"]
 
 
 class Stats(dict[str, Any]):
@@ -55,15 +59,16 @@ class Stats(dict[str, Any]):
 
     def __repr__(self) -> str:
         rate, latency = self["success_rate"], self["latency_seconds"]
+        tokens = f"{self['tokens_per_second']:.1f} tokens/s, " if self["tokens"]["total"] else ""
         return (
             f"<Stats last {self['window_seconds']:g}s: {self['completed']} completed, {self['failed']} failed, "
-            f"{self['throughput_per_second']:.1f}/s, success {'-' if rate is None else f'{rate:.1%}'}, "
+            f"{self['throughput_per_second']:.1f}/s, {tokens}success {'-' if rate is None else f'{rate:.1%}'}, "
             f"latency p50 {latency['p50']} s p95 {latency['p95']} s, "
             f"pending {sum(self['queue_length'].values())}, in flight {self['in_flight']}>"
         )
 
     def _repr_html_(self) -> str:
-        rate = self["success_rate"]
+        rate, tokens = self["success_rate"], self["tokens"]
         rows: list[tuple[str, Any]] = [
             ("window seconds", self["window_seconds"]),
             ("completed", self["completed"]),
@@ -71,6 +76,8 @@ class Stats(dict[str, Any]):
             ("retried", self["retried"]),
             ("expired", self["expired"]),
             ("throughput /s", self["throughput_per_second"]),
+            ("tokens /s", self["tokens_per_second"]),
+            ("tokens", f"{tokens['total']:,} ({tokens['input']:,} input, {tokens['output']:,} output)"),
             ("success rate", None if rate is None else f"{rate:.1%}"),
         ]
         for name in ("latency_seconds", "processing_seconds"):
@@ -97,6 +104,18 @@ def _elapsed(doc: dict[str, Any], since_field: str) -> float | None:
     if not isinstance(start, dt.datetime) or not isinstance(end, dt.datetime):
         return None
     return max((end - start).total_seconds(), 0.0)
+
+
+def sampled_tokens(sample: list[dict[str, Any]], completed: int, full: bool) -> dict[str, int]:
+    """The tokens of `completed` contexts, from the usage of a uniform sample of them.
+
+    A sample that is not `full` (it held fewer than it could take) is every one of them: its sum
+    is exact. A full one is scaled up to `completed`.
+    """
+    tokens = summed(usage_of(doc.get("result")) for doc in sample)
+    if not (full and sample):
+        return tokens
+    return {kind: round(n * completed / len(sample)) for kind, n in tokens.items()}
 
 
 def _checked_window(window_seconds: float, name: str = "window_seconds") -> float:
@@ -150,6 +169,7 @@ class Statistics:
         latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
         processing = [s for s in (_elapsed(d, "started_at") for d in sample) if s is not None]
         oldest = self.oldest_pending(batch_id)
+        tokens = sampled_tokens(sample, outcomes["completed"], full=len(sample) >= SAMPLE_SIZE)
         return Stats(
             window_seconds=window,
             completed=outcomes["completed"],
@@ -157,6 +177,8 @@ class Statistics:
             retried=outcomes["retried"],
             expired=expired,
             throughput_per_second=finished / window,
+            tokens_per_second=tokens["total"] / window,
+            tokens=tokens,
             success_rate=outcomes["completed"] / finished if finished else None,
             latency_seconds=percentiles(latency),
             processing_seconds=percentiles(processing),
@@ -232,17 +254,27 @@ class Statistics:
         rows = [self._outcomes(self._finished_between(s, s + bucket_ms, batch_id), retried=False) for s in starts]
         whole = self._finished_between(starts[0], end_ms, batch_id)
         latencies: list[list[float]] = [[] for _ in starts]
+        sampled: list[list[dict[str, Any]]] = [[] for _ in starts]
+        full = False
         if any(r["completed"] for r in rows):
-            for doc in self._sample(whole, TIMELINE_SAMPLE_SIZE):
+            sample = self._sample(whole, TIMELINE_SAMPLE_SIZE)
+            full = len(sample) >= TIMELINE_SAMPLE_SIZE
+            for doc in sample:
+                if "finished_ms" not in doc:
+                    continue
+                index = int(min(max((doc["finished_ms"] - starts[0] - 1) // bucket_ms, 0), buckets - 1))
+                sampled[index].append(doc)
                 seconds = _elapsed(doc, "created_at")
-                if seconds is not None and "finished_ms" in doc:
-                    index = min(max((doc["finished_ms"] - starts[0] - 1) // bucket_ms, 0), buckets - 1)
-                    latencies[int(index)].append(seconds)
+                if seconds is not None:
+                    latencies[index].append(seconds)
+        # A bucket's share of a full sample stands for its completed contexts.
+        tokens = [sampled_tokens(docs, r["completed"], full)["total"] for docs, r in zip(sampled, rows, strict=True)]
         table = pd.DataFrame(
             {
                 "completed": [r["completed"] for r in rows],
                 "failed": [r["failed"] for r in rows],
                 "throughput": [(r["completed"] + r["failed"]) / bucket for r in rows],
+                "tokens_per_second": [n / bucket for n in tokens],
                 "latency_p50": [percentiles(v)["p50"] for v in latencies],
                 "latency_p95": [percentiles(v)["p95"] for v in latencies],
             },

@@ -231,7 +231,9 @@ class ContextStore:
         `retry_at` gives, per failed context (or for all), when it may run again; None fails it
         for good. Released contexts go back to `pending` as they were, their try uncounted.
         `deferred` names the rescheduled errors that are deferrals (RetryLater): their try is not
-        counted in `attempts` but in `deferrals`.
+        counted in `attempts` but in `deferrals`. The usage the completed results report (OpenAI's
+        `usage`, io/usage.py) is added to their batches' `usage` in the same write that stamps the
+        batches, only for the results written (not those the lease lost); the report's `usage` sums it.
         """
         return self._queue.settle(claim, results, errors, retry_at, release, deferred)
 
@@ -302,7 +304,11 @@ class ContextStore:
     # -- views --------------------------------------------------------------------------
 
     def batch_status(self, batch_id: str) -> BatchStatus:
-        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter)."""
+        """The batch status JSON of DESIGN.md (a dict; a table in Jupyter).
+
+        `usage` ({input, output, total}, zeros when none) sums the tokens its completed results
+        report (OpenAI's `usage`, io/usage.py), added as each fenced write lands.
+        """
         return self._views.batch_status(batch_id)
 
     def counts(self, batch_id: str) -> dict[str, int]:
@@ -368,7 +374,10 @@ class ContextStore:
         tries of those contexts that failed and ran again); over its completed contexts,
         `latency_seconds` is created -> finished, `processing_seconds` started (the last claim) ->
         finished, each as p50/p95/p99;
-        `queue_length` counts pending contexts by priority level, `in_flight` processing ones.
+        `queue_length` counts pending contexts by priority level, `in_flight` processing ones;
+        `tokens` ({input, output, total}) is the usage the window's completed results report, from
+        the same sample as the percentiles (exact up to 1,000 completed, scaled past that), and
+        `tokens_per_second` its total over the window.
         """
         return self._statistics.stats(batch_id, window_seconds)
 

@@ -24,6 +24,7 @@ from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.schema import Status, epoch_ms, in_one_reply, in_replies_of, utcnow
 from ctxbatch.io.schema import eq as _eq
 from ctxbatch.io.staging import Submissions
+from ctxbatch.io.usage import KINDS, no_usage
 
 RESULT_COLUMNS = [
     "id", "batch_id", "queue", "key", "custom_id", "status", "priority", "payload", "result", "error",
@@ -100,6 +101,7 @@ class Views:
                 "queue": batch.get("queue", DEFAULT_QUEUE),
                 "status": derive_status(counts),
                 "counts": counts,
+                "usage": batch_usage(batch),
                 "created_at": batch["created_at"].isoformat(),
                 "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
                 "expires_at": None if deadline is None else _from_ms(deadline).isoformat(),
@@ -261,8 +263,16 @@ class BatchStatus(dict[str, Any]):
     def _repr_html_(self) -> str:
         rows = [("batch", self["batch_id"]), ("name", self.get("name")), ("status", self["status"])]
         rows += list(self["counts"].items())
+        usage = self.get("usage") or no_usage()
+        rows.append(("tokens", f"{usage['total']:,} ({usage['input']:,} input, {usage['output']:,} output)"))
         rows += [("created", self["created_at"]), ("updated", self["updated_at"])]
         return html_table("Batch status", rows)
+
+
+def batch_usage(batch: Mapping[str, Any]) -> dict[str, int]:
+    """The tokens the batch's completed results reported, summed at settle (zeros when none did)."""
+    stored = batch.get("usage")
+    return {kind: int(stored.get(kind, 0)) if isinstance(stored, Mapping) else 0 for kind in KINDS}
 
 
 def derive_status(counts: Mapping[str, int]) -> str:

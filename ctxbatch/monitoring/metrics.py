@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from ctxbatch.config import Settings
 from ctxbatch.errors import ConfigError
 from ctxbatch.io import ContextStore, utcnow
+from ctxbatch.io.usage import KINDS
 from ctxbatch.monitoring.alerts import AlertMonitor, AlertsCollector
 from ctxbatch.monitoring.database import DatabaseCollector
 from ctxbatch.pipeline.events import (
@@ -48,6 +49,7 @@ BATCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 # Every metric a loop serves: dashboards and prometheus-rules.yml rely on these names.
 METRIC_NAMES = (
     "ctxbatch_contexts_processed_total",
+    "ctxbatch_tokens_total",
     "ctxbatch_context_latency_seconds",
     "ctxbatch_processing_seconds",
     "ctxbatch_batch_seconds",
@@ -78,6 +80,14 @@ class LoopMetrics:
         )
         for outcome in OUTCOMES:
             self.processed.labels(outcome)  # every outcome shows, at 0 until it happens
+        self.tokens = Counter(
+            "ctxbatch_tokens",
+            "Tokens of the results this loop wrote, by kind (input, output, total), as their usage reported them.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in KINDS:
+            self.tokens.labels(kind)
         self.latency = Histogram(
             "ctxbatch_context_latency_seconds",
             "Submitted -> finished, per completed context.",
@@ -203,6 +213,9 @@ class LoopMonitor(Subscriber):
             count = getattr(event, outcome)
             if count:
                 self.metrics.processed.labels(outcome).inc(count)
+        for kind, count in event.usage.items():
+            if count:
+                self.metrics.tokens.labels(kind).inc(count)
         for seconds in event.latency_seconds:
             self.metrics.latency.observe(seconds)
         for seconds in event.processing_seconds:

@@ -1,6 +1,7 @@
 """The ctxbatch dashboard page: a Bokeh document of plots that follows the database every few seconds.
 
-Throughput, latency p50/p95 and success rate over time (the timeline), the queue by priority level,
+Throughput (with the tokens per second its results reported, on an axis of their own), latency
+p50/p95 and success rate over time (the timeline), the queue by priority level,
 the batch size each loop chose (its reason on hover and beside the plot), the batches in flight and
 the alerts firing. Reads run in the page source's thread, never on the scheduler's event loop; the
 plots are updated on the document's next tick. Each data source has a name (`throughput`,
@@ -16,7 +17,7 @@ from typing import Any, cast
 
 from bokeh.document import Document, without_document_lock
 from bokeh.layouts import column, gridplot, row
-from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool
+from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, LinearAxis
 from bokeh.models.widgets.markups import Div
 from bokeh.models.widgets.tables import DataTable, TableColumn
 from bokeh.plotting import figure
@@ -28,7 +29,7 @@ log = logging.getLogger("ctxbatch.monitoring")
 REFRESH_MS = 2000
 HEIGHT = 220
 ALERT_COLUMNS = ("alertname", "since", "value", "loop")
-BLUE, ORANGE, GREEN, RED = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+BLUE, ORANGE, GREEN, RED, PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"
 
 
 def _figure(title: str, y_label: str, **kwargs: Any) -> Any:
@@ -53,6 +54,7 @@ class DashboardView:
             name: ColumnDataSource(data, name=name)
             for name, data in {
                 "throughput": {"at": [], "throughput": []},
+                "tokens": {"at": [], "tokens_per_second": []},
                 "latency": {"at": [], "p50": [], "p95": []},
                 "success": {"at": [], "success_rate": []},
                 "queue": {"level": levels, "pending": [0] * len(levels)},
@@ -71,9 +73,13 @@ class DashboardView:
     def _grid(self) -> Any:
         s = self.sources
         throughput = _figure("Throughput", "contexts/s")
-        throughput.line("at", "throughput", source=s["throughput"], color=BLUE, line_width=2)
-        # Markers too: a bucket between two empty ones is a point, not a line.
-        throughput.scatter("at", "throughput", source=s["throughput"], color=BLUE, size=6)
+        per_second = {"x": "at", "y": "throughput", "source": s["throughput"], "legend_label": "contexts/s"}
+        contexts = [
+            throughput.line(**per_second, color=BLUE, line_width=2),
+            # Markers too: a bucket between two empty ones is a point, not a line.
+            throughput.scatter(**per_second, color=BLUE, size=6),
+        ]
+        self._tokens_axis(throughput, contexts)
         latency = _figure("Latency (submitted to finished)", "seconds", x_range=throughput.x_range)
         for name, color in (("p50", BLUE), ("p95", ORANGE)):
             latency.line("at", name, source=s["latency"], color=color, line_width=2, legend_label=name)
@@ -114,6 +120,19 @@ class DashboardView:
             merge_tools=False,
         )
 
+    def _tokens_axis(self, throughput: Any, contexts: list[Any]) -> None:
+        """Tokens per second on the throughput plot, against an axis on its right; each axis fits its own lines."""
+        throughput.y_range = DataRange1d(start=0, renderers=contexts)
+        tokens_range = DataRange1d(start=0)
+        throughput.extra_y_ranges = {"tokens": tokens_range}
+        throughput.add_layout(LinearAxis(y_range_name="tokens", axis_label="tokens/s"), "right")
+        per_second = {"x": "at", "y": "tokens_per_second", "source": self.sources["tokens"], "y_range_name": "tokens"}
+        tokens_range.renderers = [
+            throughput.line(**per_second, color=PURPLE, line_width=2, legend_label="tokens/s"),
+            throughput.scatter(**per_second, color=PURPLE, size=6, legend_label="tokens/s"),
+        ]
+        throughput.legend.location = "top_left"
+
     def _alerts_table(self) -> DataTable:
         columns = [TableColumn(field=name, title=name) for name in ALERT_COLUMNS]
         return DataTable(source=self.sources["alerts"], columns=columns, height=120, width=800, index_position=None)
@@ -126,6 +145,7 @@ class DashboardView:
             finished = timeline["completed"] + timeline["failed"]
             success = (timeline["completed"] / finished.where(finished > 0)).astype(float)
             self.sources["throughput"].data = {"at": at, "throughput": list(timeline["throughput"])}
+            self.sources["tokens"].data = {"at": at, "tokens_per_second": list(timeline["tokens_per_second"])}
             self.sources["latency"].data = {
                 "at": at,
                 "p50": list(timeline["latency_p50"]),
@@ -168,8 +188,10 @@ def headline(snapshot: Snapshot) -> str:
     def seconds(value: Any) -> str:
         return "-" if value is None else f"{value:.2f} s"
 
+    tokens = stats.get("tokens") or {}
     parts = [
         f"throughput <b>{stats.get('throughput_per_second', 0):.1f}/s</b>",
+        f"tokens <b>{tokens.get('total', 0):,}</b> (<b>{stats.get('tokens_per_second', 0):,.1f}/s</b>)",
         f"success <b>{'-' if rate is None else f'{rate:.1%}'}</b>",
         f"latency p50 <b>{seconds(latency.get('p50'))}</b> p95 <b>{seconds(latency.get('p95'))}</b>",
         f"pending <b>{sum((stats.get('queue_length') or {}).values()):,}</b>",

@@ -33,11 +33,14 @@ def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
     queue = "  ".join(f"{level} {n}" for level, n in stats["queue_length"].items())
     queues = stats.get("queues") or {}
     by_queue = "  ".join(f"{name} {n['pending']}+{n['processing']}" for name, n in queues.items())
+    tokens = stats["tokens"]
     return [
         f"{title}, last {stats['window_seconds']:g} s",
         f"  finished    completed {stats['completed']}  failed {stats['failed']}  retried {stats['retried']}"
         f"  expired {stats.get('expired', 0)}"
         f"  ({stats['throughput_per_second']:.2f}/s, success {_rate(stats['success_rate'])})",
+        f"  tokens      input {tokens['input']}  output {tokens['output']}  total {tokens['total']}"
+        f"  ({stats['tokens_per_second']:.1f}/s)",
         f"  latency     {_percentiles(stats['latency_seconds'])}",
         f"  processing  {_percentiles(stats['processing_seconds'])}",
         f"  queue       {queue}  (oldest {_seconds(stats['oldest_pending_seconds'])}, in flight {stats['in_flight']})",
@@ -52,7 +55,8 @@ def stats_line(stats: dict[str, Any], now: dt.datetime | None = None) -> str:
     latency = stats["latency_seconds"]
     return (
         f"{stamp} completed={stats['completed']} failed={stats['failed']} retried={stats['retried']} "
-        f"rate={stats['throughput_per_second']:.2f}/s success={_rate(stats['success_rate'])} "
+        f"rate={stats['throughput_per_second']:.2f}/s tokens={stats['tokens_per_second']:.1f}/s "
+        f"success={_rate(stats['success_rate'])} "
         f"p50={_seconds(latency['p50'])} p95={_seconds(latency['p95'])} "
         f"pending={queue} oldest={_seconds(stats['oldest_pending_seconds'])} in_flight={stats['in_flight']}"
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ctxbatch.config import Settings
@@ -72,6 +72,8 @@ class PartitionFinished:
     processing_seconds: tuple[float, ...] = ()  # per completed context: engine time
     worker: str = ""  # the address of the worker that ran it
     engine_concurrency: int | None = None  # that worker's limit on async calls in flight, when it ended
+    # tokens of the results written, by kind (input, output, total), as their `usage` reported them
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

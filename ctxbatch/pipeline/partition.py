@@ -144,7 +144,8 @@ def process_with(
         return PartitionStopped(len(frame), error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     decided = job.policy.next_states(outcome.results, outcome.failures, attempts, loaded.deferrals, utcnow())
-    lost = set(decided.write(store, claim).lost)
+    report = decided.write(store, claim)
+    lost = set(report.lost)
     done = [cid for cid in outcome.results if cid not in lost]
     now_ms, created = epoch_ms(utcnow()), loaded.created_ms
     counts = decided.count(skip=lost)
@@ -161,4 +162,5 @@ def process_with(
         # A few floats per completed context for the loop's histograms, never a payload.
         latency_seconds=tuple(max(now_ms - created[cid], 0) / 1000 for cid in done if cid in created),
         processing_seconds=tuple(outcome.row_seconds[cid] for cid in done if cid in outcome.row_seconds),
+        usage=report.usage,
     )

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ctxbatch.io.usage import usage_of
+
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text
 TEXT_FIELDS = ("messages", "prompt", "input")
 
@@ -46,36 +48,6 @@ def token_estimator(engine_fn: Any) -> Callable[[Any], int]:
     """The engine's own `tokens(payload)` when it has one, else `estimate_tokens`."""
     own = getattr(engine_fn, "tokens", None)
     return own if callable(own) else estimate_tokens
-
-
-def usage_of(result: Any) -> dict[str, int] | None:
-    """`{"input", "output", "total"}` tokens a call's answer reports; None when it reports none.
-
-    The usage is the answer's `usage`, or its `body`'s (the openai engine's result, and a line of an
-    OpenAI batch's output). Input is `prompt_tokens` (chat, completions, embeddings) or `input_tokens`
-    (responses); output is `completion_tokens` or `output_tokens`, 0 when there is none (embeddings);
-    total is `total_tokens`, else input + output.
-    """
-    usage = result.get("usage") if isinstance(result, dict) else None
-    if usage is None and isinstance(result, dict) and isinstance(result.get("body"), dict):
-        usage = result["body"].get("usage")
-    if not isinstance(usage, dict):
-        return None
-    given = _count(usage, "prompt_tokens", "input_tokens"), _count(usage, "completion_tokens", "output_tokens")
-    total = _count(usage, "total_tokens")
-    if total is None and given == (None, None):
-        return None
-    counted = given[0] or 0, given[1] or 0
-    return {"input": counted[0], "output": counted[1], "total": sum(counted) if total is None else total}
-
-
-def _count(usage: dict[str, Any], *names: str) -> int | None:
-    """The first of these fields that holds a count of tokens (an int >= 0)."""
-    for name in names:
-        value = usage.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
 
 
 def used_tokens(result: Any) -> int | None:

@@ -75,12 +75,21 @@ class Counts(BaseModel):
     expired: int
 
 
+class Usage(BaseModel):
+    """Tokens as results report them in OpenAI's `usage` (prompt/input, completion/output, total)."""
+
+    input: int
+    output: int
+    total: int
+
+
 class BatchStatus(BaseModel):
     batch_id: str
     name: str | None = None
     queue: str
     status: Status
     counts: Counts
+    usage: Usage = Field(description="Tokens its completed results reported, summed; zeros when none did.")
     created_at: IsoTime
     updated_at: IsoTime
     expires_at: IsoTime | None = Field(description="The completion window's deadline, when the batch has one.")
@@ -151,6 +160,11 @@ class StatsOut(BaseModel):
         description="Contexts expired in the window: still pending when their batch's deadline passed."
     )
     throughput_per_second: float
+    tokens_per_second: float = Field(description="tokens.total / window_seconds.")
+    tokens: Usage = Field(
+        description="Tokens the completed results of the window reported (exact up to 1,000 of them, then scaled "
+        "from a uniform sample)."
+    )
     success_rate: float | None = Field(description="completed / (completed + failed); null with nothing finished.")
     latency_seconds: Percentiles = Field(description="Submitted -> finished.")
     processing_seconds: Percentiles = Field(description="Claimed (the last time) -> finished.")
