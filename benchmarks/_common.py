@@ -18,10 +18,15 @@ import httpx
 from ctxbatch.io import embedded
 
 
-def arguments(doc: str | None, contexts: int, repeat: int, argv: list[str] | None = None) -> argparse.Namespace:
+def arguments(
+    doc: str | None, contexts: int, repeat: int, argv: list[str] | None = None, **more: int
+) -> argparse.Namespace:
+    """--contexts, --repeat, --mongo-uri, and an integer option for each of `more` (memory_lines: --memory-lines)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=contexts)
     parser.add_argument("--repeat", type=int, default=repeat)
+    for name, default in more.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
     return parser.parse_args(argv)
 
