@@ -92,7 +92,8 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
         click.echo(json.dumps(report))
         return
     counts = report["counts"]
-    click.echo(f"batch {report['batch_id']}: {report['status']} (queue {report['queue']})")
+    queue = "" if report["queue"] == DEFAULT_QUEUE else f" (queue {report['queue']})"
+    click.echo(f"batch {report['batch_id']}: {report['status']}{queue}")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
     if report.get("expires_at"):
         passed = "expired" if report.get("expired_at") else "expires"
