@@ -93,6 +93,7 @@ def test_a_served_bulk_submission_is_accepted_and_its_status_polled(http: httpx.
         "completed": 0,
         "failed": 0,
         "cancelled": 0,
+        "expired": 0,
     }
 
 

@@ -14,6 +14,7 @@ from ctxbatch.io import ContextStore
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.middleware import BearerToken, RequestMetrics
 from ctxbatch.service.models import BulkSubmission
+from ctxbatch.service.openai_api import openai_router
 from ctxbatch.service.responses import JSONAnswer, install_error_answers
 from ctxbatch.service.routes import api_router
 from ctxbatch.service.security import OPEN_PATHS, resolve_token
@@ -21,7 +22,11 @@ from ctxbatch.service.security import OPEN_PATHS, resolve_token
 DESCRIPTION = """Bulk submission, status and results of ctxbatch contexts.
 
 Submit with `POST /api/contexts/bulk` (202 and a `Location`), poll `GET /api/batches/{batch_id}`,
-read `GET /api/batches/{batch_id}/results`. Every error answers `{"error", "problems"}`."""
+read `GET /api/batches/{batch_id}/results`. Every error answers `{"error", "problems"}`.
+
+OpenAI's Files and Batches API is served under `/v1` (`/v1/files`, `/v1/batches`), so the `openai`
+SDK works with `base_url=".../v1"`; there every error answers OpenAI's
+`{"error": {"message", "type", "param", "code"}}`."""
 
 
 def _openapi(app: FastAPI, token: str | None) -> dict[str, Any]:
@@ -48,6 +53,7 @@ def create_app(store: ContextStore, settings: Settings | None = None) -> FastAPI
     app = FastAPI(title="ctxbatch", version=__version__, description=DESCRIPTION, default_response_class=JSONAnswer)
     metrics = ServiceMetrics(store)
     app.include_router(api_router(store, settings, metrics))
+    app.include_router(openai_router(store, settings))
     install_error_answers(app)
     if token is not None:
         app.add_middleware(BearerToken, token=token)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
+from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
 
 # Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
@@ -72,15 +72,27 @@ class Counts(BaseModel):
     completed: int
     failed: int
     cancelled: int
+    expired: int = 0
 
 
 class BatchStatus(BaseModel):
     batch_id: str
     name: str | None = None
-    status: Status
+    queue: str = DEFAULT_QUEUE
+    status: Status = Field(description="`failed` only for a batch refused at creation through /v1/batches.")
     counts: Counts
     created_at: IsoTime
     updated_at: IsoTime
+    expires_at: IsoTime | None = Field(None, description="The completion window's deadline, when it has one.")
+    expired_at: IsoTime | None = None
+    cancelled_at: IsoTime | None = Field(None, description="When a cancel was first asked.")
+    failed_at: IsoTime | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="Why a failed batch failed: code, message, line.")
+    # OpenAI's fields, on a batch made through /v1/batches (or submitted with them).
+    endpoint: str | None = None
+    completion_window: str | float | None = None
+    metadata: dict[str, str] | None = None
+    input_file_id: str | None = None
 
 
 class BatchList(BaseModel):

@@ -82,7 +82,8 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         location = f"/api/batches/{batch_id}"
         return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})
 
-    @router.get("/api/batches", response_model=BatchList, responses=COMMON)
+    # Unset fields are left out, so a batch shows exactly what store.batch_status() does.
+    @router.get("/api/batches", response_model=BatchList, response_model_exclude_unset=True, responses=COMMON)
     def list_batches(
         status: Status | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_BATCH_LIST)] = 100,
@@ -90,7 +91,12 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         """The newest batches first, only those with `status` if given."""
         return {"batches": store.list_batches(status, limit)}
 
-    @router.get("/api/batches/{batch_id}", response_model=BatchStatus, responses={**COMMON, **_errors(404)})
+    @router.get(
+        "/api/batches/{batch_id}",
+        response_model=BatchStatus,
+        response_model_exclude_unset=True,
+        responses={**COMMON, **_errors(404)},
+    )
     def batch_status(batch_id: str) -> dict[str, Any]:
         """A batch's status and its contexts' counts."""
         return store.batch_status(batch_id)
