@@ -300,6 +300,32 @@ def test_a_file_that_is_not_batch_requests_is_refused(
     assert store.connection.files.count_documents({}) == 0
 
 
+def test_a_file_for_another_purpose_is_refused(client: OpenAI, store: ContextStore) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("a.jsonl", jsonl([request("a")])), purpose="fine-tune")
+
+    assert refused.value.param == "purpose"
+    assert store.connection.files.count_documents({}) == 0
+
+
+def test_the_purpose_may_follow_the_file(client: OpenAI) -> None:
+    # curl -F file=@... -F purpose=batch sends the file first; the SDK sends the purpose first.
+    boundary = "b0undary"
+    part = f"--{boundary}\r\nContent-Disposition: form-data; name="
+    body = (
+        f'{part}"file"; filename="late.jsonl"\r\n\r\n'.encode()
+        + jsonl([request("a")])
+        + f'\r\n{part}"purpose"\r\n\r\nbatch\r\n--{boundary}--\r\n'.encode()
+    )
+    base = str(client.base_url).removesuffix("/v1/")
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    answer = httpx.post(f"{base}/v1/files", content=body, headers=headers)
+
+    assert answer.status_code == 200, answer.text
+    assert client.files.content(answer.json()["id"]).content == jsonl([request("a")])
+
+
 def test_a_file_past_the_size_limit_is_413_and_not_kept(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
     with (
@@ -415,6 +441,20 @@ def test_a_deleted_file_is_gone_and_its_batch_kept(client: OpenAI, store: Contex
         client.files.retrieve(file_id)
     assert store.connection.files.count_documents({}) == 0
     assert client.batches.retrieve(batch.id).request_counts.total == 1  # type: ignore[union-attr]
+
+
+def test_an_upload_cut_off_is_deleted_once_its_lease_expired(store: ContextStore) -> None:
+    # Given an upload that stored a chunk and then stopped (its server died), its lease run out
+    cut_off = store.upload()
+    cut_off.write(jsonl([request(f"r{i}", "x" * 1000) for i in range(5000)]))
+    assert store.connection.files.count_documents({"file_id": {"$eq": cut_off.file_id}}) >= 1
+    store.connection.files.update_one({"_id": cut_off.file_id}, {"$set": {"expires_ms": 0}})
+
+    # When the next upload starts
+    store.upload().abandon()
+
+    # Then nothing of the first is left
+    assert store.connection.files.count_documents({}) == 0
 
 
 # -- listing --------------------------------------------------------------------------------

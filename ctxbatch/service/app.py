@@ -15,6 +15,7 @@ from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.middleware import BearerToken, RequestMetrics
 from ctxbatch.service.models import BulkSubmission
 from ctxbatch.service.openai_api import openai_router
+from ctxbatch.service.openai_errors import speaks_openai
 from ctxbatch.service.responses import JSONAnswer, install_error_answers
 from ctxbatch.service.routes import api_router
 from ctxbatch.service.security import OPEN_PATHS, resolve_token
@@ -37,6 +38,11 @@ def _openapi(app: FastAPI, token: str | None) -> dict[str, Any]:
     components = document.setdefault("components", {})
     _, body_schemas = models_json_schema([(BulkSubmission, "validation")], ref_template="#/components/schemas/{model}")
     components.setdefault("schemas", {}).update(body_schemas["$defs"])
+    for path, operations in document["paths"].items():
+        if speaks_openai(path):
+            # FastAPI documents its 422 on every route with parameters; under /v1 that answer is a 400.
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
     if token is not None:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, operations in document["paths"].items():

@@ -188,7 +188,7 @@ def openai_router(store: ContextStore, settings: Settings) -> APIRouter:
         try:
             views, more = store.batches_after(None if after is None else batch_id_of(after), limit, "endpoint")
         except BatchNotFound:
-            raise _batch_not_found(after or "") from None
+            raise OpenAIError(400, f"after: no batch with id {after!r}", param="after") from None
         data = [batch_object(view) for view in views]
         return {
             "object": "list",
