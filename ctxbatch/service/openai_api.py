@@ -138,8 +138,8 @@ def openai_router(store: ContextStore, settings: Settings) -> APIRouter:
                 pieces = store.file_content(file_id)
             except FileNotFound:
                 raise _file_not_found(file_id) from None
-            # The first chunk is read now, so a database error is an answer, not a broken stream.
-            pieces = itertools.chain(list(itertools.islice(pieces, 1)), pieces)
+        # The first piece is read now, so a database error is an answer, not a broken stream.
+        pieces = itertools.chain(list(itertools.islice(pieces, 1)), pieces)
         return StreamingResponse(pieces, media_type=CONTENT_TYPE)
 
     @router.delete("/files/{file_id}", response_model=FileDeleted, responses={**COMMON, **_errors(404)})

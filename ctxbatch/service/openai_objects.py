@@ -114,7 +114,8 @@ def batch_object(view: Mapping[str, Any]) -> dict[str, Any]:
         "finalizing_at": ended if status == "completed" else None,
         "completed_at": ended if status == "completed" else None,
         "failed_at": unix(view.get("failed_at")),
-        "expired_at": unix(view.get("expired_at")),
+        # A deadline that passed when nothing was left to expire is no expiry.
+        "expired_at": unix(view.get("expired_at")) if counts.get("expired") else None,
         "cancelling_at": unix(view.get("cancelled_at")),
         "cancelled_at": ended if status == "cancelled" else None,
         # OpenAI counts as failed the requests that errored; expired and cancelled ones did not run.
