@@ -57,6 +57,28 @@ class ContextNotFound(CtxbatchError):
         self.context_id = context_id
 
 
+class FileNotFound(CtxbatchError):
+    """Raised when a file id names no stored file (OpenAI's `/v1/files`)."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"no file with id {file_id!r}")
+        self.file_id = file_id
+
+
+class FileRefused(CtxbatchError):
+    """Raised when an uploaded file is refused: names its line and field; nothing of it was stored."""
+
+    def __init__(self, line: int | None, field: str | None, message: str, code: str) -> None:
+        where = "" if line is None else f"line {line}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")
+        self.line = line
+        self.field = field
+        self.message = message
+        self.code = code
+        """A short code in OpenAI's manner: invalid_json_line, duplicate_custom_id, ..."""
+
+
 class DatabaseUnavailable(CtxbatchError):
     """Raised when MongoDB (or the embedded server) cannot be reached or started."""
 

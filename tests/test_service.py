@@ -236,6 +236,14 @@ def test_openapi_describes_every_route_and_the_bulk_body(api: TestClient) -> Non
         ("GET", "/api/stats"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
+        ("POST", "/v1/files"),
+        ("GET", "/v1/files/{file_id}"),
+        ("GET", "/v1/files/{file_id}/content"),
+        ("DELETE", "/v1/files/{file_id}"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches"),
+        ("GET", "/v1/batches/{batch_id}"),
+        ("POST", "/v1/batches/{batch_id}/cancel"),
     }
     body = document["paths"]["/api/contexts/bulk"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].rsplit("/", 1)[-1] in document["components"]["schemas"]

@@ -29,9 +29,21 @@ OPERATIONS = [
     ("GET", "/api/contexts/{context_id}"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"),
+    ("POST", "/v1/batches/{batch_id}/cancel"),
+    ("GET", "/v1/files/{file_id}"),
+    ("DELETE", "/v1/files/{file_id}"),
 ]
 # Only these have something to get wrong: a body or a typed parameter (a string path id has none).
-NEGATABLE = [("POST", "/api/contexts/bulk"), ("GET", "/api/batches"), ("GET", "/api/batches/{batch_id}/results")]
+NEGATABLE = [
+    ("POST", "/api/contexts/bulk"),
+    ("GET", "/api/batches"),
+    ("GET", "/api/batches/{batch_id}/results"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+]
 CASES = [(*op, GenerationMode.POSITIVE) for op in OPERATIONS] + [(*op, GenerationMode.NEGATIVE) for op in NEGATABLE]
 
 

@@ -17,7 +17,7 @@ from ctxbatch.service.security import TOKEN_VARIABLE, resolve_token
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback host without an API token.")
 @pass_state
 def serve(state: State, host: str | None, port: int | None, config_path: str | None, insecure: bool) -> None:
-    """Serve the HTTP API (bulk submit, status, results, /metrics) with uvicorn."""
+    """Serve the HTTP API (bulk submit, status, results, /metrics; OpenAI's Files and Batches under /v1)."""
     if config_path:
         state.config_path = config_path
     settings = state.config
@@ -38,7 +38,7 @@ def serve(state: State, host: str | None, port: int | None, config_path: str | N
     shown = f"[{host}]" if ":" in host else host
     say(
         f"serving the ctxbatch API at http://{shown}:{port} over {mask_uri(store.uri)} "
-        f"(database {store.database_name}); OpenAPI at /docs; "
+        f"(database {store.database_name}); OpenAPI at /docs, OpenAI's Batch API at /v1; "
         + ("a bearer token is required" if token else "no token is required")
     )
     try:

@@ -37,6 +37,7 @@ from ctxbatch.io import embedded
 from ctxbatch.io.schema import (
     BATCH_INDEXES,
     CONTEXT_INDEXES,
+    FILE_INDEXES,
     RETIRED_CONTEXT_INDEXES,
     STAGED_INDEXES,
 )
@@ -181,6 +182,7 @@ class Connection:
             binding.contexts.create_indexes(CONTEXT_INDEXES)
             binding.batches.create_indexes(BATCH_INDEXES)
             binding.staged.create_indexes(STAGED_INDEXES)
+            binding.db["files"].create_indexes(FILE_INDEXES)
             self._indexed = True
 
     @property

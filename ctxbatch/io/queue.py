@@ -314,6 +314,14 @@ class Queue:
             {"$set": {"status": Status.CANCELLED.value}, **_stamp("finished_at")},
         ).modified_count
         self._touch([batch_id])
+        running = self.connection.contexts.find_one(
+            {"batch_id": eq(batch_id), "status": eq(Status.PROCESSING.value)}, {"_id": 1}
+        )
+        if changed or running:
+            # When the cancel was first asked (OpenAI's `cancelling_at`); kept by a second cancel.
+            self.connection.batches.update_one(
+                {"_id": eq(batch_id), "cancelled_at": {"$exists": False}}, _stamp("cancelled_at")
+            )
         return changed
 
     def retry(self, batch_id: str, *, expired: bool = False) -> int:

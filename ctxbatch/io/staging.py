@@ -291,6 +291,15 @@ class Submissions:
             log.warning("batch %s is stored; its move into the queue finishes later (%s)", stager.batch_id, exc)
         return stager.batch_id, stager.count
 
+    def refuse(self, options: BatchOptions, errors: list[dict[str, Any]]) -> str:
+        """A batch that failed before any of it was stored, as OpenAI's Batch API keeps one: its
+        document alone, `failed_at` and the `errors`, no contexts; its id."""
+        batch_id = str(ObjectId())
+        now = utcnow()
+        document = {"_id": batch_id, **options.batch_fields(), "total": 0, "errors": errors}
+        self.connection.batches.insert_one({**document, "created_at": now, "updated_at": now, "failed_at": now})
+        return batch_id
+
     def move_in(self, batch_id: str) -> None:
         """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent.
 

@@ -4,8 +4,8 @@ It is made of parts over one shared connection (io/connection.py), each its own 
 (io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging,
 commit, the move into the queue, the janitor), views (io/views.py: status, results, listings,
 counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
-(io/alert_state.py) and the limits every loop shares (io/limits.py). Its methods say what each
-does and hand the work to its part.
+(io/alert_state.py), the limits every loop shares (io/limits.py) and OpenAI's files (io/files.py).
+Its methods say what each does and hand the work to its part.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.decisions import SizingDecisions
+from ctxbatch.io.files import Files, FileUpload
 from ctxbatch.io.limits import LimitBook
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
@@ -72,6 +73,7 @@ class ContextStore:
         self._views = Views(self.connection, self.levels, self._submissions, self._deadlines)
         self._queue = Queue(self.connection, self._views, self._deadlines)
         self._statistics = Statistics(self.connection, self._views)
+        self._files = Files(self.connection, self._submissions)
         self._decisions = SizingDecisions(self.connection)
         self.alert_book = AlertBook(self.connection)
         """The alerts' shared state and the critical-error log (io/alert_state.py)."""
@@ -196,6 +198,52 @@ class ContextStore:
     def tidy_submissions(self) -> int:
         """The janitor of interrupted submissions (see io/staging.py); how many it settled."""
         return self._submissions.tidy()
+
+    # -- OpenAI files ----------------------------------------------------------------------
+
+    def upload(self) -> FileUpload:
+        """A new file on its way in (OpenAI's `/v1/files`): `write(data)` its bytes as they come, then
+        `finish(filename, purpose)` -> the file object; `abandon()` it when anything failed.
+
+        Each line is checked as an OpenAI batch request as it arrives (FileRefused names the line
+        and field) and the bytes are stored in chunks of whole lines, never held whole (io/files.py).
+        """
+        return self._files.upload()
+
+    def file(self, file_id: str) -> dict[str, Any]:
+        """A stored file object: id, object, bytes, created_at, filename, purpose, status (FileNotFound)."""
+        return self._files.get(file_id)
+
+    def file_content(self, file_id: str) -> Iterator[bytes]:
+        """A stored file's bytes as they were uploaded, chunk by chunk (FileNotFound at once)."""
+        return self._files.content(file_id)
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a stored file (FileNotFound when there is none); batches made from it keep their contexts."""
+        self._files.delete(file_id)
+
+    def submit_file(
+        self,
+        file_id: str,
+        *,
+        endpoint: str,
+        completion_window: str | float | None = "24h",
+        metadata: Mapping[str, str] | None = None,
+        queue: str = DEFAULT_QUEUE,
+    ) -> tuple[str, int]:
+        """A stored file's requests as one batch with OpenAI's fields; (batch id, contexts).
+
+        Every line's url must be `endpoint`; when one is not, the batch is still made, `failed`, with
+        no contexts and `errors` naming the line, as OpenAI's Batch API does.
+        """
+        fields = {
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+            "metadata": dict(metadata or {}),
+            "input_file_id": file_id,
+        }
+        options = BatchOptions.of(None, queue, completion_window, fields)
+        return self._files.submit(file_id, endpoint, options)
 
     # -- claim and settle -----------------------------------------------------------------
 
@@ -353,6 +401,14 @@ class ContextStore:
         A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
         """
         return self._views.list_batches(status, limit)
+
+    def batches_after(
+        self, after: str | None = None, limit: int = 20, having: str | None = None
+    ) -> tuple[list[BatchStatus], bool]:
+        """A page of batches, newest first, older than the batch `after`: up to `limit` as batch_status()
+        JSON, only those with the field `having` (`endpoint`: OpenAI's batches) if given; and whether
+        more follow."""
+        return self._views.batches_after(after, limit, having)
 
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True

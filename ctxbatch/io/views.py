@@ -99,13 +99,17 @@ class Views:
                 "batch_id": batch_id,
                 "name": batch.get("name"),
                 "queue": batch.get("queue", DEFAULT_QUEUE),
-                "status": derive_status(counts),
+                # A batch refused as OpenAI refuses one (io/files.py) has no contexts to derive from.
+                "status": Status.FAILED.value if batch.get("failed_at") else derive_status(counts),
                 "counts": counts,
                 "usage": batch_usage(batch),
                 "created_at": batch["created_at"].isoformat(),
                 "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
                 "expires_at": None if deadline is None else _from_ms(deadline).isoformat(),
-                "expired_at": batch["expired_at"].isoformat() if batch.get("expired_at") else None,
+                "expired_at": _iso(batch.get("expired_at")),
+                "cancelled_at": _iso(batch.get("cancelled_at")),
+                "failed_at": _iso(batch.get("failed_at")),
+                **({"errors": batch["errors"]} if batch.get("errors") else {}),
                 **{field: batch[field] for field in OPENAI_FIELDS if field in batch},
             }
         )
@@ -200,6 +204,32 @@ class Views:
                     break
         return found
 
+    def batches_after(self, after: str | None, limit: int, having: str | None = None) -> tuple[list[BatchStatus], bool]:
+        """Up to `limit` batches older than `after` (newest first, ties by id), only those with the field
+        `having` if given; and whether more follow."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.deadlines.expire_due()
+        since = {"$gte": _EPOCH}
+        anchor = None
+        if after is not None:
+            found = self.batch_document(after)
+            anchor = (found["created_at"], found["_id"])
+            since = {"$lte": found["created_at"]}
+        fields = {"_id": 1, "created_at": 1, **({having: 1} if having else {})}
+        # A range on created_at walks the `newest` index on nx-27017, its order included.
+        newest = self.connection.batches.find({"created_at": since}, fields).sort("created_at", DESCENDING)
+        rows: list[tuple[dt.datetime, str]] = []
+        for batch in newest:
+            key = (batch["created_at"], batch["_id"])
+            # Past `limit`, read on only through the ties of the last one: they may sort before it.
+            if len(rows) > limit and key[0] != rows[-1][0]:
+                break
+            if (anchor is None or key < anchor) and (having is None or batch.get(having) is not None):
+                rows.append(key)
+        rows.sort(reverse=True)
+        return [self.batch_status(batch_id) for _, batch_id in rows[:limit]], len(rows) > limit
+
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
     ) -> tuple[list[dict[str, Any]], str | None]:
@@ -226,6 +256,10 @@ class Views:
         ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"sort_id": n}}) for n, d in enumerate(ids)]
         for begin in range(0, len(ops), 10_000):
             self.connection.contexts.bulk_write(ops[begin : begin + 10_000], ordered=False)
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def _from_ms(ms: int) -> dt.datetime:

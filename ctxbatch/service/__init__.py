@@ -1,4 +1,5 @@
-"""The HTTP API (FastAPI): bulk submit, batch status and results over a ContextStore.
+"""The HTTP API (FastAPI): bulk submit, batch status and results over a ContextStore; OpenAI's Files and
+Batches API under /v1.
 
 FastAPI is imported only when the app is built, so `ctxbatch` commands other than `serve` start fast.
 """

@@ -12,7 +12,8 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctxbatch.service.metrics import ServiceMetrics
-from ctxbatch.service.responses import error_answer
+from ctxbatch.service.openai_errors import speaks_openai
+from ctxbatch.service.responses import error_answer, openai_error_answer
 from ctxbatch.service.security import OPEN_PATHS
 
 
@@ -36,9 +37,13 @@ class BearerToken:
             await self.app(scope, receive, send)
             return
         message = "missing bearer token" if given is None else "wrong bearer token"
-        answer = error_answer(
-            401, f"{message}: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
-        )
+        message = f"{message}: send 'Authorization: Bearer <token>'"
+        headers = {"WWW-Authenticate": "Bearer"}
+        if speaks_openai(scope["path"]):
+            # OpenAI's own answer to a bad key, so the SDK raises AuthenticationError.
+            answer = openai_error_answer(401, message, code="invalid_api_key", headers=headers)
+        else:
+            answer = error_answer(401, message, headers=headers)
         await answer(scope, receive, send)
 
     @staticmethod

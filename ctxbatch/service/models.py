@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from ctxbatch.config import PRIORITY_MAX, PRIORITY_MIN
+from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
 
 # Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
@@ -86,17 +86,21 @@ class Usage(BaseModel):
 class BatchStatus(BaseModel):
     batch_id: str
     name: str | None = None
-    queue: str
-    status: Status
+    queue: str = DEFAULT_QUEUE
+    status: Status = Field(description="`failed` only for a batch refused at creation through /v1/batches.")
     counts: Counts
     usage: Usage = Field(description="Tokens its completed results reported, summed; zeros when none did.")
     created_at: IsoTime
     updated_at: IsoTime
-    expires_at: IsoTime | None = Field(description="The completion window's deadline, when the batch has one.")
-    expired_at: IsoTime | None = Field(description="When the deadline was acted on.")
-    endpoint: str | None = Field(None, description="OpenAI's endpoint, for a batch of OpenAI requests.")
-    completion_window: str | None = None
-    metadata: dict[str, Any] | None = None
+    expires_at: IsoTime | None = Field(None, description="The completion window's deadline, when it has one.")
+    expired_at: IsoTime | None = None
+    cancelled_at: IsoTime | None = Field(None, description="When a cancel was first asked.")
+    failed_at: IsoTime | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="Why a failed batch failed: code, message, line.")
+    # OpenAI's fields, on a batch made through /v1/batches (or submitted with them).
+    endpoint: str | None = None
+    completion_window: str | float | None = None
+    metadata: dict[str, str] | None = None
     input_file_id: str | None = None
 
 

@@ -1,7 +1,8 @@
 """How the HTTP API answers: JSON rendering, the error body, and ctxbatch's errors as statuses.
 
 Every error, whatever raised it, leaves as `{"error": "...", "problems": [...]}` (models.ErrorBody),
-so a client parses one shape and never meets a traceback.
+so a client parses one shape and never meets a traceback; under /v1, as OpenAI's error instead
+(service/openai_errors.py), so the `openai` SDK raises the exception it would against OpenAI.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WaitQueueTimeoutError
 from starlette.exceptions import HTTPException
 
-from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, InvalidCursor, SubmitError
+from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, FileNotFound, InvalidCursor, SubmitError
 from ctxbatch.io.outage import short_reason
 from ctxbatch.io.views import RESULT_COLUMNS, json_default
+from ctxbatch.service.openai_errors import OpenAIError, openai_error_body, openai_status, speaks_openai
 
 log = logging.getLogger("ctxbatch.service")
 
@@ -91,6 +93,37 @@ def error_answer(
     return JSONAnswer({"error": message, "problems": list(problems)}, status_code=status, headers=headers)
 
 
+def openai_error_answer(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONAnswer:
+    """An error in OpenAI's shape (under /v1), with OpenAI's status for it."""
+    status = openai_status(status)
+    return JSONAnswer(openai_error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def answer_error(
+    request: Request,
+    status: int,
+    message: str,
+    problems: Iterable[dict[str, Any]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONAnswer:
+    """The error in the shape the request's path calls for: OpenAI's under /v1, ours elsewhere."""
+    problems = list(problems)
+    if not speaks_openai(request.url.path):
+        return error_answer(status, message, problems, headers)
+    if problems:
+        # OpenAI names one parameter; the first problem is the one to fix first.
+        first = problems[0]
+        field = first.get("field")
+        return openai_error_answer(status, f"{field}: {first['message']}" if field else first["message"], field)
+    return openai_error_answer(status, message, headers=headers)
+
+
 def submit_problems(errors: Iterable[SubmitError]) -> list[dict[str, Any]]:
     return [problem(e.index, e.field, e.said()) for e in errors]
 
@@ -103,43 +136,49 @@ def _field(location: tuple[Any, ...]) -> str:
 def install_error_answers(app: FastAPI) -> None:
     """Map every error the routes can meet to its status and the one error body."""
 
-    async def api_error(_: Request, exc: Exception) -> JSONAnswer:
+    async def api_error(request: Request, exc: Exception) -> JSONAnswer:
         assert isinstance(exc, ApiError)
-        return error_answer(exc.status, exc.message, exc.problems, exc.headers)
+        return answer_error(request, exc.status, exc.message, exc.problems, exc.headers)
 
-    async def invalid_request(_: Request, exc: Exception) -> JSONAnswer:
+    async def openai_error(_: Request, exc: Exception) -> JSONAnswer:
+        assert isinstance(exc, OpenAIError)
+        return openai_error_answer(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONAnswer:
         assert isinstance(exc, RequestValidationError)
         problems = [problem(None, _field(tuple(e["loc"])), e["msg"]) for e in exc.errors()[:20]]
-        return error_answer(422, "the request is not valid", problems)
+        return answer_error(request, 422, "the request is not valid", problems)
 
-    async def http_error(_: Request, exc: Exception) -> JSONAnswer:
+    async def http_error(request: Request, exc: Exception) -> JSONAnswer:
         assert isinstance(exc, HTTPException)
-        return error_answer(exc.status_code, str(exc.detail), headers=exc.headers)
+        return answer_error(request, exc.status_code, str(exc.detail), headers=exc.headers)
 
-    async def not_found(_: Request, exc: Exception) -> JSONAnswer:
-        return error_answer(404, str(exc))
+    async def not_found(request: Request, exc: Exception) -> JSONAnswer:
+        return answer_error(request, 404, str(exc))
 
-    async def bad_cursor(_: Request, exc: Exception) -> JSONAnswer:
-        return error_answer(422, str(exc), [problem(None, "cursor", str(exc))])
+    async def bad_cursor(request: Request, exc: Exception) -> JSONAnswer:
+        return answer_error(request, 422, str(exc), [problem(None, "cursor", str(exc))])
 
-    async def refused(_: Request, exc: Exception) -> JSONAnswer:
-        return error_answer(400, str(exc))
+    async def refused(request: Request, exc: Exception) -> JSONAnswer:
+        return answer_error(request, 400, str(exc))
 
-    async def database_error(_: Request, exc: Exception) -> JSONAnswer:
+    async def database_error(request: Request, exc: Exception) -> JSONAnswer:
         if isinstance(exc, UNAVAILABLE):
-            return error_answer(503, f"the database is unavailable: {short_reason(exc)}")
+            return answer_error(request, 503, f"the database is unavailable: {short_reason(exc)}")
         log.error("database error", exc_info=exc)
-        return error_answer(500, f"the database refused the operation: {exc}")
+        return answer_error(request, 500, f"the database refused the operation: {exc}")
 
-    async def internal(_: Request, exc: Exception) -> JSONAnswer:
+    async def internal(request: Request, exc: Exception) -> JSONAnswer:
         log.error("unexpected error", exc_info=exc)
-        return error_answer(500, "internal error; the server log has the details")
+        return answer_error(request, 500, "internal error; the server log has the details")
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(BatchNotFound, not_found)
     app.add_exception_handler(ContextNotFound, not_found)
+    app.add_exception_handler(FileNotFound, not_found)
     app.add_exception_handler(InvalidCursor, bad_cursor)
     app.add_exception_handler(CtxbatchError, refused)
     app.add_exception_handler(PyMongoError, database_error)

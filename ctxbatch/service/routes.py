@@ -82,7 +82,7 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         location = f"/api/batches/{batch_id}"
         return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})
 
-    # Unset fields left out: a batch shows OpenAI's fields only when it has them, as store.batch_status does.
+    # Unset fields are left out, so a batch shows exactly what store.batch_status() does.
     @router.get("/api/batches", response_model=BatchList, response_model_exclude_unset=True, responses=COMMON)
     def list_batches(
         status: Status | None = None,
