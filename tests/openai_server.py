@@ -62,6 +62,7 @@ class Script:
     def stats(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
+            "inside": self.inside,
             "most_inside": self.most_inside,
             "turned_away": self.turned_away,
             "paths": dict(self.paths),

@@ -83,3 +83,48 @@ def test_an_unused_limit_does_not_climb() -> None:
         limit.observe(0.1, 3)
     # Then the limit stays where it was: nothing showed a higher one would be served
     assert limit.limit == 32
+
+
+def turned_away(limit: AdaptiveLimit, capacity: int, calls: int) -> int:
+    """`calls` answers of a service that serves `capacity` at once in 100 ms and turns the rest away
+    (429 with Retry-After, no queue: latency never rises); how many times it turned calls away."""
+    overloads = 0
+    for _ in range(calls):
+        in_flight = int(limit.limit)
+        if in_flight > capacity:
+            overloads += 1
+            limit.overloaded()
+        else:
+            limit.observe(0.1, in_flight)
+    return overloads
+
+
+def test_against_a_service_that_turns_calls_away_the_limit_holds_below_the_wall() -> None:
+    # Given a limit that met a wall of 40 calls once (no latency rise tells it: only the 429s)
+    limit = AdaptiveLimit(4, 256)
+    turned_away(limit, CAPACITY, 300)
+    assert limit.ceiling is not None
+    # Then over the next 100 round trips it meets the wall a few times at most, and holds near it
+    later = turned_away(limit, CAPACITY, 100 * CAPACITY)
+    assert later <= 3
+    assert 0.9 * CAPACITY <= limit.limit <= CAPACITY + 1
+
+
+def test_a_probe_that_meets_the_wall_steps_back_below_it_not_to_half() -> None:
+    limit = AdaptiveLimit(4, 256)
+    turned_away(limit, CAPACITY, 300)
+    turned_away(limit, CAPACITY, 100 * CAPACITY)
+    before = limit.limit
+    limit.limit = float(CAPACITY + 1)  # a probe above the hold
+    limit.overloaded()
+    assert limit.limit >= 0.9 * CAPACITY > before / 2
+
+
+def test_a_service_whose_capacity_grew_is_found_within_a_few_probes() -> None:
+    # Given a limit that learnt a wall of 10
+    limit = AdaptiveLimit(4, 256)
+    turned_away(limit, 10, 300)
+    # When the service now serves 60 at once
+    turned_away(limit, 60, 60 * 150)
+    # Then the doubling probes took it there within 150 round trips
+    assert limit.limit >= 50

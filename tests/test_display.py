@@ -65,6 +65,8 @@ def test_batch_status_is_the_design_json_and_a_table(store: ContextStore) -> Non
         "updated_at",
         "expires_at",
         "expired_at",
+        "cancelled_at",
+        "failed_at",
         "usage",
     }
     table = read_table(status._repr_html_())

@@ -17,8 +17,16 @@ slow start: doubling per round trip overshot a service's queue before the first 
 back, and its 429s (with Retry-After, a pause for every worker) cost more than the climb saves. An
 overload signal (a RetryLater with a time to wait, a timeout; see `calls.overloaded`) halves it at
 once (AIMD), once per window of calls: the calls in flight when it came met the same overload, and
-each halving on their answers would take the limit to its minimum for what was one event. Pure: no
-clock, samples are given.
+each halving on their answers would take the limit to its minimum for what was one event.
+
+An overload also marks a ceiling: the limit it came at. A service that turns calls away beyond its
+capacity (429 at once, no queue, so latency never rises) would otherwise be found again within a
+few windows, and each time its Retry-After pauses every worker. So the limit climbs back by the rule
+to NEAR x the ceiling, then holds there and probes, +1 after PROBE_ROUND_TRIPS round trips, the step
+doubling with each probe that meets no overload (after TCP CUBIC: slow near the last overload, fast
+once well past it); past MOVED x the ceiling the wall has moved, and the rule climbs on its own. A
+probe that meets the wall steps back to NEAR x where it met it, not to half. Pure: no clock, samples
+are given; a round trip is `limit` answers.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ SMOOTHING = 0.3  # how far one window moves the limit towards the rule's value
 FLOOR_WINDOWS = 100  # windows the floor is the least of (a few seconds of a busy worker's answers)
 WINDOW = 10  # answers per step of the rule
 START = 16  # the first limit (within the bounds): two workers keep 32 calls in flight from the start
+NEAR = 0.95  # the climb after an overload holds at this share of the limit the overload came at
+MOVED = 1.5  # probes past this many times the ceiling met no wall: it moved, and the rule climbs again
+PROBE_ROUND_TRIPS = 20  # round trips (of `limit` answers each) between probes above that hold
 
 
 def first_limit(minimum: int, maximum: int, start: int = START) -> int:
@@ -51,6 +62,9 @@ class AdaptiveLimit:
         self._window: list[float] = []
         self._used = 0  # the most calls in flight seen in the window
         self._calm_for = 0  # answers to see before the next overload may lower the limit again
+        self.ceiling: float | None = None  # the limit the last overload came at
+        self._probe_step = 1.0
+        self._since_probe = 0  # answers since the last probe above the hold
 
     def observe(self, seconds: float, in_flight: int) -> None:
         """One call answered in `seconds`, with `in_flight` calls in flight when it ended."""
@@ -68,14 +82,34 @@ class AdaptiveLimit:
         wanted = self.limit * gradient + math.sqrt(self.limit)
         if wanted > self.limit and used < self.limit / 2:
             return  # the calls do not use the limit: no evidence that a higher one would be served
-        self._set(self.limit + SMOOTHING * (wanted - self.limit))
+        smoothed = self.limit + SMOOTHING * (wanted - self.limit)
+        self._set(smoothed if smoothed <= self.limit else self._climb(smoothed))
+
+    def _climb(self, wanted: float) -> float:
+        """Where a climb towards `wanted` goes: by the rule up to the hold, then by probes."""
+        if self.ceiling is not None and self.limit > MOVED * self.ceiling:
+            self.ceiling = None  # the service serves more than it did: no hold
+        if self.ceiling is None or wanted <= NEAR * self.ceiling:
+            return wanted
+        if self.limit < NEAR * self.ceiling:
+            return NEAR * self.ceiling
+        self._since_probe += WINDOW
+        if self._since_probe < PROBE_ROUND_TRIPS * self.limit:
+            return self.limit
+        self._since_probe = 0
+        step, self._probe_step = self._probe_step, self._probe_step * 2
+        return min(wanted, self.limit + step)
 
     def overloaded(self) -> None:
-        """The service said "wait" (RetryLater after some seconds) or a call timed out: halve, once per window."""
+        """The service said "wait" (RetryLater after some seconds) or a call timed out: halve, once per window
+        (or, when a probe above the hold met it, step back below where it came)."""
         if self._calm_for:
             return
         self._calm_for = int(self.limit)  # the calls in flight now answer before it can halve again
-        self._set(self.limit * 0.5)
+        # A probe above the hold found the ceiling where it was: back to below it, not to half.
+        probing = self.ceiling is not None and self.limit >= NEAR * self.ceiling
+        self.ceiling, self._probe_step, self._since_probe = self.limit, 1.0, 0
+        self._set(self.limit * (NEAR if probing else 0.5))
 
     def _set(self, limit: float) -> None:
         self.limit = max(float(self.minimum), min(float(self.maximum), limit))
