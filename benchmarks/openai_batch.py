@@ -22,6 +22,7 @@ at a tenth of that: flat memory means the same peak at both.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -75,17 +76,20 @@ def openai_server() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def ctxbatch_row(uri: str, workdir: Path, source: Path) -> tuple[float, dict[str, Any], int]:
-    """(wall seconds of submit + run + results, the server's counts, output lines)."""
+    """(wall seconds of submit + run + results, the server's counts with each step's seconds, output lines)."""
     base = [*ctxbatch_command(), "--mongo-uri", uri, "--database", f"openai_{time.monotonic_ns()}"]
     output, errors = workdir / "output.jsonl", workdir / "errors.jsonl"
     with openai_server() as (base_url, counts):
         env = {**os.environ, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-bench"}
-        start = time.perf_counter()
+        steps = [time.perf_counter()]
         batch_id = run([*base, "submit", str(source)], env).strip()
+        steps.append(time.perf_counter())
         run([*base, "run", "--engine", "openai", "--until-empty"], env)
+        steps.append(time.perf_counter())
         run([*base, "results", batch_id, "--format", "openai", "-o", str(output), "--errors-output", str(errors)], env)
-        wall = time.perf_counter() - start
-    return wall, counts, sum(1 for _ in output.open())
+        steps.append(time.perf_counter())
+    counts["steps"] = [later - earlier for earlier, later in itertools.pairwise(steps)]
+    return steps[-1] - steps[0], counts, sum(1 for _ in output.open())
 
 
 def run(command: list[str], env: dict[str, str]) -> str:
@@ -193,7 +197,11 @@ def main() -> None:
         for turn in range(options.repeat):
             rows["ctxbatch"].append(ctxbatch_row(uri, workdir, source))
             rows["hand"].append(hand_row(workdir, source))
-            print(f"turn {turn + 1}: ctxbatch {rows['ctxbatch'][-1][0]:.1f} s, hand {rows['hand'][-1][0]:.1f} s")
+            submit, loop, results = rows["ctxbatch"][-1][1]["steps"]
+            print(
+                f"turn {turn + 1}: ctxbatch {rows['ctxbatch'][-1][0]:.1f} s (submit {submit:.1f}, run {loop:.1f}, "
+                f"results {results:.1f}), hand {rows['hand'][-1][0]:.1f} s"
+            )
         print()
         print("| row | wall s (each) | requests/s | x bound | x hand loop | 429s | output lines |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
