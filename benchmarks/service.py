@@ -297,7 +297,12 @@ def measure(uri: str, workdir: Path, count: int, repeat: int) -> tuple[list[Row]
     rate = many / seconds
     recipe_row = f"(e) README's recipe as written ({many:,} contexts)"
     rows.append((recipe_row, rate, recipe_bound, found["failed"], busy, [rate]))
+    return rows, capacity_drop(uri, workdir, count)
 
+
+def capacity_drop(uri: str, workdir: Path, count: int) -> list[str]:
+    """(f)'s lines: a run while the service's capacity drops to a quarter for DROP_FOR seconds."""
+    bound = K / SECONDS
     dropped = max(count, int(bound * (DROP_AFTER + 10) + bound / 4 * DROP_FOR))
     fill(uri, "service_drop", dropped)
     with service() as url, dropping(url) as samples:
@@ -325,7 +330,7 @@ def measure(uri: str, workdir: Path, count: int, repeat: int) -> tuple[list[Row]
         window = statistics.median([w for t, w in windows if start <= t <= end] or [0])
         span = f"{start:g}-{end:.0f} s" if name != "after" else f"{start:g} s to the end"
         lines.append(f"| {name} ({span}) | {rate:.0f} | {phase_bound:.0f} | {rate / phase_bound:.2f} | {window:.0f} |")
-    return rows, lines
+    return lines
 
 
 def table(rows: list[Row], count: int) -> str:
@@ -354,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the service's subprocess
     parser.add_argument("--openai", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--drop-only", action="store_true", help="Only row (f), the capacity drop.")
     args = parser.parse_args(argv)
     if args.serve:
         import uvicorn
@@ -362,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(asgi, host="127.0.0.1", port=args.serve, log_level="warning", backlog=1024)
         return
     with server(args.mongo_uri) as (uri, workdir):
+        if args.drop_only:
+            print("\n".join(capacity_drop(uri, workdir, args.contexts)))
+            return
         rows, drop = measure(uri, workdir, args.contexts, args.repeat)
         print(table(rows, args.contexts))
         print()

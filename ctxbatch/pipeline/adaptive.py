@@ -41,7 +41,7 @@ FLOOR_WINDOWS = 100  # windows the floor is the least of (a few seconds of a bus
 WINDOW = 10  # answers per step of the rule
 START = 16  # the first limit (within the bounds): two workers keep 32 calls in flight from the start
 NEAR = 0.95  # the climb after an overload holds at this share of the limit the overload came at
-MOVED = 1.5  # probes past this many times the ceiling met no wall: it moved, and the rule climbs again
+MOVED = 1.25  # probes past this many times the ceiling met no wall: it moved, and the rule climbs again
 PROBE_ROUND_TRIPS = 20  # round trips (of `limit` answers each) between probes above that hold
 
 
