@@ -9,6 +9,7 @@ expired or cancelled one goes to the error file with the response the service ga
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +25,7 @@ REQUEST_ID_PREFIX = "batch_req_"
 EXPIRED_CODE = "batch_expired"
 CANCELLED_CODE = "batch_cancelled"
 FAILED_CODE = "request_failed"
+_NOTHING = object()
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was cancelled before it ran."
 
@@ -71,16 +73,11 @@ def records_of(records: Iterable[Any], form: str | None) -> Iterable[Any]:
     if form not in (None, "openai"):
         raise SubmitError(None, "format", f"must be 'openai' or left out, got {form!r}")
     iterator = iter(records)
-    first = next(iterator, None)
-    if first is None:
+    first = next(iterator, _NOTHING)
+    if first is _NOTHING:
         return ()
-    rest = _chain(first, iterator)
-    return as_records(rest) if form == "openai" or is_openai_line(first) else rest
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
+    whole = itertools.chain([first], iterator)
+    return as_records(whole) if form == "openai" or is_openai_line(first) else whole
 
 
 # -- output -------------------------------------------------------------------------------
