@@ -111,6 +111,7 @@ def test_a_key_whose_first_submitter_stalled_before_its_commit_is_taken_over(sto
         stalled.finish()
     assert store.submit(records(4), idempotency_key="k") == retried
     assert stored(store) == (1, 4)
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
 
 
 def test_an_invalid_key_is_refused_before_anything_is_read(store: ContextStore) -> None:

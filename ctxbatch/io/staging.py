@@ -185,12 +185,16 @@ class Stager:
     def abandon(self) -> bool:
         """Best effort: delete what was staged (the janitor does it later if the database is away).
 
-        True when its record was deleted before any commit: then it never will be committed.
+        True when its record was deleted here, before any commit: then it never will be committed.
         """
+        submissions = self.connection.submissions
         try:
-            if self.connection.submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count:
+            deleted = bool(submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count)
+            # Gone already (the janitor, or a retry that took its idempotency key, dropped it): chunks
+            # staged since then would be left to nobody.
+            if deleted or submissions.find_one({"_id": eq(self.batch_id)}, {"_id": 1}) is None:
                 self.connection.staged.delete_many({"batch_id": eq(self.batch_id)})
-                return True
+            return deleted
         except PyMongoError as exc:
             log.info("submission %s: staging left for the janitor (%s)", self.batch_id, type(exc).__name__)
         return False
