@@ -76,6 +76,8 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
             str | None,
             Header(
                 alias=bulk.IDEMPOTENCY_HEADER,
+                min_length=1,
+                max_length=255,
                 description="Retry safely: the same key and body within `api.idempotency_hours` get the first "
                 "answer (with `Idempotent-Replayed: true`) and store nothing.",
             ),
