@@ -14,8 +14,9 @@ import pytest
 from conftest import ROOT, Invoke, json_lines
 from fastapi.testclient import TestClient
 
+from ctxbatch.config import load_config
 from ctxbatch.errors import IdempotencyKeyReused, SubmitError
-from ctxbatch.io import ContextStore
+from ctxbatch.io import ContextStore, connect
 from ctxbatch.io.schema import epoch_ms, utcnow
 
 
@@ -98,6 +99,17 @@ def test_a_key_past_its_hours_is_new_again_and_is_forgotten(store: ContextStore)
     store.idempotency.update_one({"_id": "k"}, {"$set": {"expires_ms": epoch_ms(utcnow()) - 1}})
     store.tidy_submissions()
     assert store.idempotency.count_documents({}) == 0
+
+
+def test_a_key_is_kept_for_api_idempotency_hours(mongo_uri: str, database: str) -> None:
+    configured = connect(mongo_uri, database, config=load_config({"api": {"idempotency_hours": 2}}))
+    try:
+        configured.submit(records(1), idempotency_key="k")
+        kept_ms = configured.idempotency.find_one({})["expires_ms"] - epoch_ms(utcnow())
+        assert 2 * 3_600_000 - 60_000 < kept_ms <= 2 * 3_600_000
+    finally:
+        configured.client.drop_database(database)
+        configured.close()
 
 
 def test_a_key_whose_first_submitter_stalled_before_its_commit_is_taken_over(store: ContextStore) -> None:

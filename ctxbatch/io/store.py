@@ -552,9 +552,10 @@ def connect(
     uri = uri or os.environ.get("CTXBATCH_MONGO_URI") or (config.mongo.uri if config else None)
     database = database or (config.mongo.database if config else "ctxbatch")
     levels = config.worker.priorities.ranges() if config else None
+    hours = config.api.idempotency_hours if config else IDEMPOTENCY_HOURS
     on_default = uri is None
     if uri is None:
         uri = embedded.ensure_running(announce)
-    store = ContextStore(uri, database, levels=levels)
+    store = ContextStore(uri, database, levels=levels, idempotency_hours=hours)
     store.embedded = on_default
     return store
