@@ -108,6 +108,7 @@ def test_a_key_is_kept_for_api_idempotency_hours(mongo_uri: str, database: str) 
         kept_ms = configured.idempotency.find_one({})["expires_ms"] - epoch_ms(utcnow())
         assert 2 * 3_600_000 - 60_000 < kept_ms <= 2 * 3_600_000
     finally:
+        configured.wait_moved()
         configured.client.drop_database(database)
         configured.close()
 
