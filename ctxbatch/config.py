@@ -21,6 +21,8 @@ DEFAULT_PRIORITY = 50
 DEFAULT_QUEUE = "default"
 # Defaults the settings and the store's method arguments share.
 LEASE_SECONDS = 300
+# How long an idempotency key's first answer is replayed to a retry with that key (Stripe keeps 24 h).
+IDEMPOTENCY_HOURS = 24.0
 STATS_WINDOW_SECONDS = 300
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
@@ -213,6 +215,11 @@ class ApiSettings(_Section):
     )
     max_file_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest file /v1/files takes (OpenAI's own limit is 200 MB)."
+    )
+    idempotency_hours: float = Field(
+        IDEMPOTENCY_HOURS,
+        gt=0,
+        description="How long a submission's idempotency key replays its first answer (HTTP, CLI and Python).",
     )
 
 

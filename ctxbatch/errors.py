@@ -37,6 +37,26 @@ class SubmitError(CtxbatchError):
         return self.message if self.earlier is None else f"{self.message}; first at {locate(self.earlier)}"
 
 
+class IdempotencyKeyReused(CtxbatchError):
+    """Raised when an idempotency key is given again with other content; nothing was stored."""
+
+    def __init__(self, key: str, batch_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for other content (batch {batch_id}); "
+            "nothing was submitted: use a new key for new content"
+        )
+        self.key = key
+        self.batch_id = batch_id
+
+
+class IdempotencyKeyInUse(CtxbatchError):
+    """Raised when the first submission with an idempotency key is still being stored; retry later."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"a submission with idempotency key {key!r} is still being stored (in progress); retry later")
+        self.key = key
+
+
 class InputError(CtxbatchError):
     """Raised when an input file cannot be read or parsed; names the file and line."""
 

@@ -86,6 +86,7 @@ def store(mongo_uri: str, database: str) -> Iterator[ContextStore]:
     """A store over a database of this test's own, dropped afterwards."""
     opened = ContextStore(mongo_uri, database)
     yield opened
+    opened.wait_moved()  # its own submissions' moves, so none writes into the dropped database
     opened.client.drop_database(database)
     opened.close()
 
@@ -128,6 +129,7 @@ def watched(mongo_uri: str, database: str, commands: Commands) -> Iterator[Conte
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
     opened = ContextStore(mongo_uri, database, client=client)
     yield opened
+    opened.wait_moved()
     client.drop_database(database)
     client.close()
 

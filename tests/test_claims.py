@@ -145,6 +145,7 @@ def test_one_settle_completes_fails_and_releases_together(store: ContextStore) -
 
 def test_an_uncontended_claim_is_one_find_and_one_update(watched: ContextStore, commands: Commands) -> None:
     submit(watched, 1500)
+    watched.wait_moved()
     commands.clear()
     claim = watched.claim(1000, "loop")
     assert len(claim) == 1000

@@ -19,7 +19,7 @@ from wire import command, reply_losing_proxy
 
 from ctxbatch import Pipeline
 from ctxbatch.errors import SubmitError
-from ctxbatch.io import ContextStore, staging
+from ctxbatch.io import ContextStore, moves, staging
 from ctxbatch.io.schema import epoch_ms, utcnow
 
 
@@ -69,7 +69,7 @@ def test_a_generator_is_streamed_not_materialised(mongo_uri: str, database: str)
             yield record
 
     try:
-        _, count = store.submit_counted(counted())
+        count = store.submit_counted(counted()).count
     finally:
         store.close()
     assert count == 3 * staging.CHUNK_CONTEXTS
@@ -146,19 +146,20 @@ def test_a_committed_submission_cut_off_while_moving_is_finished_by_the_janitor(
     store: ContextStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a submission committed, whose move stops after its first chunk (the database went away)
-    real_move = staging._move
-    moves = [0]
+    real_move = moves._move
+    moved = [0]
 
     def cut_off(store_: ContextStore, batch_id: str, documents: list[dict[str, Any]]) -> None:
-        moves[0] += 1
-        if moves[0] > 1:
+        moved[0] += 1
+        if moved[0] > 1:
             raise AutoReconnect("gone")
         real_move(store_, batch_id, documents)
 
-    monkeypatch.setattr(staging, "_move", cut_off)
+    monkeypatch.setattr(moves, "_move", cut_off)
     total = 3 * staging.CHUNK_CONTEXTS
     batch_id = store.submit(records(total))
-    monkeypatch.setattr(staging, "_move", real_move)
+    store.wait_moved()  # the move, in this process's thread, stops after its first chunk
+    monkeypatch.setattr(moves, "_move", real_move)
     assert store.contexts.count_documents({}) == staging.CHUNK_CONTEXTS
     # When the janitor runs once its lease has expired
     expire_leases(store)
@@ -202,6 +203,7 @@ def test_a_run_until_empty_waits_for_a_submission_cut_off_on_its_way_in(
         cut = ContextStore(proxy.uri, database)
         proxy.lose_reply_to(command("insert", "batches"))
         batch_id = cut.submit(records(30))
+        cut.wait_moved()
         assert proxy.lost.is_set() and cut.contexts.count_documents({}) == 0
         cut.close()
     store = ContextStore(mongo_uri, database)

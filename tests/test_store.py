@@ -172,6 +172,7 @@ def test_a_dataframe_without_a_payload_column_is_refused(store: ContextStore) ->
 
 def test_a_submission_is_inserted_in_a_few_unordered_bulk_writes(watched: ContextStore, commands: Commands) -> None:
     watched.submit(records(25_000))
+    watched.wait_moved()
     inserts = commands.on("insert")
     assert 1 <= len(inserts) <= 5
     assert all(command["ordered"] is False for command in inserts)

@@ -53,6 +53,12 @@ def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config
     metavar="DURATION",
     help="The batch's deadline, such as 24h, 30m or 90s: what is still pending then expires.",
 )
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Submit again safely: the same key and content within api.idempotency_hours print the first "
+    "batch id and store nothing; while the first is still being stored, wait for it.",
+)
 @pass_state
 def submit(
     state: State,
@@ -62,23 +68,35 @@ def submit(
     queue: str,
     form: str | None,
     completion_window: str | None,
+    idempotency_key: str | None,
 ) -> None:
-    """Submit contexts (JSON Lines, JSON array, CSV, Parquet or OpenAI batch lines); prints the batch id."""
+    """Submit contexts (JSON Lines, JSON array, CSV, Parquet or OpenAI batch lines); prints the batch id.
+
+    The id is printed at the commit: printed, the whole submission will be processed; not printed
+    (refused, interrupted, killed), none of it ever is.
+    """
     submission = read_submission(source)
     try:
-        batch_id = state.store.submit(
+        submitted = state.store.submit_counted(
             submission.records,
             priority=priority,
             name=name,
             queue=queue,
             completion_window=completion_window,
             format=form,
+            idempotency_key=idempotency_key,
         )
     except SubmitError as exc:
+        if exc.field == "idempotency_key":
+            raise click.BadParameter(exc.message, param_hint="--idempotency-key") from None
         where = submission.locate(exc.index) if exc.index is not None else source
         field = f"{exc.field}: " if exc.field else ""
         raise InputError(f"{where}: {field}{exc.said(submission.locate)}; nothing was submitted") from None
-    click.echo(batch_id)
+    click.echo(submitted.batch_id)  # flushed: the acknowledgement
+    if submitted.replayed:
+        say(f"idempotency key {idempotency_key!r}: batch {submitted.batch_id} was submitted with it; nothing stored")
+    # The move into the queue finishes before the command ends (the janitor's job if it is killed).
+    state.store.wait_moved(submitted.batch_id)
 
 
 @main.command()

@@ -38,6 +38,7 @@ from ctxbatch.io.schema import (
     BATCH_INDEXES,
     CONTEXT_INDEXES,
     FILE_INDEXES,
+    IDEMPOTENCY_INDEXES,
     RETIRED_CONTEXT_INDEXES,
     STAGED_INDEXES,
 )
@@ -63,6 +64,8 @@ class Binding:
     sizing_decisions: Collection[Document]
     # Budgets and pauses shared by every loop (io/limits.py).
     limits: Collection[Document]
+    # Idempotency keys and the first answers given under them (io/idempotency.py).
+    idempotency: Collection[Document]
 
     @classmethod
     def of(cls, client: MongoClient[Document], database: str) -> Binding:
@@ -76,6 +79,7 @@ class Binding:
             "critical_errors",
             "sizing_decisions",
             "limits",
+            "idempotency",
         )
         return cls(client, db, **{name: db[name] for name in names})
 
@@ -174,6 +178,10 @@ class Connection:
     def staged(self) -> Collection[Document]:
         return self.bound.staged
 
+    @property
+    def idempotency(self) -> Collection[Document]:
+        return self.bound.idempotency
+
     def ensure_indexes(self) -> None:
         """The queue's indexes, created once per connection (creating them again is a no-op there)."""
         if not self._indexed:
@@ -183,6 +191,7 @@ class Connection:
             binding.batches.create_indexes(BATCH_INDEXES)
             binding.staged.create_indexes(STAGED_INDEXES)
             binding.db["files"].create_indexes(FILE_INDEXES)
+            binding.idempotency.create_indexes(IDEMPOTENCY_INDEXES)
             self._indexed = True
 
     @property

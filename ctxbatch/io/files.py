@@ -304,7 +304,8 @@ class Files:
             return f"line {numbers[index]}"
 
         try:
-            return self.submissions.submit_counted(as_records(requests(), endpoint), None, options)
+            submitted = self.submissions.submit(as_records(requests(), endpoint), None, options)
+            return submitted.batch_id, submitted.count
         except SubmitError as exc:
             line = None if exc.index is None else numbers[exc.index]
             error = refused(exc, line, locate)

@@ -73,6 +73,8 @@ BATCH_INDEXES = [
 ]
 # A submission's staged chunks, read back in order when it moves into the queue (io/staging.py).
 STAGED_INDEXES = [IndexModel([("batch_id", ASCENDING), ("seq", ASCENDING)], name="batch_chunks")]
+# Idempotency keys past their hours, deleted by the janitor (nx-27017 honours no TTL index).
+IDEMPOTENCY_INDEXES = [IndexModel([("expires_ms", ASCENDING)], name="expiry")]
 # OpenAI files (io/files.py): a file's chunks, deleted with it; uploads cut off, found by their lease.
 FILE_INDEXES = [
     IndexModel([("file_id", ASCENDING)], name="file_chunks"),

@@ -5,14 +5,19 @@ contexts or CHUNK_BYTES of BSON), and each chunk is written to `staged` as one d
 contexts as BSON bytes, under a document in `submissions` in state `staging` that carries a lease
 (owner, token, expiry), renewed while the input streams. Nothing of it is in `contexts` or `batches`
 yet: not claimable, counted or shown. When the last chunk is stored, ONE single-document update sets
-the submission `committed` — the commit point. Then it moves into the queue (`move_in`): the chunks
-go into `contexts` (insert_many ordered=False with the ids given at encoding, so a resumed move
-skips what is there), the batch document is written, and the staging is deleted.
+the submission `committed` — the commit point, and the acknowledgement: `submit` returns the batch
+id right after it (the CLI prints it, the API answers 202), so a batch id was given exactly when the
+whole submission will be processed. The move into the queue follows (io/moves.py).
 
 A refused or interrupted submission is deleted at once when possible; otherwise the janitor
-(`tidy`, run by the loop's reaper and at the start of every submit and CLI command) deletes the
-staging of a submission whose lease expired before its commit, and finishes moving a committed one
-in. No multi-document transaction is needed, so it works on a standalone mongod as on nx-27017.
+(io/moves.py `tidy`, run by the loop's reaper and at the start of every submit and CLI command)
+deletes the staging of a submission whose lease expired before its commit, and finishes moving a
+committed one in. No multi-document transaction is needed, so it works on a standalone mongod as on
+nx-27017.
+
+With an idempotency key (io/idempotency.py), the key is taken before anything is staged: a retry
+of a committed submission is answered as it was and stores nothing; one whose first attempt is
+still being stored waits for it (or is refused as in progress: the HTTP API's 409).
 
 Contexts are held as BSON bytes, not as subdocuments: a payload may nest to MongoDB's limit inside
 its context document, which nested two levels deeper in a chunk document would pass; and the bytes
@@ -21,8 +26,6 @@ go back into `contexts` exactly as encoded (dates included).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import logging
 import os
 import socket
@@ -35,19 +38,20 @@ from typing import Any
 import bson
 import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from ctxbatch.config import DEFAULT_QUEUE
-from ctxbatch.errors import SubmitError
+from ctxbatch.errors import IdempotencyKeyInUse, IdempotencyKeyReused, SubmitError
+from ctxbatch.io import moments
 from ctxbatch.io.connection import Connection
-from ctxbatch.io.deadlines import deadline_ms, window_seconds
+from ctxbatch.io.deadlines import window_seconds
+from ctxbatch.io.idempotency import Fingerprint, FirstAnswer, Held, IdempotencyKeys, validate_key
+from ctxbatch.io.moves import COMMITTED, MOVE_LEASE_SECONDS, STAGING, Moves, expires_ms
 from ctxbatch.io.openai_batch import records_of
 from ctxbatch.io.schema import (
     MAX_BSON_BYTES,
     ContextRequest,
     context_document,
-    epoch_ms,
     eq,
     iter_requests,
     utcnow,
@@ -61,17 +65,8 @@ CHUNK_CONTEXTS = 5_000
 # A chunk document holds its contexts' BSON plus a few small fields.
 CHUNK_BYTES = MAX_BSON_BYTES - 32 * 1024
 LEASE_SECONDS = 60.0
-# A committed submission's move is leased for less, renewed per chunk: a loop waiting for it (see
-# `arriving`) takes over this soon after its submitter stopped. Taking over early costs nothing but
-# work done twice: the move is idempotent.
-MOVE_LEASE_SECONDS = 5.0
-DUPLICATE_KEY = 11000
-STAGING = "staging"
-COMMITTED = "committed"
-
-
-def _expires_ms(seconds: float) -> int:
-    return epoch_ms(utcnow() + dt.timedelta(seconds=seconds))
+# How often a retry waiting for the first submission with its idempotency key looks again.
+KEY_POLL_SECONDS = 0.2
 
 
 def _owner() -> str:
@@ -108,11 +103,12 @@ class BatchOptions:
 
 
 class Stager:
-    """One submission on its way in: chunks staged under a lease, then committed and moved."""
+    """One submission on its way in: chunks staged under a lease, then committed (and moved, io/moves.py)."""
 
-    def __init__(self, connection: Connection, options: BatchOptions) -> None:
+    def __init__(self, connection: Connection, options: BatchOptions, idempotency_key: str | None = None) -> None:
         self.connection = connection
         self.options = options
+        self.idempotency_key = idempotency_key
         self.batch_id = str(ObjectId())
         self.token = uuid.uuid4().hex
         self.created_at = utcnow()
@@ -122,17 +118,20 @@ class Stager:
 
     def _lease(self, seconds: float = LEASE_SECONDS) -> dict[str, Any]:
         self._renew_at = time.monotonic() + seconds / 3
-        return {"owner": _owner(), "token": self.token, "expires_ms": _expires_ms(seconds)}
+        return {"owner": _owner(), "token": self.token, "expires_ms": expires_ms(seconds)}
 
     def _mine(self) -> dict[str, Any]:
         return {"_id": self.batch_id, "lease.token": eq(self.token)}
 
     def begin(self) -> None:
+        batch = self.options.batch_fields()
+        if self.idempotency_key is not None:
+            batch["idempotency_key"] = self.idempotency_key  # kept on the batch document
         self.connection.submissions.insert_one(
             {
                 "_id": self.batch_id,
                 "state": STAGING,
-                "batch": self.options.batch_fields(),
+                "batch": batch,
                 "created_at": self.created_at,
                 "lease": self._lease(),
             }
@@ -158,16 +157,20 @@ class Stager:
         )
         self.chunks += 1
         self.count += len(documents)
+        moments.reached(moments.STAGING)
 
-    def commit(self) -> None:
+    def commit(self, fingerprint: str | None = None) -> None:
         """The commit point: one single-document update, only while this lease holds the submission.
 
         When the update's answer is lost (the connection or the server went down), it may have been
         applied: the submission's state is read back, so that a submission is refused only when it
         is not committed, never acknowledged as failed and then moved into the queue anyway.
+        `fingerprint` is its content's, kept for retries with its idempotency key.
         """
+        moments.reached(moments.COMMIT)
         uncommitted = {**self._mine(), "state": eq(STAGING)}
-        committed = {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}}
+        fields = {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}
+        committed = {"$set": {**fields, **({"fingerprint": fingerprint} if fingerprint else {})}}
         try:
             done = self.connection.submissions.update_one(uncommitted, committed).matched_count
         except ConnectionFailure:
@@ -179,13 +182,22 @@ class Stager:
         if not done:
             raise SubmitError(None, None, "the submission stalled past its lease and was cleaned up")
 
-    def abandon(self) -> None:
-        """Best effort: delete what was staged (the janitor does it later if the database is away)."""
+    def abandon(self) -> bool:
+        """Best effort: delete what was staged (the janitor does it later if the database is away).
+
+        True when its record was deleted here, before any commit: then it never will be committed.
+        """
+        submissions = self.connection.submissions
         try:
-            if self.connection.submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count:
+            deleted = bool(submissions.delete_one({**self._mine(), "state": eq(STAGING)}).deleted_count)
+            # Gone already (the janitor, or a retry that took its idempotency key, dropped it): chunks
+            # staged since then would be left to nobody.
+            if deleted or submissions.find_one({"_id": eq(self.batch_id)}, {"_id": 1}) is None:
                 self.connection.staged.delete_many({"batch_id": eq(self.batch_id)})
+            return deleted
         except PyMongoError as exc:
             log.info("submission %s: staging left for the janitor (%s)", self.batch_id, type(exc).__name__)
+        return False
 
 
 def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[list[bytes]]:
@@ -235,61 +247,87 @@ def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
     return rows
 
 
-def _move(connection: Connection, batch_id: str, documents: list[dict[str, Any]]) -> None:
-    try:
-        connection.contexts.insert_many(documents, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        # A resumed move finds its own contexts there; a key another batch took in between is not ours.
-        ids = [documents[e["index"]]["_id"] for e in errors]
-        foreign = connection.contexts.count_documents({"_id": {"$in": ids}, "batch_id": {"$ne": batch_id}})
-        if foreign:
-            log.warning("batch %s: %d keyed contexts were taken by another batch meanwhile", batch_id, foreign)
+@dataclass(frozen=True)
+class Submitted:
+    """How a submission was answered: its batch, how many contexts, and whether it was a replay
+    (a retry with an idempotency key, answered as the first was, with nothing stored)."""
+
+    batch_id: str
+    count: int
+    replayed: bool = False
 
 
 class Submissions:
-    """Submissions on their way into the queue: staged, committed, moved in; and their janitor."""
+    """Submissions on their way in: staged, committed (acknowledged), moved in; their idempotency keys."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, moves: Moves, keys: IdempotencyKeys) -> None:
         self.connection = connection
+        self.moves = moves
+        self.keys = keys
 
-    def submit_counted(
+    def submit(
         self,
         records: Iterable[Any] | pd.DataFrame,
         priority: int | None,
         options: BatchOptions,
         form: str | None = None,
-    ) -> tuple[str, int]:
-        """Stage, commit and move in a submission (see the module's note); (batch id, contexts).
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+    ) -> Submitted:
+        """Stage and commit a submission, then start its move in (see the module's note).
 
         `form` "openai" reads the records as OpenAI batch lines; None recognises them by the first.
+        With `idempotency_key`, a submission already committed under it is answered again (or
+        refused, IdempotencyKeyReused, when the content differs); one still being stored is waited
+        for (`wait`) or refused (IdempotencyKeyInUse).
         """
+        key = None if idempotency_key is None else validate_key(idempotency_key)
         requests = iter_requests(records_of(as_records(records), form), priority)
         self.connection.ensure_indexes()
-        self.tidy()
-        return self._stage_and_move_in(requests, options)
-
-    def _stage_and_move_in(self, requests: Iterable[ContextRequest], options: BatchOptions) -> tuple[str, int]:
-        stager = Stager(self.connection, options)
+        self.moves.tidy()
+        stager = Stager(self.connection, options, key)
+        fingerprint = Fingerprint(options.batch_fields())
         stager.begin()
+        held: Held | FirstAnswer = Held.RESERVED
         try:
-            for chunk in _encoded(requests, stager):
-                _refuse_known_keys(self.connection, chunk, stager.count)
-                stager.stage(chunk)
+            if key is not None:
+                requests = fingerprint.through(requests)
+                # Taken after `begin`: a key always names a submission that exists or existed.
+                held = self.keys.reserve(key, stager.batch_id)
+                if held is Held.IN_PROGRESS and not wait:
+                    raise IdempotencyKeyInUse(key)
+            if not isinstance(held, FirstAnswer):
+                for chunk in _encoded(requests, stager):
+                    _refuse_known_keys(self.connection, chunk, stager.count)
+                    stager.stage(chunk)
+                if key is not None and held is Held.IN_PROGRESS:
+                    held = self._wait_for_first(key, stager)
+            if isinstance(held, FirstAnswer):
+                assert key is not None
+                stager.abandon()
+                return _replay(key, held, fingerprint, requests)
             if not stager.count:
                 raise SubmitError(None, None, "the submission holds no contexts")
-            stager.commit()
+            stager.commit(fingerprint.hexdigest() if key is not None else None)
         except BaseException:
-            stager.abandon()
+            if stager.abandon() and key is not None:
+                self.keys.release(key, stager.batch_id)
             raise
-        try:
-            self.move_in(stager.batch_id)
-        except PyMongoError as exc:
-            # Committed, so whole and durable: the janitor moves it in when the database is back.
-            log.warning("batch %s is stored; its move into the queue finishes later (%s)", stager.batch_id, exc)
-        return stager.batch_id, stager.count
+        # Acknowledged: whatever happens to this process now, the janitor finishes the move.
+        self.moves.start(stager.batch_id)
+        return Submitted(stager.batch_id, stager.count)
+
+    def _wait_for_first(self, key: str, stager: Stager) -> Held | FirstAnswer:
+        """Wait while the first submission with `key` is being stored (this one staged meanwhile):
+        its answer, or the key, taken over when it was never committed."""
+        log.warning("idempotency key %r: a submission with it is still being stored; waiting for it", key)
+        while True:
+            time.sleep(KEY_POLL_SECONDS)
+            stager.renew()
+            held = self.keys.reserve(key, stager.batch_id)
+            if held is not Held.IN_PROGRESS:
+                return held
 
     def refuse(self, options: BatchOptions, errors: list[dict[str, Any]]) -> str:
         """A batch that failed before any of it was stored, as OpenAI's Batch API keeps one: its
@@ -300,52 +338,14 @@ class Submissions:
         self.connection.batches.insert_one({**document, "created_at": now, "updated_at": now, "failed_at": now})
         return batch_id
 
-    def move_in(self, batch_id: str) -> None:
-        """Move a committed submission into `contexts` and `batches`, then drop its staging; idempotent.
 
-        The move's lease is renewed before each chunk, so nobody takes over a move that is going on.
-        """
-        submissions, staged = self.connection.submissions, self.connection.staged
-        submission = submissions.find_one({"_id": eq(batch_id)})
-        if submission is None or submission["state"] != COMMITTED:
-            return
-        stamp = submission["created_at"]
-        fields = submission.get("batch", {"name": submission.get("name")})
-        if fields.get("window_seconds") is not None:
-            # The window runs from when the batch becomes visible, so a slow upload does not eat it.
-            # `expires_ms` stays to be shown; `deadline_ms` goes once acted on (io/deadlines.py).
-            fields["deadline_ms"] = fields["expires_ms"] = deadline_ms(fields["window_seconds"])
-        # Written first: a resumed move finds it there.
-        with contextlib.suppress(DuplicateKeyError):
-            self.connection.batches.insert_one(
-                {"_id": batch_id, **fields, "total": submission["total"], "created_at": stamp, "updated_at": stamp}
-            )
-        for chunk in staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
-            submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
-            _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))
-            staged.delete_one({"_id": chunk["_id"]})
-        submissions.delete_one({"_id": batch_id})
-
-    def arriving(self) -> bool:
-        """Whether a committed submission is still on its way into the queue: work a drained queue waits for."""
-        return self.connection.submissions.find_one({"state": eq(COMMITTED)}, {"_id": 1}) is not None
-
-    def tidy(self) -> int:
-        """The janitor: drop the staging of expired uncommitted submissions, move committed ones in.
-
-        Returns how many submissions it settled. Acts only on submissions whose lease expired, so it
-        never races a submit that is still streaming or moving.
-        """
-        submissions = self.connection.submissions
-        now_ms = epoch_ms(utcnow())
-        settled = 0
-        for submission in submissions.find({"lease.expires_ms": {"$lt": now_ms}}, {"state": 1}):
-            batch_id = submission["_id"]
-            if submission["state"] == COMMITTED:
-                self.move_in(batch_id)
-            elif submissions.delete_one(
-                {"_id": batch_id, "state": eq(STAGING), "lease.expires_ms": {"$lt": now_ms}}
-            ).deleted_count:
-                self.connection.staged.delete_many({"batch_id": eq(batch_id)})
-            settled += 1
-        return settled
+def _replay(key: str, first: FirstAnswer, fingerprint: Fingerprint, requests: Iterable[ContextRequest]) -> Submitted:
+    """The first answer again when this content is the first's (read to its end for its fingerprint)."""
+    try:
+        for _ in requests:
+            pass
+    except SubmitError:
+        raise IdempotencyKeyReused(key, first.batch_id) from None  # the first's content was valid
+    if fingerprint.hexdigest() != first.fingerprint:
+        raise IdempotencyKeyReused(key, first.batch_id)
+    return Submitted(first.batch_id, first.count, replayed=True)

@@ -1,8 +1,9 @@
 """ContextStore: the one object users hold — the queue of contexts and their batches in MongoDB.
 
 It is made of parts over one shared connection (io/connection.py), each its own class: the queue
-(io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging,
-commit, the move into the queue, the janitor), views (io/views.py: status, results, listings,
+(io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging and
+the commit, which acknowledges them; io/moves.py: the move into the queue, the janitor;
+io/idempotency.py: idempotency keys), views (io/views.py: status, results, listings,
 counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
 (io/alert_state.py), the limits every loop shares (io/limits.py) and OpenAI's files (io/files.py).
 Its methods say what each does and hand the work to its part.
@@ -22,7 +23,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from ctxbatch.config import DEFAULT_LEVELS, DEFAULT_QUEUE, LEASE_SECONDS, level_ranges
+from ctxbatch.config import DEFAULT_LEVELS, DEFAULT_QUEUE, IDEMPOTENCY_HOURS, LEASE_SECONDS, level_ranges
 from ctxbatch.io import embedded
 from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.io.claims import Claim, WriteReport
@@ -30,10 +31,12 @@ from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.decisions import SizingDecisions
 from ctxbatch.io.files import Files, FileUpload
+from ctxbatch.io.idempotency import IdempotencyKeys
 from ctxbatch.io.limits import LimitBook
+from ctxbatch.io.moves import Moves
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
-from ctxbatch.io.staging import BatchOptions, Submissions
+from ctxbatch.io.staging import BatchOptions, Submissions, Submitted
 from ctxbatch.io.stats import (
     DEFAULT_WINDOW_SECONDS,
     TIMELINE_BUCKET_SECONDS,
@@ -65,12 +68,15 @@ class ContextStore:
         *,
         levels: Mapping[str, tuple[int, int]] | None = None,
         client: MongoClient[Document] | None = None,
+        idempotency_hours: float = IDEMPOTENCY_HOURS,
     ) -> None:
         self.connection = Connection(uri, database, client)
         self.levels = dict(levels or level_ranges(DEFAULT_LEVELS))
-        self._submissions = Submissions(self.connection)
+        self._keys = IdempotencyKeys(self.connection, idempotency_hours)
+        self._moves = Moves(self.connection, self._keys)
+        self._submissions = Submissions(self.connection, self._moves, self._keys)
         self._deadlines = Deadlines(self.connection)
-        self._views = Views(self.connection, self.levels, self._submissions, self._deadlines)
+        self._views = Views(self.connection, self.levels, self._moves, self._deadlines)
         self._queue = Queue(self.connection, self._views, self._deadlines)
         self._statistics = Statistics(self.connection, self._views)
         self._files = Files(self.connection, self._submissions)
@@ -111,21 +117,31 @@ class ContextStore:
     def db(self) -> Database[Document]:
         return self.connection.db
 
+    # The raw collections, as this store shows them: its own submissions wholly moved in.
+
     @property
     def contexts(self) -> Collection[Document]:
+        self._moves.wait_own()
         return self.connection.contexts
 
     @property
     def batches(self) -> Collection[Document]:
+        self._moves.wait_own()
         return self.connection.batches
 
     @property
     def submissions(self) -> Collection[Document]:
+        self._moves.wait_own()
         return self.connection.submissions
 
     @property
     def staged(self) -> Collection[Document]:
+        self._moves.wait_own()
         return self.connection.staged
+
+    @property
+    def idempotency(self) -> Collection[Document]:
+        return self.connection.idempotency
 
     def follow_embedded(self) -> bool:
         """On the embedded default: reconnect when the server now runs elsewhere; True if it moved.
@@ -137,6 +153,8 @@ class ContextStore:
         return self.connection.follow_embedded()
 
     def close(self) -> None:
+        """Close the client, once this store's own submissions are moved into the queue."""
+        self._moves.wait_own()
         self.connection.close()
 
     def ping(self) -> float:
@@ -162,6 +180,7 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Store a whole submission as one batch and return its id; all of it or nothing.
 
@@ -171,10 +190,26 @@ class ContextStore:
         `completion_window` ("24h", "30m", "90s" or seconds), what is still pending when it has
         passed expires (io/deadlines.py). `openai` holds OpenAI's batch fields kept on the batch
         (endpoint, completion_window, metadata, input_file_id).
+
+        It returns at the commit, the point of no return (docs/RELIABILITY.md): returned, the whole
+        submission will be processed; raised or cut off before, none of it ever is. The move into
+        the queue goes on in a thread of this process; the batch reads whole meanwhile (its contexts
+        not yet moved count as pending) and this store's own claims and listings wait for it.
+
+        With an `idempotency_key` (1 to 255 characters), a retry with the same key and the same
+        content within `api.idempotency_hours` returns the first batch id and stores nothing; other
+        content raises IdempotencyKeyReused; while the first is still being stored, it waits for it.
         """
         return self.submit_counted(
-            records, priority, name, queue=queue, completion_window=completion_window, format=format, openai=openai
-        )[0]
+            records,
+            priority,
+            name,
+            queue=queue,
+            completion_window=completion_window,
+            format=format,
+            openai=openai,
+            idempotency_key=idempotency_key,
+        ).batch_id
 
     def submit_counted(
         self,
@@ -186,18 +221,34 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
-    ) -> tuple[str, int]:
-        """submit(), also returning how many contexts were stored.
+        idempotency_key: str | None = None,
+        wait: bool = True,
+    ) -> Submitted:
+        """submit(), answered whole: (batch_id, count, replayed); `replayed` when an idempotency
+        key's first answer was given again and nothing was stored.
 
+        With `wait` False, a key whose first submission is still being stored raises
+        IdempotencyKeyInUse at once rather than waiting (what the HTTP API answers 409 with).
         The records are streamed (an iterator is never held whole): validated, encoded and
         staged in chunks, and invisible until the whole submission is committed (io/staging.py).
         """
         options = BatchOptions.of(name, queue, completion_window, dict(openai or {}))
-        return self._submissions.submit_counted(records, priority, options, format)
+        return self._submissions.submit(records, priority, options, format, idempotency_key=idempotency_key, wait=wait)
+
+    def wait_moved(self, batch_id: str | None = None) -> None:
+        """Return once the batch (or every batch this store submitted) is wholly in the queue.
+
+        Acknowledged batches are processed whether or not anyone waits: this waits only for their
+        move into the queue (io/moves.py), taking a batch's over when its submitter stopped.
+        """
+        if batch_id is None:
+            self._moves.wait_own()
+        else:
+            self._moves.await_moved(batch_id)
 
     def tidy_submissions(self) -> int:
-        """The janitor of interrupted submissions (see io/staging.py); how many it settled."""
-        return self._submissions.tidy()
+        """The janitor of interrupted submissions (see io/moves.py); how many it settled."""
+        return self._moves.tidy()
 
     # -- OpenAI files ----------------------------------------------------------------------
 
@@ -263,6 +314,7 @@ class ContextStore:
         otherwise they would sit under a lease nobody holds until it expired, and a context out
         of retries would then fail for good without having run.
         """
+        self._moves.wait_own()
         return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority, queues=queues)
 
     def settle(
@@ -320,6 +372,7 @@ class ContextStore:
 
     def claimable(self, limit: int, queues: Sequence[str] = (DEFAULT_QUEUE,)) -> int:
         """How many contexts of `queues` could be claimed now, counting no further than `limit` (index-backed)."""
+        self._moves.wait_own()
         return self._queue.claimable(limit, queues)
 
     def renew(self, claim: Claim, lease_seconds: float = LEASE_SECONDS) -> int:
@@ -336,6 +389,7 @@ class ContextStore:
 
     def cancel(self, batch_id: str) -> int:
         """Cancel the batch's pending contexts; returns how many."""
+        self._moves.await_moved(batch_id)  # every context of it, not only those moved in so far
         return self._queue.cancel(batch_id)
 
     def retry(self, batch_id: str, *, expired: bool = False) -> int:
@@ -365,22 +419,27 @@ class ContextStore:
 
     def iter_results(self, batch_id: str, *, payload: bool = True) -> Iterator[dict[str, Any]]:
         """The batch's contexts one by one, in submission order (their `sort_id`), streamed."""
+        self._moves.await_moved(batch_id)
         return self._views.iter_results(batch_id, payload=payload)
 
     def results(self, batch_id: str) -> pd.DataFrame:
         """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
+        self._moves.await_moved(batch_id)
         return self._views.results(batch_id)
 
     def get_context(self, context_id: str) -> dict[str, Any]:
         """One context as users see it (ContextNotFound when there is none)."""
+        self._moves.wait_own()
         return self._views.get_context(context_id)
 
     def status_counts(self) -> dict[str, int]:
         """Contexts of every batch by status."""
+        self._moves.wait_own()
         return self._views.status_counts()
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
         """How many contexts (of the batch, if given) have this status, by priority level."""
+        self._moves.wait_own()
         return self._views.queue_length(status, batch_id)
 
     def in_flight(self) -> InFlight:
@@ -400,6 +459,7 @@ class ContextStore:
 
         A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
         """
+        self._moves.wait_own()
         return self._views.list_batches(status, limit)
 
     def batches_after(
@@ -408,6 +468,7 @@ class ContextStore:
         """A page of batches, newest first, older than the batch `after`: up to `limit` as batch_status()
         JSON, only those with the field `having` (`endpoint`: OpenAI's batches) if given; and whether
         more follow."""
+        self._moves.wait_own()
         return self._views.batches_after(after, limit, having)
 
     def results_page(
@@ -419,6 +480,7 @@ class ContextStore:
         in its batch, given at submit). A page is a key range on the `results` index (batch_id,
         sort_id), so a deep page costs what the first does; `skip` would read every row before it.
         """
+        self._moves.await_moved(batch_id)
         return self._views.results_page(batch_id, limit, cursor, payload=payload)
 
     # -- statistics -----------------------------------------------------------------------
@@ -435,6 +497,7 @@ class ContextStore:
         the same sample as the percentiles (exact up to 1,000 completed, scaled past that), and
         `tokens_per_second` its total over the window.
         """
+        self._moves.wait_own()
         return self._statistics.stats(batch_id, window_seconds)
 
     def timeline(
@@ -489,9 +552,10 @@ def connect(
     uri = uri or os.environ.get("CTXBATCH_MONGO_URI") or (config.mongo.uri if config else None)
     database = database or (config.mongo.database if config else "ctxbatch")
     levels = config.worker.priorities.ranges() if config else None
+    hours = config.api.idempotency_hours if config else IDEMPOTENCY_HOURS
     on_default = uri is None
     if uri is None:
         uri = embedded.ensure_running(announce)
-    store = ContextStore(uri, database, levels=levels)
+    store = ContextStore(uri, database, levels=levels, idempotency_hours=hours)
     store.embedded = on_default
     return store

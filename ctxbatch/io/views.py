@@ -21,9 +21,9 @@ from ctxbatch.display import html_table
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines
+from ctxbatch.io.moves import Moves
 from ctxbatch.io.schema import Status, epoch_ms, in_one_reply, in_replies_of, utcnow
 from ctxbatch.io.schema import eq as _eq
-from ctxbatch.io.staging import Submissions
 from ctxbatch.io.usage import KINDS, no_usage
 
 RESULT_COLUMNS = [
@@ -53,25 +53,35 @@ class Views:
         self,
         connection: Connection,
         levels: dict[str, tuple[int, int]],
-        submissions: Submissions,
+        moves: Moves,
         deadlines: Deadlines,
     ) -> None:
         self.connection = connection
         self.levels = levels
-        self.submissions = submissions
+        self.moves = moves
         self.deadlines = deadlines
 
     def batch_document(self, batch_id: str) -> dict[str, Any]:
-        """The batch's own document; BatchNotFound when there is none."""
+        """The batch's own document; BatchNotFound when there is none.
+
+        A batch acknowledged and not yet moved in has none yet: its submission stands for it.
+        """
         if not isinstance(batch_id, str):
             raise BatchNotFound(str(batch_id))
         found = self.connection.batches.find_one({"_id": _eq(batch_id)})
         if found is None:
-            raise BatchNotFound(batch_id)
+            moving = self.moves.committed(batch_id)
+            if moving is None:
+                raise BatchNotFound(batch_id)
+            found = {"_id": batch_id, **moving["batch"], "total": moving["total"], "created_at": moving["created_at"]}
         return found
 
     def counts(self, batch_id: str) -> dict[str, int]:
+        # Read before the counts: what a move in progress has not brought into the queue yet is pending.
+        moving = self.moves.committed(batch_id)
         counts = self._count_by_status({"batch_id": _eq(batch_id)})
+        if moving is not None:
+            counts[Status.PENDING.value] += max(0, moving["total"] - sum(counts.values()))
         return {"total": sum(counts.values()), **counts}
 
     def count(self, match: dict[str, Any]) -> int:
@@ -144,7 +154,7 @@ class Views:
         for queue in self.queues() if queues is None else dict.fromkeys(queues):
             if any(contexts.find_one({"queue": _eq(queue), "status": _eq(s)}, {"_id": 1}) for s in waiting):
                 return False
-        return not self.submissions.arriving()
+        return not self.moves.arriving()
 
     def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
         if batch_id is not None:

@@ -16,9 +16,10 @@ from typing import Any, NoReturn
 from starlette.requests import ClientDisconnect, Request
 
 from ctxbatch.config import DEFAULT_QUEUE
-from ctxbatch.errors import SubmitError
+from ctxbatch.errors import IdempotencyKeyInUse, IdempotencyKeyReused, SubmitError
 from ctxbatch.io import ContextStore
 from ctxbatch.io.schema import collect_problems, validate_name
+from ctxbatch.io.staging import Submitted
 from ctxbatch.service.responses import NDJSON, ApiError, problem, submit_problems
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 ENVELOPE_FIELDS = ("contexts", "name")
 MAX_PROBLEMS = 20
 REFUSED = "the submission was refused; nothing was stored"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 JSON = "application/json"
 # A body must say it is JSON: text/plain (or none) is what a web page may send cross-site
 # without a CORS preflight, and loopback needs no token.
@@ -190,17 +192,38 @@ def _at_most(items: Iterator[Any], limit: int) -> Iterator[Any]:
         yield item
 
 
+def _key_refused(status: int, message: str) -> ApiError:
+    return ApiError(status, message, [problem(None, IDEMPOTENCY_HEADER, message)])
+
+
 def accept(
-    store: ContextStore, body: bytes, max_contexts: int, kind: str = JSON, queue: str = DEFAULT_QUEUE
-) -> tuple[str, int]:
-    """Parse, check and store a bulk body; (batch id, contexts stored) or ApiError. Blocking."""
+    store: ContextStore,
+    body: bytes,
+    max_contexts: int,
+    kind: str = JSON,
+    queue: str = DEFAULT_QUEUE,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Parse, check and store a bulk body: (batch id, contexts, replayed) or ApiError. Blocking.
+
+    With an idempotency key, a retry is answered as the first was; the key's first submission
+    still being stored is a 409 (Stripe's answer), not a wait that holds the connection.
+    """
     contexts, name = contexts_of(body, kind)
+    items = _at_most(contexts(), max_contexts)
     try:
-        batch_id, count = store.submit_counted(_at_most(contexts(), max_contexts), name=name, queue=queue)
+        return store.submit_counted(items, name=name, queue=queue, idempotency_key=idempotency_key, wait=False)
+    except IdempotencyKeyInUse as exc:
+        message = f"{IDEMPOTENCY_HEADER} {exc.key!r}: its first request is in progress; retry later"
+        raise _key_refused(409, message) from None
+    except IdempotencyKeyReused as exc:
+        message = f"{IDEMPOTENCY_HEADER} {exc.key!r} was already used with other content (batch {exc.batch_id})"
+        raise _key_refused(422, f"{message}; nothing was stored") from None
     except SubmitError as exc:
+        if exc.field == "idempotency_key":
+            raise _key_refused(422, f"{IDEMPOTENCY_HEADER}: {exc.message}") from None
         problems = collect_problems(_at_most(contexts(), max_contexts), limit=MAX_PROBLEMS)
         if not problems and exc.field == "key":
             # Each context is fine on its own: a key is already taken in the database.
             raise ApiError(409, f"{REFUSED}: {exc}", submit_problems([exc])) from None
         raise ApiError(422, REFUSED, submit_problems(problems or [exc])) from None
-    return batch_id, count

@@ -10,7 +10,7 @@ import itertools
 from typing import Annotated, Any
 
 import pymongo
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pymongo.errors import PyMongoError
@@ -72,15 +72,31 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         queue: Annotated[str, Query(min_length=1, max_length=64, description="The queue the batch joins.")] = (
             DEFAULT_QUEUE
         ),
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias=bulk.IDEMPOTENCY_HEADER,
+                min_length=1,
+                max_length=255,
+                description="Retry safely: the same key and body within `api.idempotency_hours` get the first "
+                "answer (with `Idempotent-Replayed: true`) and store nothing.",
+            ),
+        ] = None,
     ) -> JSONAnswer:
-        """Store the contexts as one batch, all or nothing; poll the `Location` for its status."""
+        """Store the contexts as one batch, all or nothing; poll the `Location` for its status.
+
+        The 202 is sent at the submission's commit: answered, all of it will be processed.
+        """
         kind = bulk.body_type(request)
         body = await bulk.read_body(request, settings.api.max_body_bytes)
         limit = settings.api.max_contexts_per_request
-        batch_id, count = await run_in_threadpool(bulk.accept, store, body, limit, kind, queue)
-        metrics.submitted.inc(count)
-        location = f"/api/batches/{batch_id}"
-        return JSONAnswer({"batch_id": batch_id, "count": count}, status_code=202, headers={"Location": location})
+        answer = await run_in_threadpool(bulk.accept, store, body, limit, kind, queue, idempotency_key)
+        headers = {"Location": f"/api/batches/{answer.batch_id}"}
+        if answer.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            metrics.submitted.inc(answer.count)
+        return JSONAnswer({"batch_id": answer.batch_id, "count": answer.count}, status_code=202, headers=headers)
 
     # Unset fields are left out, so a batch shows exactly what store.batch_status() does.
     @router.get("/api/batches", response_model=BatchList, response_model_exclude_unset=True, responses=COMMON)
