@@ -24,6 +24,7 @@ LEASE_SECONDS = 300
 # How long an idempotency key's first answer is replayed to a retry with that key (Stripe keeps 24 h).
 IDEMPOTENCY_HOURS = 24.0
 STATS_WINDOW_SECONDS = 300
+OUTAGE_SECONDS = 120
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
@@ -180,7 +181,9 @@ class MongoSettings(_Section):
     uri: str | None = Field(None, description="MongoDB URI; None starts the embedded server.")
     database: str = Field("ctxbatch", min_length=1, description="Database holding `contexts` and `batches`.")
     outage_seconds: float = Field(
-        120, gt=0, description="How long a loop waits out a database that does not answer before it exits."
+        OUTAGE_SECONDS,
+        gt=0,
+        description="How long a loop, and a partition with results to write, waits out a database that is away.",
     )
 
 

@@ -151,6 +151,7 @@ def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> Pa
         adaptive=(work.min_engine_concurrency, work.max_engine_concurrency) if auto else None,
         limits=settings.shared_limits,
         engine_key=fingerprint(engine),
+        outage_seconds=settings.mongo.outage_seconds,
     )
 
 

@@ -49,7 +49,10 @@ def batch_fail_when_flagged(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def record_call(payload: dict[str, Any]) -> dict[str, Any]:
     """Appends payload["i"] to payload["calls_file"] once the row is done: after payload["sleep"] seconds,
-    and after the file payload["release"] exists if it names one (at most 120 s, so a row left behind ends)."""
+    and after the file payload["release"] exists if it names one (at most 120 s, so a row left behind ends).
+    A call first creates the file payload["started"] if it names one: evidence that a call is under way."""
+    if payload.get("started"):
+        open(payload["started"], "a").close()
     if payload.get("sleep"):
         time.sleep(payload["sleep"])
     if payload.get("release"):

@@ -22,14 +22,19 @@ import pytest
 from conftest import servers_for, small_run, until
 from distributed import Client
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from ctxbatch import Pipeline
+from ctxbatch.config import RetrySettings
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import ContextStore, connect, embedded
+from ctxbatch.pipeline.engine import resolve_engine
+from ctxbatch.pipeline.fate import RetryPolicy
+from ctxbatch.pipeline.partition import Loaded, PartitionJob, process_with
 
 # Batches of 20; a batch the outage stopped runs again, up to 50 times.
 RUN = small_run(batch_size=20, retry={"batch_retries": 50, "backoff_seconds": [0.2]})
+POLICY = RetryPolicy(RetrySettings())
 
 
 def kill_server(home: Path) -> int:
@@ -128,6 +133,71 @@ def test_a_loop_rides_out_a_sigkilled_server_and_loses_nothing(home: Path, clien
     assert counts["completed"] == total, (counts, unfinished[["status", "error", "attempts"]].to_dict("records"))
     ran = {int(line) for line in calls.read_text().split()}
     assert ran == set(range(total))
+    store.close()
+
+
+def test_results_computed_during_an_outage_are_written_after_it_without_a_second_call(
+    home: Path, client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a loop whose engine calls are under way, each waiting for a file, on a database its
+    # clients give up on after 0.3 s (so that its absence fails the partition's write, not waits)
+    state = embedded.start()
+    assert state.uri is not None
+    store = ContextStore(state.uri + "&serverSelectionTimeoutMS=300", "kept")
+    calls, release, began = tmp_path / "calls", tmp_path / "release", tmp_path / "began"
+    total = 10
+    files = {"calls_file": str(calls), "release": str(release), "started": str(began)}
+    batch_id = store.submit([{"payload": {"i": i, **files}} for i in range(total)])
+    caplog.set_level(logging.INFO, "ctxbatch.io.outage")
+    stopped: list[object] = []
+
+    class Stops:
+        def on_batch_critical(self, event: object) -> None:
+            stopped.append(event)
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline = Pipeline(
+                "tests.engines:record_call", small_run(batch_size=total), store, client, subscribers=[Stops()]
+            )
+            pipeline.run(until_empty=True)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    loop = threading.Thread(target=run)
+    loop.start()
+    until(lambda: began.exists() or failure, "an engine call under way")
+    # When the server is SIGKILLed, and every call finishes while it is away
+    kill_server(home)
+    release.touch()
+    until(lambda: calls.exists() and len(calls.read_text().split()) == total, "every call done in the outage")
+    until(lambda: any("writing" in r.getMessage() for r in caplog.records), "the write to meet the outage")
+    embedded.start()
+    loop.join(120)
+    # Then, once it is back, every result is written: each context completed after one call, no batch stopped
+    assert not loop.is_alive() and not failure, failure
+    assert store.batch_status(batch_id)["counts"]["completed"] == total
+    assert sorted(int(line) for line in calls.read_text().split()) == list(range(total))
+    assert not stopped, stopped
+    store.close()
+
+
+def test_a_partition_gives_up_its_write_once_the_outage_outlasts_mongo_outage_seconds(home: Path) -> None:
+    # Given a partition computed under its claim, whose database is then SIGKILLed and stays away
+    state = embedded.start()
+    assert state.uri is not None
+    store = ContextStore(state.uri + "&serverSelectionTimeoutMS=200", "bound")
+    store.submit([{"payload": {"i": i}} for i in range(3)])
+    claim = store.claim(3, "loop")
+    loaded = Loaded.of(store.load(claim))
+    job = PartitionJob(resolve_engine("tests.engines:echo"), store.uri, "bound", POLICY, 4, outage_seconds=1)
+    kill_server(home)
+    # When its write has been tried for mongo.outage_seconds, then the partition fails as it did
+    # before results were kept (its batch is stopped and run again by the loop)
+    with pytest.raises(ConnectionFailure):
+        process_with(store, lambda engine: engine, loaded, claim, job)
     store.close()
 
 

@@ -1,16 +1,29 @@
 """A database outage: told in one short line (pymongo's whole topology description at debug level);
-a queue that cannot be read is not known to be drained."""
+a queue that cannot be read is not known to be drained; an operation that must not be lost to it
+(a partition's write of results it paid for) is tried again until the database is back, within a bound."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from pymongo.errors import PyMongoError
+import pymongo
+from pymongo.errors import ConnectionFailure, PyMongoError
 
+from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io.store import ContextStore
 
 log = logging.getLogger("ctxbatch.io.outage")
+T = TypeVar("T")
+
+# The database is away (down, restarting, unreachable): not the operation's fault, so worth trying again.
+AWAY: tuple[type[BaseException], ...] = (ConnectionFailure, DatabaseUnavailable)
+# Between tries: pymongo itself waits for a server that is down (server selection), so these only
+# space out tries that failed at once (a connection cut by the server's death).
+FIRST_PAUSE = 0.1
+LONGEST_PAUSE = 2.0
 
 # pymongo appends these (a server selection's whole topology) to its messages.
 DETAIL_MARKERS = (", Timeout:", ", Topology Description:", " (configured timeouts:")
@@ -37,3 +50,25 @@ def known_drained(store: ContextStore, queues: Sequence[str] | None = None) -> b
     except PyMongoError as exc:
         log.info("the database did not answer (%s); not known to be drained", short_reason(exc))
         return False
+
+
+def ride_out(operation: Callable[[], T], seconds: float, what: str) -> T:
+    """`operation()`, tried again while the database is away, for at most `seconds` in all; then its error.
+
+    Each try runs under what is left of the bound (`pymongo.timeout`), so a try that waits for a
+    server never outlasts it. The operation must be safe to repeat: a try cut off may have been
+    applied (a fenced write is: what it already wrote no longer matches its fence).
+    """
+    began = time.monotonic()
+    pause = FIRST_PAUSE
+    while True:
+        with pymongo.timeout(max(seconds - (time.monotonic() - began), FIRST_PAUSE)):
+            try:
+                return operation()
+            except AWAY as exc:
+                left = seconds - (time.monotonic() - began)
+                if left <= 0:
+                    raise
+                log.info("%s: the database did not answer (%s); trying again", what, short_reason(exc))
+        time.sleep(min(pause, max(left, 0.0)))
+        pause = min(pause * 2, LONGEST_PAUSE)

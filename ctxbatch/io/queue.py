@@ -18,12 +18,13 @@ finished for good (completed or failed) carries `finished_ms`, which stats() que
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 from pymongo import ASCENDING, ReplaceOne, UpdateMany, UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from ctxbatch.config import DEFAULT_QUEUE, LEASE_SECONDS
 from ctxbatch.io.claims import Claim, WriteReport
@@ -33,6 +34,7 @@ from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_re
 from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
+log = logging.getLogger("ctxbatch.io")
 CLAIM_ROUNDS = 3
 RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
 
@@ -191,7 +193,13 @@ class Queue:
         gone = set(lost)
         kept = {cid: result for cid, result in (results or {}).items() if cid not in gone}
         by_batch = usage_by_batch(kept, claim.batch_of)
-        self._touch(claim.batch_ids, by_batch)
+        try:
+            self._touch(claim.batch_ids, by_batch)
+        except ConnectionFailure as exc:
+            # The contexts are written. A settle the outage cut off is tried again (a partition's
+            # results are kept through it), and a second `$inc` would count these tokens twice:
+            # so the stamp is left undone and the tokens uncounted, as when a loop dies here.
+            log.warning("batches' usage and stamp not written (%s): the database went away", type(exc).__name__)
         return WriteReport(written, lost, summed(by_batch.values()))
 
     def complete(self, claim: Claim, results: Mapping[str, Any]) -> WriteReport:

@@ -25,6 +25,7 @@ simply starts later, and its timeout counts from then.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 from ctxbatch.config import LimitsSettings
 from ctxbatch.errors import RetryLater
 from ctxbatch.io.limits import Draw, LimitBook
+from ctxbatch.io.outage import AWAY, short_reason
 from ctxbatch.pipeline.slices import Balance, Cost
 from ctxbatch.pipeline.tokens import used_tokens
 
@@ -44,6 +46,8 @@ POLL_SECONDS = 0.2  # the oldest view of a pause a call may start on
 # times a second (a run with no rates at all went at half speed once the database was busy).
 REFRESH_SECONDS = POLL_SECONDS / 2
 SMOOTHING = 0.5  # how far one refill moves the worker's estimate of its own use
+
+log = logging.getLogger("ctxbatch.pipeline.budget")
 
 
 class SharedLimit:
@@ -193,13 +197,17 @@ class SharedLimit:
             give_back = max(-self._owed, 0.0) if self.counts_tokens else 0.0
             if give_back and not draws:  # unused tokens ride back with this read
                 draws = {"tokens": Draw(0.0, self.rates["tokens"], give_back)}
-        if not draws:
-            until = self.book.paused_until(self.name)
-            with self._cond:
-                self._paused_until = max(self._paused_until, until)
-                self._read_at = mono
+        try:
+            if not draws:
+                until = self.book.paused_until(self.name)
+                with self._cond:
+                    self._paused_until = max(self._paused_until, until)
+                    self._read_at = mono
+                return
+            granted = self.book.take(self.name, draws, BURST_SECONDS)
+        except AWAY as exc:
+            self._database_away(exc, mono, short=bool(draws))
             return
-        granted = self.book.take(self.name, draws, BURST_SECONDS)
         with self._cond:
             self._paused_until = max(self._paused_until, granted.paused_until)
             self._read_at = mono
@@ -215,6 +223,18 @@ class SharedLimit:
                 self._wait_until = 0.0
             else:
                 self._wait_until = mono + granted.wait
+
+    def _database_away(self, exc: BaseException, mono: float, short: bool) -> None:
+        """The database did not answer a read or a take: calls go on under the pause known (none could
+        be published meanwhile), and ask again a poll later; a call short of budget waits for it.
+
+        Raised, it would stop the partition and throw away the results its rows already paid for.
+        """
+        log.info("limit %s: the database did not answer (%s); asking again later", self.name, short_reason(exc))
+        with self._cond:
+            self._read_at = mono
+            if short:
+                self._wait_until = mono + POLL_SECONDS
 
     def _draws(self, cost: Cost, mono: float) -> dict[str, Draw]:
         """Under the lock: the slice to take, kind by kind; the tokens' debt and give-back ride along."""
@@ -265,8 +285,14 @@ class SharedLimit:
         return until
 
     def publish(self, until: float) -> None:
-        """Stop every loop's calls under the name until `until`, through the database (blocks on it)."""
-        self.book.pause(self.name, until)
+        """Stop every loop's calls under the name until `until`, through the database (blocks on it).
+
+        While the database is away only this worker holds the pause: others cannot be told.
+        """
+        try:
+            self.book.pause(self.name, until)
+        except AWAY as exc:
+            log.warning("limit %s: could not publish a pause (%s); this worker holds it", self.name, short_reason(exc))
 
     def pause(self, seconds: float) -> None:
         """hold() here, then publish() for everyone."""

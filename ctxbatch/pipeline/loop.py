@@ -158,7 +158,8 @@ class Loop:
                         f"the database did not answer for {lasted:.0f} s (mongo.outage_seconds is {bound:g}): {reason}"
                     ) from exc
                 log.warning("the database did not answer (%s); trying again", reason)
-                self._stop_now.wait(min(self.job.policy.backoff(outages), bound - lasted))
+                # At most a quarter lease apart, so the leases are renewed soon after it is back.
+                self._stop_now.wait(min(self.job.policy.backoff(outages), leases.every, bound - lasted))
         return None  # stopped at once: what it held is released, whatever it was doing
 
     def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
@@ -297,10 +298,14 @@ class Loop:
                     flight.started = time.monotonic()
                     self._submit(client, flight)
                 continue
-            if not all(f.done() for f in flight.futures):
-                continue
-            for future in flight.futures:
-                self._read_partition(flight, future)
+            if flight.futures:
+                if not all(f.done() for f in flight.futures):
+                    continue
+                for future in flight.futures:
+                    self._read_partition(flight, future)
+                # Read once: when the database fails what follows, the next turn decides again
+                # without telling the partitions (and counting their contexts) twice.
+                flight.futures = []
             if flight.critical is None:
                 self._batch_done(flight)
             else:
@@ -319,9 +324,9 @@ class Loop:
         self._heard(finished)
         self._emit("on_partition_finished", finished)
 
-    def _observe(self, flight: _InFlight, critical: bool) -> Observation:
+    def _observe(self, flight: _InFlight, critical: bool, contexts: int | None = None) -> Observation:
         observation = Observation(
-            contexts=len(flight.claim),
+            contexts=len(flight.claim) if contexts is None else contexts,
             planned=flight.plan.size,
             wall_seconds=time.monotonic() - flight.started,
             partition_seconds=[p.seconds for p in flight.finished],
@@ -345,8 +350,8 @@ class Loop:
         """Hold what is left under the lease and run it again after a backoff, or fail it for good."""
         error = flight.critical
         assert error is not None
-        self._observe(flight, critical=True)
         policy = self.job.policy
+        ran = len(flight.claim)
         left = self.store.held(flight.claim)
         log.warning(
             "batch %s stopped by %s: %s (%d contexts left)",
@@ -368,6 +373,7 @@ class Loop:
             flight.retries += 1
             flight.due = time.monotonic() + wait_seconds
             retries_left = policy.settings.batch_retries - flight.retries
+        self._observe(flight, critical=True, contexts=ran)  # after the database answered: told once
         event = BatchCritical(flight.seq, flight.label, error, len(left), retries_left, failed, released)
         self._emit("on_batch_critical", event)
 

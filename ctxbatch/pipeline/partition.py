@@ -9,6 +9,13 @@ An async engine's partition leaves the worker's thread pool while it runs (`dist
 only waits on the worker's event loop, and holding a thread would keep the worker's next partition
 queued behind this one's slowest call, so the worker's limit on calls in flight drained at the end of
 every partition. Seceded, all the partitions a worker holds feed its one gate of calls at once.
+
+A database outage stops no partition (issue 20, item 5): its load and its write are tried again
+until the database is back, for up to `mongo.outage_seconds`, so the results it computed meanwhile
+are written then, under its lease if that still holds (the fence decides; what it lost is reported
+lost), rather than dropped and paid for again. What waits is only the partitions in flight, each
+holding its own outcome (the memory it held anyway: nothing new is claimed while the database is
+away); past the bound the partition fails as before and its batch is retried.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from typing import Any
 import pandas as pd
 from distributed import Client, Future, get_worker, secede
 
-from ctxbatch.config import LimitsSettings
+from ctxbatch.config import OUTAGE_SECONDS, LimitsSettings
 from ctxbatch.errors import CriticalError
 from ctxbatch.io import Claim, ContextStore, error_record, utcnow
+from ctxbatch.io.outage import ride_out
 from ctxbatch.io.schema import epoch_ms
 from ctxbatch.pipeline.calls import WorkerCalls
 from ctxbatch.pipeline.engine import Engine
@@ -47,6 +55,7 @@ class PartitionJob:
     limits: LimitsSettings = field(default_factory=LimitsSettings)  # shared by every loop (Settings.shared_limits)
     adaptive: tuple[int, int] | None = None  # (min, max) with engine_concurrency: auto
     engine_key: str = ""  # the engine's fingerprint, computed once where the job is built
+    outage_seconds: float = OUTAGE_SECONDS  # a load or write waits out the database this long
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,9 @@ def submit_batch(
 
 
 def load_partition(claim: Claim, job: PartitionJob) -> Loaded:
-    """The contexts of this part of the claim that its lease still holds."""
-    return Loaded.of(worker_resources().store(job.uri, job.database).load(claim))
+    """The contexts of this part of the claim that its lease still holds (the database waited for)."""
+    store = worker_resources().store(job.uri, job.database)
+    return Loaded.of(ride_out(lambda: store.load(claim), job.outage_seconds, f"loading {len(claim)} contexts"))
 
 
 def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
@@ -144,7 +154,9 @@ def process_with(
         return PartitionStopped(len(frame), error_record(exc, "".join(traceback.format_exception(exc, limit=5))))
     attempts = {cid: int(n) for cid, n in zip(frame["id"], frame["attempts"], strict=True)}
     decided = job.policy.next_states(outcome.results, outcome.failures, attempts, loaded.deferrals, utcnow())
-    report = decided.write(store, claim)
+    # Paid for: kept through an outage and written when the database is back (see the module's note).
+    what = f"writing {len(frame)} outcomes"
+    report = ride_out(functools.partial(decided.write, store, claim), job.outage_seconds, what)
     lost = set(report.lost)
     done = [cid for cid in outcome.results if cid not in lost]
     now_ms, created = epoch_ms(utcnow()), loaded.created_ms
