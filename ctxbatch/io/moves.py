@@ -133,9 +133,8 @@ class Moves:
             return
         stamp = submission["created_at"]
         fields = submission.get("batch", {"name": submission.get("name")})
-        if fields.get("window_seconds") is not None:
-            # The window runs from when the batch becomes visible, so a slow upload does not eat it.
-            # `expires_ms` stays to be shown; `deadline_ms` goes once acted on (io/deadlines.py).
+        if fields.get("window_seconds") is not None and "expires_ms" not in fields:
+            # Committed before the commit set the deadline (io/staging.py): it runs from the move.
             fields["deadline_ms"] = fields["expires_ms"] = deadline_ms(fields["window_seconds"])
         # Written first: a resumed move finds it there.
         with contextlib.suppress(DuplicateKeyError):

@@ -44,7 +44,7 @@ from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.errors import IdempotencyKeyInUse, IdempotencyKeyReused, SubmitError
 from ctxbatch.io import moments
 from ctxbatch.io.connection import Connection
-from ctxbatch.io.deadlines import window_seconds
+from ctxbatch.io.deadlines import deadline_ms, window_seconds
 from ctxbatch.io.idempotency import Fingerprint, FirstAnswer, Held, IdempotencyKeys, validate_key
 from ctxbatch.io.moves import COMMITTED, MOVE_LEASE_SECONDS, STAGING, Moves, expires_ms
 from ctxbatch.io.openai_batch import records_of
@@ -170,6 +170,12 @@ class Stager:
         moments.reached(moments.COMMIT)
         uncommitted = {**self._mine(), "state": eq(STAGING)}
         fields = {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}
+        if self.options.window_seconds is not None:
+            # The window runs from the acknowledgement, so a slow upload does not eat it; set here, so a
+            # batch read while it still moves in shows its deadline. `expires_ms` stays to be shown;
+            # `deadline_ms` goes once acted on (io/deadlines.py).
+            due = deadline_ms(self.options.window_seconds)
+            fields.update({"batch.deadline_ms": due, "batch.expires_ms": due})
         committed = {"$set": {**fields, **({"fingerprint": fingerprint} if fingerprint else {})}}
         try:
             done = self.connection.submissions.update_one(uncommitted, committed).matched_count
