@@ -4,6 +4,7 @@ flight, partitions of every batch feed them at once, and rows that fail alone do
 from __future__ import annotations
 
 import logging
+import statistics
 from typing import Any
 
 import pytest
@@ -75,22 +76,28 @@ def test_configured_batch_sizes_that_cap_the_window_are_kept_and_said_once(
     assert "at 60 (largest batch 20 x max_parallel_batches 3), under the 128" in capped[0]
 
 
-def test_bad_rows_and_first_try_429s_cost_a_run_at_most_half_again(store: ContextStore, client: Client) -> None:
+def test_bad_rows_and_first_try_429s_neither_shrink_the_batches_nor_the_window(
+    store: ContextStore, client: Client
+) -> None:
     # Given the same 4,000 contexts run twice against a 20 ms service, with the batch sizes left to the
-    # loop, short retry backoffs (so the waits for the bad rows' last tries do not dominate a short run),
-    # and a fixed 32 calls per worker: what is measured is the sizer and the window, not a limit learnt
-    # from a service that shares this machine's two cores with everything else here
-    def run(script: Script) -> tuple[float, int, int]:
+    # loop, short retry backoffs, and a fixed 32 calls per worker: what is looked at is the sizer and the
+    # window, not a limit learnt from a service that shares this machine's two cores with everything
+    # else here. (What they cost in time is measured in benchmarks/service.py; a wall-clock ratio here
+    # failed whenever other work shared the machine.)
+    def run(script: Script) -> tuple[list[int], list[int], int, int]:
         with serve(script) as url:
             store.submit([{"payload": {"i": i}} for i in range(4000)])
             settings = only_the_url(url, engine_concurrency=32, retry={"backoff_seconds": [0.1]})
             report = Pipeline("http", settings, store, client).run(until_empty=True)
         assert report.completed + report.failed == 4000
-        return report.wall_seconds, report.failed, report.deferred
+        sizes = [decision.size for decision in report.decisions]
+        windows = [decision.as_row().get("window") or 0 for decision in report.decisions]
+        return sizes, windows, report.failed, report.deferred
 
-    clean, _, _ = run(Script(latency=0.02))
+    clean_sizes, clean_windows, _, _ = run(Script(latency=0.02))
     # When 3% of the rows always fail (500) and 10% are answered 429 on their first try
-    dirty, failed, deferred = run(Script(latency=0.02, busy_every=10, fail_every=33))
+    sizes, windows, failed, deferred = run(Script(latency=0.02, busy_every=10, fail_every=33))
     assert failed == 122 and deferred >= 400
-    # Then the run takes at most 1.5x the clean one: neither shrinks the batches nor empties the window
-    assert dirty <= 1.5 * clean, f"{dirty:.1f} s with bad rows and 429s against {clean:.1f} s clean"
+    # Then the batches are as large as in the clean run, and the window as wide: neither is shrunk
+    assert statistics.median(sizes) >= 0.8 * statistics.median(clean_sizes), (sizes, clean_sizes)
+    assert max(windows) == max(clean_windows) == 64
