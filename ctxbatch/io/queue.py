@@ -30,10 +30,22 @@ from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines, deadline_ms
 from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.tenants import (
+    EQUAL_SHARES,
+    TENANTS_PER_CLAIM,
+    TenantCensus,
+    TenantShares,
+    pick,
+    split,
+    to_read_further,
+    urgency,
+)
 from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
 CLAIM_ROUNDS = 3
+# What the claim reads of each context it finds: its order and tenant, and what the Claim keeps.
+CLAIM_FIELDS = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "due": 1, "tenant": 1}
 RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
 
 
@@ -41,9 +53,12 @@ def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
     return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
 
 
-def _claimable(now: dt.datetime, queue: str) -> dict[str, Any]:
-    # `$eq` on the queue, one find per queue: the `queue_claim` index serves it; `$in` scans on nx-27017.
-    return {"queue": eq(queue), "status": eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
+def _claimable(now: dt.datetime, queue: str, tenant: str | None = None) -> dict[str, Any]:
+    # `$eq` on the queue and the tenant, one find per value: the `queue_due` index serves it; `$in` scans on nx-27017.
+    found: dict[str, Any] = {"queue": eq(queue), "status": eq(Status.PENDING.value)}
+    if tenant is not None:
+        found["tenant"] = eq(tenant)
+    return {**found, "next_attempt_ms": {"$lte": epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -60,6 +75,7 @@ class Queue:
         self.deadlines = deadlines
         # Claims whose update may have been applied though no answer came (see claim()).
         self._unanswered: list[Claim] = []
+        self.census = TenantCensus(connection)
 
     def claim(
         self,
@@ -67,8 +83,9 @@ class Queue:
         owner: str,
         lease_seconds: float = LEASE_SECONDS,
         *,
-        by_priority: bool = True,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
+        aging_seconds: float | None = None,
+        shares: TenantShares = EQUAL_SHARES,
     ) -> Claim:
         self.release_unanswered()
         self.deadlines.expire_due_now_and_then()
@@ -80,7 +97,7 @@ class Queue:
         asked: list[str] = []  # every id an update of this lease was sent for
         try:
             for _ in range(CLAIM_ROUNDS):
-                found = self._first(n - len(held), now, queues, by_priority)
+                found = self._first(n - len(held), now, queues, aging_seconds, shares)
                 if not found:
                     break
                 asked += [d["_id"] for d in found]
@@ -103,12 +120,13 @@ class Queue:
                 held += [{**d, "attempts": d["attempts"] + 1} for d in found]
                 if len(held) >= n:
                     break
+            if shares.in_flight is not None:
+                held = self._within_caps(held, token, shares)
         except PyMongoError:
             if asked:
                 self._unanswered.append(Claim(token, owner, expires_at, asked))
             raise
-        if by_priority:
-            held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
+        held.sort(key=lambda d: d["due"])  # rounds after the first may hold more urgent ones
         # One string object per batch, so a pickled claim holds each batch id once (see Claim.batch_of).
         batches = {d["batch_id"]: d["batch_id"] for d in held}
         return Claim(
@@ -121,17 +139,86 @@ class Queue:
             batch_of={d["_id"]: batches[d["batch_id"]] for d in held},
         )
 
-    def _first(self, wanted: int, now: dt.datetime, queues: Sequence[str], by_priority: bool) -> list[dict[str, Any]]:
-        """The `wanted` most urgent claimable contexts of the queues (their ids, tries, priorities, batches)."""
-        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
-        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "created_at": 1}
+    def _first(
+        self, wanted: int, now: dt.datetime, queues: Sequence[str], aging_seconds: float | None, shares: TenantShares
+    ) -> list[dict[str, Any]]:
+        """The `wanted` most urgent claimable contexts of the queues (their ids, tries, order, batches)."""
         found: list[dict[str, Any]] = []
         for queue in dict.fromkeys(queues):
-            cursor = self.connection.contexts.find(_claimable(now, queue), fields).sort(order).limit(wanted)
-            found += in_one_reply(cursor, wanted)
+            found += self._shared(queue, wanted, now, aging_seconds, shares)
         if len(queues) > 1:
-            found.sort(key=lambda d: tuple(d[name] for name, _ in order))
+            found.sort(key=lambda d: d["due"])
         return found[:wanted]
+
+    def _shared(
+        self, queue: str, wanted: int, now: dt.datetime, aging_seconds: float | None, shares: TenantShares
+    ) -> list[dict[str, Any]]:
+        """A queue's part of the claim, shared among the tenants whose turn it is (io/tenants.py's note).
+
+        With one tenant, or none, this is one find; with more, one per tenant visited (at most
+        TENANTS_PER_CLAIM), and once more for those that may hold more than their share was.
+        """
+        turns = self.census.turns(queue)
+        room = self._room(turns[:TENANTS_PER_CLAIM], shares)
+        visited = [t for t in turns[:TENANTS_PER_CLAIM] if room.get(t, wanted) > 0]
+        parts, odd = split(wanted, visited, shares)
+        given = [t for t in visited if parts[t] > 0]
+        # The whole census visited: the odd contexts' turn moves on; else the next tenants' turn comes.
+        self.census.advance(queue, odd if len(given) == len(turns) else max(len(given), 1))
+        lookahead = 1 if len(given) > 1 else 0  # one more each tells who may have more to give
+
+        def within_room(tenant: str, n: int) -> int:
+            return min(n, room[tenant]) if tenant in room else n
+
+        asked = {t: within_room(t, parts[t] + lookahead) for t in given}
+        found = {t: self._tenant_first(queue, t, now, asked[t]) for t in given}
+        level = urgency(self.views.levels, aging_seconds, epoch_ms(now))
+        taken = pick(found, wanted, shares, level)
+        further = [t for t in to_read_further(found, asked, taken, wanted, level) if within_room(t, wanted) > asked[t]]
+        for tenant in further:
+            asked[tenant] = within_room(tenant, len(found[tenant]) + wanted)
+            found[tenant] = self._tenant_first(queue, tenant, now, asked[tenant])
+        if further:
+            taken = pick(found, wanted, shares, level)
+        for tenant, docs in found.items():
+            if not docs:
+                self.census.drop(queue, tenant)
+        if len(taken) < wanted:
+            self.census.came_back_short(queue)
+        return taken
+
+    def _tenant_first(self, queue: str, tenant: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        """A tenant's `limit` most urgent claimable contexts of the queue: one range of the `queue_due` index."""
+        cursor = self.connection.contexts.find(_claimable(now, queue, tenant), CLAIM_FIELDS).sort("due", ASCENDING)
+        return list(in_one_reply(cursor.limit(limit), limit))
+
+    def _running(self, tenant: str) -> int:
+        # The `finished` index's status: processing contexts are few, however many wait.
+        return self.views.count({"status": eq(Status.PROCESSING.value), "tenant": eq(tenant)})
+
+    def _room(self, tenants: Sequence[str], shares: TenantShares) -> dict[str, int]:
+        """How many more contexts each capped tenant may have processing (`limits.tenant_in_flight`)."""
+        if shares.in_flight is None:
+            return {}
+        return {t: max(shares.in_flight - self._running(t), 0) for t in tenants if shares.capped(t)}
+
+    def _within_caps(self, held: list[dict[str, Any]], token: str, shares: TenantShares) -> list[dict[str, Any]]:
+        """Gives back what took a tenant past its cap: another loop claimed for it at the same time.
+
+        Both loops may give back, leaving the tenant under its cap until the next claim: never over
+        it while an engine runs, since what is given back was never started.
+        """
+        over: list[str] = []
+        for tenant in {d["tenant"] for d in held if shares.capped(d["tenant"])}:
+            excess = self._running(tenant) - (shares.in_flight or 0)
+            if excess > 0:
+                mine = sorted((d for d in held if d["tenant"] == tenant), key=lambda d: d["due"])
+                over += [d["_id"] for d in mine[-excess:]]
+        if over:
+            self.connection.contexts.update_many(
+                held_of(token, over), {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}}
+            )
+        return [d for d in held if d["_id"] not in set(over)]
 
     def release_unanswered(self) -> int:
         given = 0

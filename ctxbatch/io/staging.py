@@ -43,6 +43,7 @@ from ctxbatch.errors import SubmitError
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import deadline_ms, window_seconds
 from ctxbatch.io.openai_batch import records_of
+from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.schema import (
     MAX_BSON_BYTES,
     ContextRequest,
@@ -53,6 +54,7 @@ from ctxbatch.io.schema import (
     utcnow,
     validate_name,
     validate_queue,
+    validate_tenant,
 )
 
 log = logging.getLogger("ctxbatch.io.staging")
@@ -87,6 +89,8 @@ class BatchOptions:
     window_seconds: float | None = None
     # Fields kept on the batch document as they are (OpenAI's endpoint, completion_window, metadata...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The tenant of the records that name none.
+    tenant: str | None = None
 
     @classmethod
     def of(
@@ -95,29 +99,42 @@ class BatchOptions:
         queue: Any = DEFAULT_QUEUE,
         completion_window: str | float | None = None,
         extra: dict[str, Any] | None = None,
+        tenant: Any = None,
     ) -> BatchOptions:
         """Validated options; SubmitError names the one that is wrong."""
-        return cls(validate_name(name), validate_queue(queue), window_seconds(completion_window), dict(extra or {}))
+        return cls(
+            validate_name(name),
+            validate_queue(queue),
+            window_seconds(completion_window),
+            dict(extra or {}),
+            validate_tenant(tenant),
+        )
 
     def batch_fields(self) -> dict[str, Any]:
         """The fields of the batch document these options set."""
         fields: dict[str, Any] = {"name": self.name, "queue": self.queue, **self.extra}
         if self.window_seconds is not None:
             fields["window_seconds"] = self.window_seconds
+        if self.tenant is not None:
+            fields["tenant"] = self.tenant
         return fields
 
 
 class Stager:
     """One submission on its way in: chunks staged under a lease, then committed and moved."""
 
-    def __init__(self, connection: Connection, options: BatchOptions) -> None:
+    def __init__(self, connection: Connection, options: BatchOptions, aging_seconds: float | None = None) -> None:
         self.connection = connection
         self.options = options
+        # The claim order of its queue when it began (io/ordering.py): every context's `due` follows it.
+        self.aging_seconds = aging_seconds
         self.batch_id = str(ObjectId())
         self.token = uuid.uuid4().hex
         self.created_at = utcnow()
         self.count = 0
         self.chunks = 0
+        # Whether any of its contexts has a tenant: then its status counts them per tenant.
+        self.tenanted = options.tenant is not None
         self._renew_at = 0.0
 
     def _lease(self, seconds: float = LEASE_SECONDS) -> dict[str, Any]:
@@ -168,6 +185,8 @@ class Stager:
         """
         uncommitted = {**self._mine(), "state": eq(STAGING)}
         committed = {"$set": {"state": COMMITTED, "total": self.count, "lease": self._lease(MOVE_LEASE_SECONDS)}}
+        if self.tenanted:
+            committed["$set"]["batch.tenanted"] = True
         try:
             done = self.connection.submissions.update_one(uncommitted, committed).matched_count
         except ConnectionFailure:
@@ -195,7 +214,17 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
     now = stager.created_at
     for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
-        document = context_document(request, context_id, stager.batch_id, now, position, stager.options.queue)
+        document = context_document(
+            request,
+            context_id,
+            stager.batch_id,
+            now,
+            position,
+            stager.options.queue,
+            aging_seconds=stager.aging_seconds,
+            tenant=stager.options.tenant,
+        )
+        stager.tenanted = stager.tenanted or request.tenant is not None
         encoded = bson.encode(document)
         if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
             yield chunk
@@ -272,7 +301,7 @@ class Submissions:
         return self._stage_and_move_in(requests, options)
 
     def _stage_and_move_in(self, requests: Iterable[ContextRequest], options: BatchOptions) -> tuple[str, int]:
-        stager = Stager(self.connection, options)
+        stager = Stager(self.connection, options, QueueOrders(self.connection).aging_of(options.queue))
         stager.begin()
         try:
             for chunk in _encoded(requests, stager):

@@ -4,7 +4,8 @@ It is made of parts over one shared connection (io/connection.py), each its own 
 (io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging,
 commit, the move into the queue, the janitor), views (io/views.py: status, results, listings,
 counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
-(io/alert_state.py), the limits every loop shares (io/limits.py) and OpenAI's files (io/files.py).
+(io/alert_state.py), the limits every loop shares (io/limits.py), OpenAI's files (io/files.py) and
+each queue's claim order (io/ordering.py).
 Its methods say what each does and hand the work to its part.
 """
 
@@ -31,6 +32,7 @@ from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.decisions import SizingDecisions
 from ctxbatch.io.files import Files, FileUpload
 from ctxbatch.io.limits import LimitBook
+from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
 from ctxbatch.io.staging import BatchOptions, Submissions
@@ -41,6 +43,7 @@ from ctxbatch.io.stats import (
     Statistics,
     Stats,
 )
+from ctxbatch.io.tenants import EQUAL_SHARES, TenantShares
 from ctxbatch.io.views import BatchStatus, InFlight, Views
 
 Document = dict[str, Any]
@@ -75,6 +78,7 @@ class ContextStore:
         self._statistics = Statistics(self.connection, self._views)
         self._files = Files(self.connection, self._submissions)
         self._decisions = SizingDecisions(self.connection)
+        self._orders = QueueOrders(self.connection)
         self.alert_book = AlertBook(self.connection)
         """The alerts' shared state and the critical-error log (io/alert_state.py)."""
         self.limits = LimitBook(self.connection)
@@ -162,18 +166,27 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Store a whole submission as one batch and return its id; all of it or nothing.
 
-        Records are ctxbatch's (`payload`, `priority`, `key`, `custom_id`) or OpenAI batch lines
-        (`custom_id`, `method`, `url`, `body`), recognised by the first record or forced with
-        `format="openai"`. The batch goes to `queue` (a loop claims only its queues). With a
+        Records are ctxbatch's (`payload`, `priority`, `key`, `custom_id`, `tenant`) or OpenAI batch
+        lines (`custom_id`, `method`, `url`, `body`), recognised by the first record or forced with
+        `format="openai"`. The batch goes to `queue` (a loop claims only its queues). `tenant` is
+        the tenant of the records that name none (claims share batches among tenants). With a
         `completion_window` ("24h", "30m", "90s" or seconds), what is still pending when it has
         passed expires (io/deadlines.py). `openai` holds OpenAI's batch fields kept on the batch
         (endpoint, completion_window, metadata, input_file_id).
         """
         return self.submit_counted(
-            records, priority, name, queue=queue, completion_window=completion_window, format=format, openai=openai
+            records,
+            priority,
+            name,
+            queue=queue,
+            completion_window=completion_window,
+            format=format,
+            openai=openai,
+            tenant=tenant,
         )[0]
 
     def submit_counted(
@@ -186,13 +199,14 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> tuple[str, int]:
         """submit(), also returning how many contexts were stored.
 
         The records are streamed (an iterator is never held whole): validated, encoded and
         staged in chunks, and invisible until the whole submission is committed (io/staging.py).
         """
-        options = BatchOptions.of(name, queue, completion_window, dict(openai or {}))
+        options = BatchOptions.of(name, queue, completion_window, dict(openai or {}), tenant)
         return self._submissions.submit_counted(records, priority, options, format)
 
     def tidy_submissions(self) -> int:
@@ -253,17 +267,35 @@ class ContextStore:
         owner: str,
         lease_seconds: float = LEASE_SECONDS,
         *,
-        by_priority: bool = True,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
+        aging_seconds: float | None = None,
+        shares: TenantShares = EQUAL_SHARES,
     ) -> Claim:
-        """Take up to n claimable contexts of `queues`, most urgent then oldest first, under a fresh lease.
+        """Take up to n claimable contexts of `queues` in their claim order (`due`), under a fresh lease.
+
+        The order is fixed at submit: most urgent then oldest first, or with aging the longest
+        waiting for its priority (io/ordering.py). When contexts of several tenants wait, the batch
+        is shared among them by `shares` (weights, and a cap on each one's contexts processing)
+        within the most urgent priority level; `aging_seconds` tells that level (io/tenants.py).
 
         When the database stops answering midway, the contexts this lease may have taken are
         given back (fenced by its token) at the start of the next claim, their try uncounted:
         otherwise they would sit under a lease nobody holds until it expired, and a context out
         of retries would then fail for good without having run.
         """
-        return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority, queues=queues)
+        return self._queue.claim(n, owner, lease_seconds, queues=queues, aging_seconds=aging_seconds, shares=shares)
+
+    def order_queues(self, queues: Sequence[str], aging_seconds: float | None) -> list[str]:
+        """Order what is submitted to `queues` from now on by `aging_seconds` (None: strict priority, 0:
+        oldest first); what already waits keeps its order. Returns the queues whose order changed.
+
+        A loop does this for its queues when it starts, from `worker.priorities` (io/ordering.py).
+        """
+        return self._orders.record(queues, aging_seconds)
+
+    def queue_aging(self, queue: str = DEFAULT_QUEUE) -> float | None:
+        """The aging submissions to `queue` are ordered by (None: strict priority)."""
+        return self._orders.aging_of(queue)
 
     def settle(
         self,
@@ -355,7 +387,8 @@ class ContextStore:
         """The batch status JSON of DESIGN.md (a dict; a table in Jupyter).
 
         `usage` ({input, output, total}, zeros when none) sums the tokens its completed results
-        report (OpenAI's `usage`, io/usage.py), added as each fenced write lands.
+        report (OpenAI's `usage`, io/usage.py), added as each fenced write lands. A batch whose
+        contexts name tenants also has `tenants`: the counts of each tenant ("" for no tenant).
         """
         return self._views.batch_status(batch_id)
 
@@ -379,9 +412,16 @@ class ContextStore:
         """Contexts of every batch by status."""
         return self._views.status_counts()
 
-    def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
-        """How many contexts (of the batch, if given) have this status, by priority level."""
-        return self._views.queue_length(status, batch_id)
+    def queue_length(
+        self, status: Status | str = Status.PENDING, batch_id: str | None = None, tenant: str | None = None
+    ) -> dict[str, int]:
+        """How many contexts (of the batch, of the tenant, if given) have this status, by priority level."""
+        return self._views.queue_length(status, batch_id, tenant)
+
+    def tenants_waiting(self, limit: int) -> dict[str | None, dict[str, int]]:
+        """Pending and processing contexts of the `limit` tenants with the most, the others summed under
+        None; {} when no named tenant has any (metrics label tenants only when they are in use)."""
+        return self._views.tenants_waiting(limit)
 
     def in_flight(self) -> InFlight:
         """The batches under a lease now, across every loop: distinct lease tokens of `processing` contexts."""
@@ -423,8 +463,11 @@ class ContextStore:
 
     # -- statistics -----------------------------------------------------------------------
 
-    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
-        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
+    def stats(
+        self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS, tenant: str | None = None
+    ) -> Stats:
+        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch, of
+        one tenant, if given).
 
         `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
         tries of those contexts that failed and ran again); over its completed contexts,
@@ -435,7 +478,7 @@ class ContextStore:
         the same sample as the percentiles (exact up to 1,000 completed, scaled past that), and
         `tokens_per_second` its total over the window.
         """
-        return self._statistics.stats(batch_id, window_seconds)
+        return self._statistics.stats(batch_id, window_seconds, tenant)
 
     def timeline(
         self,

@@ -191,12 +191,19 @@ def _at_most(items: Iterator[Any], limit: int) -> Iterator[Any]:
 
 
 def accept(
-    store: ContextStore, body: bytes, max_contexts: int, kind: str = JSON, queue: str = DEFAULT_QUEUE
+    store: ContextStore,
+    body: bytes,
+    max_contexts: int,
+    kind: str = JSON,
+    queue: str = DEFAULT_QUEUE,
+    tenant: str | None = None,
 ) -> tuple[str, int]:
     """Parse, check and store a bulk body; (batch id, contexts stored) or ApiError. Blocking."""
     contexts, name = contexts_of(body, kind)
     try:
-        batch_id, count = store.submit_counted(_at_most(contexts(), max_contexts), name=name, queue=queue)
+        batch_id, count = store.submit_counted(
+            _at_most(contexts(), max_contexts), name=name, queue=queue, tenant=tenant
+        )
     except SubmitError as exc:
         problems = collect_problems(_at_most(contexts(), max_contexts), limit=MAX_PROBLEMS)
         if not problems and exc.field == "key":
