@@ -150,7 +150,7 @@ def test_an_uncontended_claim_is_one_find_and_one_update(watched: ContextStore, 
     claim = watched.claim(1000, "loop")
     assert len(claim) == 1000
     # The read back by lease token happens only when another loop took some in between. Besides,
-    # at most every 2 s, one seek for a tenant with work (io/tenants.py): there is none.
+    # at most every second, one seek for a tenant with work (io/tenants.py): there is none.
     _, census = sorted(commands.on("find"), key=lambda find: "sort" not in find)
     assert census["filter"]["tenant"] == {"$gt": ""} and census["limit"] == 1
     (update,) = commands.on("update")

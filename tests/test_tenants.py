@@ -18,6 +18,7 @@ from ctxbatch import Pipeline
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore, TenantShares
 from ctxbatch.io.tenants import TENANTS_PER_CLAIM
+from ctxbatch.monitoring.database import OTHER_TENANTS, TENANT_LABELS
 
 CLUSTER = {"n_workers": 1, "threads_per_worker": 2}
 
@@ -120,6 +121,17 @@ def test_each_tenant_holds_at_most_the_cap_processing(store: ContextStore) -> No
     assert first == {"a": 3, "b": 3, None: 14}
     second = tenants_of(store, store.claim(20, "loop", shares=shares).ids)
     assert second == {None: 20}
+
+
+def test_tenants_at_their_cap_do_not_hold_the_others_back(store: ContextStore) -> None:
+    names = [f"t{n:02d}" for n in range(TENANTS_PER_CLAIM + 4)]
+    for name in names:
+        store.submit(payloads(3), tenant=name)
+    shares = TenantShares(in_flight=1)
+    first = tenants_of(store, store.claim(100, "loop", shares=shares).ids)
+    second = tenants_of(store, store.claim(100, "loop", shares=shares).ids)
+    assert first + second == dict.fromkeys(names, 1)
+    assert len(store.claim(100, "loop", shares=shares)) == 0
 
 
 def test_a_tenant_under_its_cap_again_is_claimed_again(store: ContextStore) -> None:
@@ -235,3 +247,17 @@ def test_a_pipeline_runs_a_small_tenant_beside_a_large_one(store: ContextStore, 
     report = Pipeline("echo", small_run(batch_size=20), store, client).run(max_contexts=60)
     assert report.completed == 60
     assert store.counts(small)["completed"] == 30
+
+
+def test_metrics_label_tenants_only_when_they_are_in_use(api: TestClient, store: ContextStore) -> None:
+    store.submit(payloads(2))
+    assert "ctxbatch_tenant_queue_length" not in api.get("/metrics").text
+    for n in range(TENANT_LABELS + 2):
+        store.submit(payloads(n + 1), tenant=f"t{n:02d}")
+    text = api.get("/metrics").text
+    labelled = [line for line in text.splitlines() if line.startswith("ctxbatch_tenant_queue_length{")]
+    # The TENANT_LABELS tenants with the most waiting, the two smallest summed: bounded, whatever their number.
+    assert len({line.split('tenant="')[1].split('"')[0] for line in labelled}) == TENANT_LABELS + 1
+    assert 'ctxbatch_tenant_queue_length{status="pending",tenant="t11"} 12.0' in text
+    assert 'ctxbatch_tenant_queue_length{status="processing",tenant="t11"} 0.0' in text
+    assert f'ctxbatch_tenant_queue_length{{status="pending",tenant="{OTHER_TENANTS}"}} 3.0' in text

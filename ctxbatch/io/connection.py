@@ -216,7 +216,13 @@ def _retire_old_claim_indexes(contexts: Collection[Document]) -> None:
     done again, from where it stopped, at the next start. Every index costs each status change on
     nx-27017, so the retired ones are dropped, not kept.
     """
-    retired = [name for name in contexts.index_information() if name in RETIRED_CONTEXT_INDEXES]
+    current = {tuple(model.document["key"]) for model in CONTEXT_INDEXES}
+    old_fields = set(RETIRED_CONTEXT_INDEXES.values()) - current
+    retired = [
+        name
+        for name, index in contexts.index_information().items()
+        if name in RETIRED_CONTEXT_INDEXES or tuple(field for field, _ in index["key"]) in old_fields
+    ]
     if not retired:
         return
     contexts.update_many({"queue": {"$exists": False}}, {"$set": {"queue": DEFAULT_QUEUE}})

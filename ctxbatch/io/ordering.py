@@ -32,25 +32,28 @@ class QueueOrders:
         self.connection = connection
 
     def record(self, queues: Sequence[str], aging_seconds: float | None) -> list[str]:
-        """Order these queues' future submissions by `aging_seconds` (None: strict priority); the queues it changed."""
+        """Order these queues' future submissions by `aging_seconds` (None: strict priority); the queues
+        whose order that changed (a queue never recorded was strict)."""
         changed = []
         for queue in dict.fromkeys(queues):
             before = self.connection.queues.find_one({"_id": eq(queue)}, {"aging_seconds": 1})
-            if before is not None and before.get("aging_seconds") == aging_seconds:
+            was = None if before is None else before.get("aging_seconds")
+            if before is not None and was == aging_seconds:
                 continue
             self.connection.queues.update_one(
                 {"_id": eq(queue)},
                 {"$set": {"aging_seconds": aging_seconds}, "$currentDate": {"updated_at": True}},
                 upsert=True,
             )
+            if was != aging_seconds:
+                changed.append(queue)
             if before is not None:
                 log.warning(
                     "queue %r: aging_seconds %s -> %s; contexts already waiting keep their order",
                     queue,
-                    before.get("aging_seconds"),
+                    was,
                     aging_seconds,
                 )
-                changed.append(queue)
         return changed
 
     def aging_of(self, queue: str) -> float | None:

@@ -44,6 +44,8 @@ from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
 CLAIM_ROUNDS = 3
+# At most this many tenants at their cap are passed over (a count each) before a claim stops looking.
+CAPPED_PER_CLAIM = 4 * TENANTS_PER_CLAIM
 # What the claim reads of each context it finds: its order and tenant, and what the Claim keeps.
 CLAIM_FIELDS = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "due": 1, "tenant": 1}
 RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
@@ -159,12 +161,14 @@ class Queue:
         TENANTS_PER_CLAIM), and once more for those that may hold more than their share was.
         """
         turns = self.census.turns(queue)
-        room = self._room(turns[:TENANTS_PER_CLAIM], shares)
-        visited = [t for t in turns[:TENANTS_PER_CLAIM] if room.get(t, wanted) > 0]
+        room, visited, considered = self._visit(turns, shares, wanted)
+        if not visited:  # every tenant considered is at its cap
+            self.census.advance(queue, considered)
+            return []
         parts, odd = split(wanted, visited, shares)
         given = [t for t in visited if parts[t] > 0]
-        # The whole census visited: the odd contexts' turn moves on; else the next tenants' turn comes.
-        self.census.advance(queue, odd if len(given) == len(turns) else max(len(given), 1))
+        # The whole census considered: the odd contexts go round; else the next tenants' turn comes.
+        self.census.advance(queue, odd if considered == len(turns) else turns.index(given[-1]) + 1)
         lookahead = 1 if len(given) > 1 else 0  # one more each tells who may have more to give
 
         def within_room(tenant: str, n: int) -> int:
@@ -196,11 +200,22 @@ class Queue:
         # The `finished` index's status: processing contexts are few, however many wait.
         return self.views.count({"status": eq(Status.PROCESSING.value), "tenant": eq(tenant)})
 
-    def _room(self, tenants: Sequence[str], shares: TenantShares) -> dict[str, int]:
-        """How many more contexts each capped tenant may have processing (`limits.tenant_in_flight`)."""
-        if shares.in_flight is None:
-            return {}
-        return {t: max(shares.in_flight - self._running(t), 0) for t in tenants if shares.capped(t)}
+    def _visit(self, turns: list[str], shares: TenantShares, wanted: int) -> tuple[dict[str, int], list[str], int]:
+        """The tenants this claim visits, in turn, passing over those at their cap; how many more each
+        capped one may have processing (`limits.tenant_in_flight`); and how many tenants it considered."""
+        room: dict[str, int] = {}
+        visited: list[str] = []
+        considered = 0
+        for tenant in turns:
+            if len(visited) == min(TENANTS_PER_CLAIM, wanted) or considered == CAPPED_PER_CLAIM:
+                break
+            considered += 1
+            if shares.capped(tenant):
+                room[tenant] = max((shares.in_flight or 0) - self._running(tenant), 0)
+                if not room[tenant]:
+                    continue
+            visited.append(tenant)
+        return room, visited, considered
 
     def _within_caps(self, held: list[dict[str, Any]], token: str, shares: TenantShares) -> list[dict[str, Any]]:
         """Gives back what took a tenant past its cap: another loop claimed for it at the same time.

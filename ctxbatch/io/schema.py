@@ -77,9 +77,16 @@ CONTEXT_INDEXES = [
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
     IndexModel([("status", ASCENDING), ("finished_ms", ASCENDING), ("attempts", ASCENDING)], name="finished"),
 ]
-# The claim indexes of before (status first; then per queue, by priority or oldest first); dropped
-# where found, once the contexts they ordered have a queue, a tenant and a `due` (io/connection.py).
-RETIRED_CONTEXT_INDEXES = ("claim", "claim_fifo", "queue_claim", "queue_claim_fifo")
+# The claim indexes of before (status first; then per queue, by priority or oldest first), by name
+# and fields (nx-27017 names an index after its fields, whatever name it was given); dropped where
+# found, once the contexts they ordered have a queue, a tenant and a `due` (io/connection.py). The
+# fields of `queue_claim` are those of `queue_levels`: on nx-27017 it stays as it is.
+RETIRED_CONTEXT_INDEXES = {
+    "claim": ("status", "priority", "created_at"),
+    "claim_fifo": ("status", "created_at"),
+    "queue_claim": ("queue", "status", "priority", "created_at"),
+    "queue_claim_fifo": ("queue", "status", "created_at"),
+}
 BATCH_INDEXES = [
     IndexModel([("created_at", DESCENDING)], name="newest"),
     # Batches whose deadline is set and not yet acted on (io/deadlines.py).

@@ -27,8 +27,9 @@ from typing import Any
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import NO_TENANT, Status, eq
 
-CENSUS_SECONDS = 2.0
+CENSUS_SECONDS = 1.0
 SHORT_CENSUS_SECONDS = 0.2
+CENSUS_SHARE = 0.02
 TENANTS_PER_CLAIM = 8
 
 Document = dict[str, Any]
@@ -57,8 +58,13 @@ EQUAL_SHARES = TenantShares()
 class _Count:
     tenants: list[str]
     at: float
+    took: float  # seconds the count took
     short: bool = False
     turn: int = 0  # where the next claim starts in `tenants`
+
+    def old(self, now: float) -> bool:
+        every = SHORT_CENSUS_SECONDS if self.short else CENSUS_SECONDS
+        return now - self.at >= max(every, self.took / CENSUS_SHARE)
 
 
 class TenantCensus:
@@ -72,9 +78,10 @@ class TenantCensus:
         """The queue's tenants with pending work, counted again when the count is old."""
         count = self._counts.get(queue)
         now = time.monotonic()
-        if count is None or now - count.at >= (SHORT_CENSUS_SECONDS if count.short else CENSUS_SECONDS):
-            turn = count.turn if count else 0
-            count = self._counts[queue] = _Count(self._count(queue), now, turn=turn)
+        if count is None or count.old(now):
+            tenants = self._count(queue)
+            took = time.monotonic() - now
+            count = self._counts[queue] = _Count(tenants, now, took, turn=count.turn if count else 0)
         return count.tenants
 
     def _count(self, queue: str) -> list[str]:
@@ -83,7 +90,8 @@ class TenantCensus:
         # One seek of the claim index: the first named tenant, if any; most queues have none.
         if contexts.find_one({**pending, "tenant": {"$gt": NO_TENANT}}, {"tenant": 1}) is None:
             return [NO_TENANT]
-        return sorted(name for name in contexts.distinct("tenant", pending) if isinstance(name, str))
+        found = sorted(name for name in contexts.distinct("tenant", pending) if isinstance(name, str))
+        return found or [NO_TENANT]  # all claimed since the seek
 
     def turns(self, queue: str) -> list[str]:
         """The census's tenants from the one whose turn it is, round."""
@@ -109,13 +117,15 @@ class TenantCensus:
 def split(wanted: int, tenants: Sequence[str], shares: TenantShares) -> tuple[dict[str, int], int]:
     """`wanted` shared among `tenants` by weight; and how many got one of the odd contexts.
 
-    Each tenant gets the whole part of its share; the odd contexts go one each to the tenants in
-    the order given (whose turn it is), so that turns rotate them.
+    Each tenant gets the whole part of its share; the odd contexts go one each by the largest part
+    left over, ties in the order given (whose turn it is), so that turns rotate them.
     """
     total = sum(shares.weight(t) for t in tenants)
-    parts = {t: int(wanted * shares.weight(t) / total) for t in tenants}
+    exact = {t: wanted * shares.weight(t) / total for t in tenants}
+    parts = {t: int(share) for t, share in exact.items()}
     odd = wanted - sum(parts.values())
-    for tenant in tenants[:odd]:
+    by_rest = sorted(tenants, key=lambda t: -(exact[t] - parts[t]))  # stable: ties keep the turn order
+    for tenant in by_rest[:odd]:
         parts[tenant] += 1
     return parts, min(odd, len(tenants))
 
