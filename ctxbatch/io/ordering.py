@@ -1,4 +1,5 @@
-"""Each queue's claim order: the aging its loops run with, recorded where every submission reads it.
+"""Each queue's claim order: the aging its loops run with, recorded where every submission reads it;
+and how many submissions naming tenants it had, which tells loops to count its tenants again.
 
 A context's place in the claim is its `due` (io/schema.py `claim_due`: created + priority x aging),
 fixed when it is submitted, so that the claim costs one index range however it is ordered. But
@@ -55,6 +56,15 @@ class QueueOrders:
                     aging_seconds,
                 )
         return changed
+
+    def note_tenants(self, queue: str) -> None:
+        """A submission naming tenants is in the queue: loops count its tenants again (io/tenants.py)."""
+        self.connection.queues.update_one({"_id": eq(queue)}, {"$inc": {"tenant_submissions": 1}}, upsert=True)
+
+    def tenant_submissions(self, queue: str) -> int:
+        """How many submissions naming tenants the queue has had: a change tells a loop to count again."""
+        found = self.connection.queues.find_one({"_id": eq(queue)}, {"tenant_submissions": 1})
+        return 0 if found is None else int(found.get("tenant_submissions", 0))
 
     def aging_of(self, queue: str) -> float | None:
         """The aging a submission to `queue` is ordered by: the recorded one, else None (strict priority)."""

@@ -22,45 +22,24 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
-from pymongo import ASCENDING, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import ReplaceOne, UpdateMany, UpdateOne
 from pymongo.errors import PyMongoError
 
 from ctxbatch.config import DEFAULT_QUEUE, LEASE_SECONDS
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines, deadline_ms
-from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
-from ctxbatch.io.tenants import (
-    EQUAL_SHARES,
-    TENANTS_PER_CLAIM,
-    TenantCensus,
-    TenantShares,
-    pick,
-    split,
-    to_read_further,
-    urgency,
-)
+from ctxbatch.io.schema import Status, claimable_now, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.tenants import EQUAL_SHARES, SharedClaims, TenantShares
 from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
 CLAIM_ROUNDS = 3
-# At most this many tenants at their cap are passed over (a count each) before a claim stops looking.
-CAPPED_PER_CLAIM = 4 * TENANTS_PER_CLAIM
-# What the claim reads of each context it finds: its order and tenant, and what the Claim keeps.
-CLAIM_FIELDS = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "due": 1, "tenant": 1}
 RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
 
 
 def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
     return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
-
-
-def _claimable(now: dt.datetime, queue: str, tenant: str | None = None) -> dict[str, Any]:
-    # `$eq` on the queue and the tenant, one find per value: the `queue_due` index serves it; `$in` scans on nx-27017.
-    found: dict[str, Any] = {"queue": eq(queue), "status": eq(Status.PENDING.value)}
-    if tenant is not None:
-        found["tenant"] = eq(tenant)
-    return {**found, "next_attempt_ms": {"$lte": epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -77,7 +56,7 @@ class Queue:
         self.deadlines = deadlines
         # Claims whose update may have been applied though no answer came (see claim()).
         self._unanswered: list[Claim] = []
-        self.census = TenantCensus(connection)
+        self.shared = SharedClaims(connection, views)
 
     def claim(
         self,
@@ -123,7 +102,7 @@ class Queue:
                 if len(held) >= n:
                     break
             if shares.in_flight is not None:
-                held = self._within_caps(held, token, shares)
+                held = self.shared.within_caps(held, token, shares)
         except PyMongoError:
             if asked:
                 self._unanswered.append(Claim(token, owner, expires_at, asked))
@@ -147,93 +126,10 @@ class Queue:
         """The `wanted` most urgent claimable contexts of the queues (their ids, tries, order, batches)."""
         found: list[dict[str, Any]] = []
         for queue in dict.fromkeys(queues):
-            found += self._shared(queue, wanted, now, aging_seconds, shares)
+            found += self.shared.first(queue, wanted, now, aging_seconds, shares)
         if len(queues) > 1:
             found.sort(key=lambda d: d["due"])
         return found[:wanted]
-
-    def _shared(
-        self, queue: str, wanted: int, now: dt.datetime, aging_seconds: float | None, shares: TenantShares
-    ) -> list[dict[str, Any]]:
-        """A queue's part of the claim, shared among the tenants whose turn it is (io/tenants.py's note).
-
-        With one tenant, or none, this is one find; with more, one per tenant visited (at most
-        TENANTS_PER_CLAIM), and once more for those that may hold more than their share was.
-        """
-        turns = self.census.turns(queue)
-        room, visited, considered = self._visit(turns, shares, wanted)
-        if not visited:  # every tenant considered is at its cap
-            self.census.advance(queue, considered)
-            return []
-        parts, odd = split(wanted, visited, shares)
-        given = [t for t in visited if parts[t] > 0]
-        # The whole census considered: the odd contexts go round; else the next tenants' turn comes.
-        self.census.advance(queue, odd if considered == len(turns) else turns.index(given[-1]) + 1)
-        lookahead = 1 if len(given) > 1 else 0  # one more each tells who may have more to give
-
-        def within_room(tenant: str, n: int) -> int:
-            return min(n, room[tenant]) if tenant in room else n
-
-        asked = {t: within_room(t, parts[t] + lookahead) for t in given}
-        found = {t: self._tenant_first(queue, t, now, asked[t]) for t in given}
-        level = urgency(self.views.levels, aging_seconds, epoch_ms(now))
-        taken = pick(found, wanted, shares, level)
-        further = [t for t in to_read_further(found, asked, taken, wanted, level) if within_room(t, wanted) > asked[t]]
-        for tenant in further:
-            asked[tenant] = within_room(tenant, len(found[tenant]) + wanted)
-            found[tenant] = self._tenant_first(queue, tenant, now, asked[tenant])
-        if further:
-            taken = pick(found, wanted, shares, level)
-        for tenant, docs in found.items():
-            if not docs:
-                self.census.drop(queue, tenant)
-        if len(taken) < wanted:
-            self.census.came_back_short(queue)
-        return taken
-
-    def _tenant_first(self, queue: str, tenant: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """A tenant's `limit` most urgent claimable contexts of the queue: one range of the `queue_due` index."""
-        cursor = self.connection.contexts.find(_claimable(now, queue, tenant), CLAIM_FIELDS).sort("due", ASCENDING)
-        return list(in_one_reply(cursor.limit(limit), limit))
-
-    def _running(self, tenant: str) -> int:
-        # The `finished` index's status: processing contexts are few, however many wait.
-        return self.views.count({"status": eq(Status.PROCESSING.value), "tenant": eq(tenant)})
-
-    def _visit(self, turns: list[str], shares: TenantShares, wanted: int) -> tuple[dict[str, int], list[str], int]:
-        """The tenants this claim visits, in turn, passing over those at their cap; how many more each
-        capped one may have processing (`limits.tenant_in_flight`); and how many tenants it considered."""
-        room: dict[str, int] = {}
-        visited: list[str] = []
-        considered = 0
-        for tenant in turns:
-            if len(visited) == min(TENANTS_PER_CLAIM, wanted) or considered == CAPPED_PER_CLAIM:
-                break
-            considered += 1
-            if shares.capped(tenant):
-                room[tenant] = max((shares.in_flight or 0) - self._running(tenant), 0)
-                if not room[tenant]:
-                    continue
-            visited.append(tenant)
-        return room, visited, considered
-
-    def _within_caps(self, held: list[dict[str, Any]], token: str, shares: TenantShares) -> list[dict[str, Any]]:
-        """Gives back what took a tenant past its cap: another loop claimed for it at the same time.
-
-        Both loops may give back, leaving the tenant under its cap until the next claim: never over
-        it while an engine runs, since what is given back was never started.
-        """
-        over: list[str] = []
-        for tenant in {d["tenant"] for d in held if shares.capped(d["tenant"])}:
-            excess = self._running(tenant) - (shares.in_flight or 0)
-            if excess > 0:
-                mine = sorted((d for d in held if d["tenant"] == tenant), key=lambda d: d["due"])
-                over += [d["_id"] for d in mine[-excess:]]
-        if over:
-            self.connection.contexts.update_many(
-                held_of(token, over), {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}}
-            )
-        return [d for d in held if d["_id"] not in set(over)]
 
     def release_unanswered(self) -> int:
         given = 0
@@ -341,7 +237,7 @@ class Queue:
         found = 0
         for queue in dict.fromkeys(queues):
             if found < limit:
-                matching = self.connection.contexts.find(_claimable(utcnow(), queue), {"_id": 1})
+                matching = self.connection.contexts.find(claimable_now(utcnow(), queue), {"_id": 1})
                 found += len(list(matching.limit(limit - found)))
         return found
 

@@ -149,6 +149,18 @@ def claim_due(created: dt.datetime, priority: int, aging_seconds: float | None) 
     return epoch_ms(created) + priority * per_priority
 
 
+def claimable_now(now: dt.datetime, queue: str, tenant: str | None = None) -> dict[str, Any]:
+    """The queue's contexts a claim may take now (of one tenant, if given).
+
+    `$eq` on the queue and the tenant, one find per value: the `queue_due` index serves it; `$in`
+    scans on nx-27017. The time is compared as a number (`next_attempt_ms`): see io/queue.py's note.
+    """
+    found: dict[str, Any] = {"queue": eq(queue), "status": eq(Status.PENDING.value)}
+    if tenant is not None:
+        found["tenant"] = eq(tenant)
+    return {**found, "next_attempt_ms": {"$lte": epoch_ms(now)}}
+
+
 def utcnow() -> dt.datetime:
     # MongoDB keeps milliseconds; truncating here keeps in-memory and stored values equal.
     now = dt.datetime.now(dt.UTC)

@@ -353,6 +353,9 @@ class Submissions:
             submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": _expires_ms(MOVE_LEASE_SECONDS)}})
             _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))
             staged.delete_one({"_id": chunk["_id"]})
+        if fields.get("tenanted"):
+            # Once all of it is in: a loop that counts its tenants now finds them (io/tenants.py).
+            QueueOrders(self.connection).note_tenants(fields.get("queue", DEFAULT_QUEUE))
         submissions.delete_one({"_id": batch_id})
 
     def arriving(self) -> bool:

@@ -388,7 +388,8 @@ class ContextStore:
 
         `usage` ({input, output, total}, zeros when none) sums the tokens its completed results
         report (OpenAI's `usage`, io/usage.py), added as each fenced write lands. A batch whose
-        contexts name tenants also has `tenants`: the counts of each tenant ("" for no tenant).
+        contexts name tenants also has `tenants`: the counts of each tenant ("" for no tenant; not in
+        list_batches(), where it would cost an aggregate per status and batch).
         """
         return self._views.batch_status(batch_id)
 

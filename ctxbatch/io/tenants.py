@@ -18,19 +18,28 @@ use (it has too little, or only less urgent work) goes to the others.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo import ASCENDING
+
 from ctxbatch.io.connection import Connection
-from ctxbatch.io.schema import NO_TENANT, Status, eq
+from ctxbatch.io.ordering import QueueOrders
+from ctxbatch.io.schema import NO_TENANT, Status, claimable_now, epoch_ms, eq, held_of, in_one_reply
+from ctxbatch.io.views import Views
 
 CENSUS_SECONDS = 1.0
 SHORT_CENSUS_SECONDS = 0.2
 CENSUS_SHARE = 0.02
 TENANTS_PER_CLAIM = 8
+# At most this many tenants at their cap are passed over (a count each) before a claim stops looking.
+CAPPED_PER_CLAIM = 4 * TENANTS_PER_CLAIM
+# What the claim reads of each context it finds: its order and tenant, and what the Claim keeps.
+CLAIM_FIELDS = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "due": 1, "tenant": 1}
 
 Document = dict[str, Any]
 
@@ -59,8 +68,11 @@ class _Count:
     tenants: list[str]
     at: float
     took: float  # seconds the count took
+    submissions: int  # the queue's submissions naming tenants when counted
     short: bool = False
     turn: int = 0  # where the next claim starts in `tenants`
+    asked: float = 0.0  # when the queue's submissions naming tenants were last looked at
+    stale: bool = False  # a submission naming tenants arrived since
 
     def old(self, now: float) -> bool:
         every = SHORT_CENSUS_SECONDS if self.short else CENSUS_SECONDS
@@ -72,16 +84,23 @@ class TenantCensus:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self.orders = QueueOrders(connection)
         self._counts: dict[str, _Count] = {}
 
     def tenants(self, queue: str) -> list[str]:
-        """The queue's tenants with pending work, counted again when the count is old."""
+        """The queue's tenants with pending work, counted again when the count is old or a submission
+        naming tenants arrived since (looked at every SHORT_CENSUS_SECONDS: one find of one document)."""
         count = self._counts.get(queue)
         now = time.monotonic()
-        if count is None or count.old(now):
+        if count is not None and not count.old(now) and now - count.asked >= SHORT_CENSUS_SECONDS:
+            count.asked = now
+            count.stale = self.orders.tenant_submissions(queue) != count.submissions
+        if count is None or count.stale or count.old(now):
+            submissions = self.orders.tenant_submissions(queue)
             tenants = self._count(queue)
             took = time.monotonic() - now
-            count = self._counts[queue] = _Count(tenants, now, took, turn=count.turn if count else 0)
+            turn = count.turn if count else 0
+            count = self._counts[queue] = _Count(tenants, now, took, submissions, turn=turn, asked=now)
         return count.tenants
 
     def _count(self, queue: str) -> list[str]:
@@ -186,3 +205,95 @@ def to_read_further(
         return fuller
     worst = max((level(doc) for doc in picked), default=0)
     return [t for t in fuller if level(found[t][-1]) < worst]
+
+
+class SharedClaims:
+    """A queue's part of each claim, shared among its tenants; the census of who has work."""
+
+    def __init__(self, connection: Connection, views: Views) -> None:
+        self.connection = connection
+        self.views = views
+        self.census = TenantCensus(connection)
+
+    def first(
+        self, queue: str, wanted: int, now: dt.datetime, aging_seconds: float | None, shares: TenantShares
+    ) -> list[dict[str, Any]]:
+        """A queue's part of the claim, shared among the tenants whose turn it is (the module's note).
+
+        With one tenant, or none, this is one find; with more, one per tenant visited (at most
+        TENANTS_PER_CLAIM), and once more for those that may hold more than their share was.
+        """
+        turns = self.census.turns(queue)
+        room, visited, considered = self._visit(turns, shares, wanted)
+        if not visited:  # every tenant considered is at its cap
+            self.census.advance(queue, considered)
+            return []
+        parts, odd = split(wanted, visited, shares)
+        given = [t for t in visited if parts[t] > 0]
+        # The whole census considered: the odd contexts go round; else the next tenants' turn comes.
+        self.census.advance(queue, odd if considered == len(turns) else turns.index(given[-1]) + 1)
+        lookahead = 1 if len(given) > 1 else 0  # one more each tells who may have more to give
+
+        def within_room(tenant: str, n: int) -> int:
+            return min(n, room[tenant]) if tenant in room else n
+
+        asked = {t: within_room(t, parts[t] + lookahead) for t in given}
+        found = {t: self._tenant_first(queue, t, now, asked[t]) for t in given}
+        level = urgency(self.views.levels, aging_seconds, epoch_ms(now))
+        taken = pick(found, wanted, shares, level)
+        further = [t for t in to_read_further(found, asked, taken, wanted, level) if within_room(t, wanted) > asked[t]]
+        for tenant in further:
+            asked[tenant] = within_room(tenant, len(found[tenant]) + wanted)
+            found[tenant] = self._tenant_first(queue, tenant, now, asked[tenant])
+        if further:
+            taken = pick(found, wanted, shares, level)
+        for tenant, docs in found.items():
+            if not docs:
+                self.census.drop(queue, tenant)
+        if len(taken) < wanted:
+            self.census.came_back_short(queue)
+        return taken
+
+    def _tenant_first(self, queue: str, tenant: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        """A tenant's `limit` most urgent claimable contexts of the queue: one range of the `queue_due` index."""
+        cursor = self.connection.contexts.find(claimable_now(now, queue, tenant), CLAIM_FIELDS).sort("due", ASCENDING)
+        return list(in_one_reply(cursor.limit(limit), limit))
+
+    def _running(self, tenant: str) -> int:
+        # The `finished` index's status: processing contexts are few, however many wait.
+        return self.views.count({"status": eq(Status.PROCESSING.value), "tenant": eq(tenant)})
+
+    def _visit(self, turns: list[str], shares: TenantShares, wanted: int) -> tuple[dict[str, int], list[str], int]:
+        """The tenants this claim visits, in turn, passing over those at their cap; how many more each
+        capped one may have processing (`limits.tenant_in_flight`); and how many tenants it considered."""
+        room: dict[str, int] = {}
+        visited: list[str] = []
+        considered = 0
+        for tenant in turns:
+            if len(visited) == min(TENANTS_PER_CLAIM, wanted) or considered == CAPPED_PER_CLAIM:
+                break
+            considered += 1
+            if shares.capped(tenant):
+                room[tenant] = max((shares.in_flight or 0) - self._running(tenant), 0)
+                if not room[tenant]:
+                    continue
+            visited.append(tenant)
+        return room, visited, considered
+
+    def within_caps(self, held: list[dict[str, Any]], token: str, shares: TenantShares) -> list[dict[str, Any]]:
+        """Gives back what took a tenant past its cap: another loop claimed for it at the same time.
+
+        Both loops may give back, leaving the tenant under its cap until the next claim: never over
+        it while an engine runs, since what is given back was never started.
+        """
+        over: list[str] = []
+        for tenant in {d["tenant"] for d in held if shares.capped(d["tenant"])}:
+            excess = self._running(tenant) - (shares.in_flight or 0)
+            if excess > 0:
+                mine = sorted((d for d in held if d["tenant"] == tenant), key=lambda d: d["due"])
+                over += [d["_id"] for d in mine[-excess:]]
+        if over:
+            self.connection.contexts.update_many(
+                held_of(token, over), {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}}
+            )
+        return [d for d in held if d["_id"] not in set(over)]

@@ -86,7 +86,9 @@ class Views:
     def _count_by_status(self, match: dict[str, Any] | None = None) -> dict[str, int]:
         return {s.value: self.count({**(match or {}), "status": _eq(s.value)}) for s in Status}
 
-    def batch_status(self, batch_id: str) -> BatchStatus:
+    def batch_status(self, batch_id: str, *, per_tenant: bool = True) -> BatchStatus:
+        """The batch's status; with `per_tenant`, its counts per tenant too when it has tenants (listings
+        leave them out: they cost an aggregate per status)."""
         batch = self.batch_document(batch_id)
         if batch.get("deadline_ms") is not None and batch["deadline_ms"] <= epoch_ms(utcnow()):
             # Read after its deadline and before any loop saw it: expire now, so the status is true.
@@ -110,7 +112,7 @@ class Views:
                 "cancelled_at": _iso(batch.get("cancelled_at")),
                 "failed_at": _iso(batch.get("failed_at")),
                 **({"errors": batch["errors"]} if batch.get("errors") else {}),
-                **({"tenants": self.counts_by_tenant(batch_id)} if batch.get("tenanted") else {}),
+                **({"tenants": self.counts_by_tenant(batch_id)} if per_tenant and batch.get("tenanted") else {}),
                 **{field: batch[field] for field in OPENAI_FIELDS if field in batch},
             }
         )
@@ -253,7 +255,7 @@ class Views:
             newest = newest.limit(limit)
         found: list[dict[str, Any]] = []
         for batch in newest:
-            view = self.batch_status(batch["_id"])
+            view = self.batch_status(batch["_id"], per_tenant=False)
             if wanted is None or view["status"] == wanted:
                 found.append(view)
                 if len(found) >= limit:
@@ -284,7 +286,7 @@ class Views:
             if (anchor is None or key < anchor) and (having is None or batch.get(having) is not None):
                 rows.append(key)
         rows.sort(reverse=True)
-        return [self.batch_status(batch_id) for _, batch_id in rows[:limit]], len(rows) > limit
+        return [self.batch_status(batch_id, per_tenant=False) for _, batch_id in rows[:limit]], len(rows) > limit
 
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
