@@ -4,10 +4,12 @@ A queue's claim reads each tenant's most urgent contexts as one range of the `qu
 (queue, status, tenant, due). With a single tenant, or none (every context then holds NO_TENANT),
 that is the claim's one find, as before tenants existed. To share a batch, the claim must know
 which tenants have work without a find per tenant on every claim, so the census keeps, per queue,
-the tenants with pending contexts, counted at most every CENSUS_SECONDS (and SHORT_CENSUS_SECONDS
-after a claim came back short): one index seek for any named tenant, and only when there is one a
-`distinct` over the queue's pending contexts (~20 ms at 100k on nx-27017). A tenant that arrived
-since is seen at the next count; until then its contexts wait, never out of reach.
+the tenants with pending contexts: one index seek for any named tenant, and only when there is one
+a `distinct` over the queue's pending contexts (~20 ms at 100k on nx-27017). It counts again after
+CENSUS_SECONDS, or less often when counting grows slow (at most CENSUS_SHARE of the time); after
+SHORT_CENSUS_SECONDS when a claim came back short; and as soon as a submission naming tenants has
+arrived (each one counts itself in its queue's document, io/ordering.py, which the census reads
+every SHORT_CENSUS_SECONDS). Until a tenant is counted its contexts wait; they are never out of reach.
 
 Each claim visits at most TENANTS_PER_CLAIM tenants of the census, in turn (round robin: a claim
 starts where the last one stopped), so with 1,000 tenants waiting a claim costs a few finds more
