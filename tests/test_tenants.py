@@ -209,8 +209,11 @@ def test_submit_takes_a_tenant_on_the_command_line(ctxbatch: Invoke, store: Cont
 def test_the_bulk_route_takes_a_tenant(api: TestClient, store: ContextStore) -> None:
     accepted = api.post("/api/contexts/bulk?tenant=acme", json=[{"payload": {}}, {"payload": {}, "tenant": "own"}])
     assert accepted.status_code == 202, accepted.text
-    rows = store.iter_results(accepted.json()["batch_id"])
-    assert sorted(row["tenant"] for row in rows) == ["acme", "own"]
+    batch_id = accepted.json()["batch_id"]
+    assert sorted(row["tenant"] for row in store.iter_results(batch_id)) == ["acme", "own"]
+    status = api.get(f"/api/batches/{batch_id}").json()
+    assert status["tenants"]["acme"]["pending"] == 1 and status["tenants"]["own"]["total"] == 1
+    assert api.get("/api/stats?tenant=own").json()["queue_length"]["medium"] == 1
     refused = api.post("/api/contexts/bulk", json=[{"payload": {}, "tenant": "x" * 65}])
     assert refused.status_code == 422
     assert refused.json()["problems"][0]["field"] == "tenant"
@@ -219,13 +222,15 @@ def test_the_bulk_route_takes_a_tenant(api: TestClient, store: ContextStore) -> 
 # -- seeing tenants ----------------------------------------------------------------------------
 
 
-def test_a_batch_status_counts_its_contexts_per_tenant(store: ContextStore) -> None:
+def test_a_batch_status_counts_its_contexts_per_tenant(store: ContextStore, ctxbatch: Invoke) -> None:
     batch = store.submit([{"payload": {}, "tenant": "a"}, {"payload": {}, "tenant": "b"}, {"payload": {}}])
     claim = store.claim(3, "loop")
     store.complete(claim, {i: {} for i in claim.ids if store.get_context(i)["tenant"] == "a"})
     tenants = store.batch_status(batch)["tenants"]
-    assert tenants["a"]["completed"] == 1 and tenants["b"]["processing"] == 1
+    assert tenants["a"]["completed"] == 1 and tenants["b"]["processing"] == 1 and tenants[""]["total"] == 1
     assert "tenants" not in store.batch_status(store.submit(payloads(1)))
+    shown = ctxbatch("status", batch)
+    assert "tenant a: total 1  completed 1" in shown.stdout and "tenant (none): total 1" in shown.stdout
 
 
 def test_stats_of_one_tenant(store: ContextStore, ctxbatch: Invoke) -> None:
