@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from ctxbatch import Pipeline
 from ctxbatch.errors import SubmitError
 from ctxbatch.io import ContextStore, TenantShares
-from ctxbatch.io.tenants import TENANTS_PER_CLAIM
+from ctxbatch.io.tenants import MIN_SHARE, TENANTS_PER_CLAIM
 from ctxbatch.monitoring.database import OTHER_TENANTS, TENANT_LABELS
 
 CLUSTER = {"n_workers": 1, "threads_per_worker": 2}
@@ -84,11 +84,20 @@ def test_a_more_urgent_level_goes_first_whoever_holds_it(store: ContextStore) ->
 def test_every_tenant_gets_its_turn_when_more_wait_than_a_claim_visits(store: ContextStore) -> None:
     names = [f"t{n:02d}" for n in range(3 * TENANTS_PER_CLAIM)]
     for name in names:
-        store.submit(payloads(5), tenant=name)
+        store.submit(payloads(2 * MIN_SHARE), tenant=name)
     seen: Counter[str] = Counter()
     for _ in range(3):
-        seen += tenants_of(store, store.claim(TENANTS_PER_CLAIM, "loop").ids)
-    assert seen == dict.fromkeys(names, 1)
+        seen += tenants_of(store, store.claim(TENANTS_PER_CLAIM * MIN_SHARE, "loop").ids)
+    assert seen == dict.fromkeys(names, MIN_SHARE)
+
+
+def test_a_small_claim_visits_fewer_tenants(watched: ContextStore, commands: Commands) -> None:
+    for n in range(20):
+        watched.submit(payloads(10), tenant=f"t{n:02d}")
+    watched.claim(8, "loop")  # the first claim counts the tenants
+    commands.clear()
+    assert tenants_of(watched, watched.claim(8, "loop").ids) == {"t02": 4, "t03": 4}
+    assert len([f for f in commands.on("find") if "sort" in f]) == 2
 
 
 def test_a_claim_among_many_tenants_costs_a_bounded_number_of_finds(watched: ContextStore, commands: Commands) -> None:
