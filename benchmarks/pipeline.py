@@ -64,7 +64,7 @@ def fill_plain(uri: str, database: str, count: int) -> None:
     contexts.create_index([("status", ASCENDING), ("priority", ASCENDING)])
     now = utcnow()
     requests = validate_requests(records(count), None)
-    documents = [context_document(r, f"c{i}", "b", now, i) for i, r in enumerate(requests)]
+    documents = [context_document(r, f"c{i}", "b", now, i, "default") for i, r in enumerate(requests)]
     for start in range(0, count, 10_000):
         contexts.insert_many(documents[start : start + 10_000], ordered=False)
 

@@ -19,6 +19,7 @@ PRIORITY_MIN, PRIORITY_MAX = 0, 100
 # A record's priority when neither it nor its submission gives one.
 DEFAULT_PRIORITY = 50
 DEFAULT_QUEUE = "default"
+MAX_TENANT_LENGTH = 64
 # Defaults the settings and the store's method arguments share.
 LEASE_SECONDS = 300
 # How long an idempotency key's first answer is replayed to a retry with that key (Stripe keeps 24 h).
@@ -90,6 +91,23 @@ class PrioritySettings(_Section):
         DEFAULT_LEVELS,
         description="Named priority ranges; together they cover 0..100 exactly once.",
     )
+    aging_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Each this many seconds of waiting makes a context one priority more urgent (0: oldest first); "
+        "None: strict priority. The loop records it for its queues; it orders what is submitted after.",
+    )
+
+    @model_validator(mode="after")
+    def _aging_needs_priorities(self) -> PrioritySettings:
+        if not self.enabled and self.aging_seconds is not None:
+            raise ValueError("aging_seconds is set but enabled is false (oldest first, which is aging_seconds: 0)")
+        return self
+
+    @property
+    def order_aging_seconds(self) -> float | None:
+        """The aging that orders the loop's queues: 0 (oldest first) with priorities off, else aging_seconds."""
+        return 0.0 if not self.enabled else self.aging_seconds
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -120,6 +138,16 @@ class PrioritySettings(_Section):
         return level_ranges(self.levels)
 
 
+TenantName = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_LENGTH)]
+
+
+class TenantSettings(_Section):
+    weights: dict[TenantName, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Each tenant's share of a claim relative to the others (1 for a tenant not named here).",
+    )
+
+
 class WorkerSettings(_Section):
     batch_size: int = Field(10, ge=1, description="Contexts per batch (fixed sizing, and the dynamic start).")
     max_parallel_batches: int = Field(3, ge=1, description="Batches in flight at once per loop.")
@@ -146,6 +174,7 @@ class WorkerSettings(_Section):
         None, description="'fixed', 'dynamic' or 'module:callable'; None follows dynamic_batch_sizing."
     )
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     queues: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=lambda: [DEFAULT_QUEUE], min_length=1, description="The queues this loop claims from."
@@ -381,6 +410,9 @@ class LimitsSettings(_Section):
     )
     name: str = Field(
         "default", min_length=1, description="The limit's name: loops on one database sharing it share one budget."
+    )
+    tenant_in_flight: int | None = Field(
+        None, ge=1, description="Most contexts of one tenant processing at once, over every loop on the database."
     )
 
 

@@ -95,6 +95,16 @@ def nap(payload: dict[str, Any]) -> dict[str, Any]:
     return {"i": payload.get("i")}
 
 
+def timed_call(payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleeps payload["sleep"] seconds, then appends {who, start, end} (wall clock) to payload["calls_file"]."""
+    start = time.time()
+    time.sleep(payload.get("sleep", 0))
+    line = json.dumps({"who": payload.get("who"), "start": start, "end": time.time()})
+    with open(payload["calls_file"], "a") as calls:  # one write per call: lines never interleave
+        calls.write(line + "\n")
+    return {"i": payload.get("i")}
+
+
 def nap_with_usage(payload: dict[str, Any]) -> dict[str, Any]:
     """nap(), answered as a chat completion that used 10 + i prompt and i completion tokens."""
     nap(payload)

@@ -354,9 +354,8 @@ def test_the_claim_find_reads_the_pending_contexts_through_the_claim_index(
 ) -> None:
     queue.claim(10, "loop")
     find = next(c for c in commands.on("find") if "sort" in c)
-    # nx-27017's explain drops `sort` and `limit` (it plans the filter alone), so there the
-    # queue-led fifo index can win the plan; both claim indexes lead with `queue`, then `status`.
-    assert index_used(queue, as_find(find)) in (index_keys("queue_claim"), index_keys("queue_claim_fifo"))
+    assert find["sort"] == {"due": 1}
+    assert index_used(queue, as_find(find)) == index_keys("queue_due")
 
 
 def dates_in(value: Any) -> list[dt.datetime]:
@@ -377,10 +376,16 @@ def test_the_claim_find_compares_no_dates(queue: ContextStore, commands: Command
     assert dates_in(find["filter"]) == []
 
 
-def test_the_fifo_claim_find_uses_the_claim_fifo_index(queue: ContextStore, commands: Commands) -> None:
-    queue.claim(10, "loop", by_priority=False)
-    find = next(c for c in commands.on("find") if "sort" in c)
-    assert index_used(queue, as_find(find)) == index_keys("queue_claim_fifo")
+def test_a_claim_among_tenants_reads_each_one_through_the_claim_index(
+    watched: ContextStore, commands: Commands
+) -> None:
+    for tenant in ("a", "b", "c"):
+        watched.submit([{"payload": {"n": i}} for i in range(20)], tenant=tenant)
+    commands.clear()
+    assert len(watched.claim(24, "loop")) == 24  # three tenants visited, about 8 contexts each
+    finds = [c for c in commands.on("find") if "sort" in c]
+    assert sorted(f["filter"]["tenant"]["$eq"] for f in finds) == ["a", "b", "c"]
+    assert all(index_used(watched, as_find(find)) == index_keys("queue_due") for find in finds)
 
 
 def test_the_claim_update_uses_the_id_index(queue: ContextStore, commands: Commands) -> None:
@@ -405,14 +410,14 @@ def test_batch_counts_match_through_the_batch_status_index(queue: ContextStore, 
     assert all(index_used(queue, as_find(count)) == index_keys("batch_status") for count in counts)
 
 
-def test_queue_lengths_count_each_level_of_each_queue_through_the_claim_index(
+def test_queue_lengths_count_each_level_of_each_queue_through_the_levels_index(
     queue: ContextStore, commands: Commands
 ) -> None:
     lengths = queue.queue_length()
     assert sum(lengths.values()) == 300
     counts = commands.on("count")
     assert len(counts) == len(queue.levels)  # one queue: one count per level
-    assert all(index_used(queue, as_find(count)) == index_keys("queue_claim") for count in counts)
+    assert all(index_used(queue, as_find(count)) == index_keys("queue_levels") for count in counts)
 
 
 def test_renew_finds_the_lease_by_the_id_index(queue: ContextStore, commands: Commands) -> None:

@@ -42,6 +42,7 @@ def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config
 @click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), help="Priority of records that give none.")
 @click.option("--name", help="A name for the batch.")
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="The queue the batch joins.")
+@click.option("--tenant", help="Tenant of records that name none (claims share batches among tenants).")
 @click.option(
     "--format",
     "form",
@@ -66,6 +67,7 @@ def submit(
     priority: int | None,
     name: str | None,
     queue: str,
+    tenant: str | None,
     form: str | None,
     completion_window: str | None,
     idempotency_key: str | None,
@@ -85,6 +87,7 @@ def submit(
             completion_window=completion_window,
             format=form,
             idempotency_key=idempotency_key,
+            tenant=tenant,
         )
     except SubmitError as exc:
         if exc.field == "idempotency_key":
@@ -113,6 +116,9 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
     queue = "" if report["queue"] == DEFAULT_QUEUE else f" (queue {report['queue']})"
     click.echo(f"batch {report['batch_id']}: {report['status']}{queue}")
     click.echo("  " + "  ".join(f"{key} {counts[key]}" for key in counts))
+    for tenant, by_status in report.get("tenants", {}).items():
+        shown = "  ".join(f"{key} {n}" for key, n in by_status.items() if n or key == "total")
+        click.echo(f"  tenant {tenant or '(none)'}: {shown}")
     if report.get("expires_at"):
         passed = "expired" if report.get("expired_at") else "expires"
         click.echo(f"  {passed} at {report['expires_at']}")

@@ -46,15 +46,17 @@ WINDOW = click.option(
 @click.command()
 @click.argument("batch_id", required=False)
 @WINDOW
+@click.option("--tenant", help="Only this tenant's contexts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_state
-def stats(state: State, batch_id: str | None, window: float, as_json: bool) -> None:
+def stats(state: State, batch_id: str | None, window: float, tenant: str | None, as_json: bool) -> None:
     """Throughput, success rate, latency and the queue of the whole cluster (or one batch), from the database."""
-    found = state.store.stats(batch_id, window)
+    found = state.store.stats(batch_id, window, tenant)
     if as_json:
         click.echo(json.dumps(found))
         return
-    click.echo("\n".join(terminal.stats_lines(found, _title(batch_id))))
+    title = _title(batch_id) + (f", tenant {tenant}" if tenant is not None else "")
+    click.echo("\n".join(terminal.stats_lines(found, title)))
 
 
 @click.command()

@@ -4,6 +4,7 @@ from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.schema import ContextRequest, Status, error_record, utcnow
 from ctxbatch.io.stats import Stats
 from ctxbatch.io.store import ContextStore, connect, mask_uri
+from ctxbatch.io.tenants import TenantShares
 from ctxbatch.io.usage import usage_of
 from ctxbatch.io.views import BatchStatus, derive_status, json_default
 
@@ -14,6 +15,7 @@ __all__ = [
     "ContextStore",
     "Stats",
     "Status",
+    "TenantShares",
     "WriteReport",
     "connect",
     "derive_status",

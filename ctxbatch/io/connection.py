@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pymongo
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.monitoring import (
@@ -36,16 +36,20 @@ from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.io import embedded
 from ctxbatch.io.schema import (
     BATCH_INDEXES,
+    CLAIMABLE_AGAIN,
     CONTEXT_INDEXES,
     FILE_INDEXES,
     IDEMPOTENCY_INDEXES,
+    NO_TENANT,
     RETIRED_CONTEXT_INDEXES,
     STAGED_INDEXES,
+    claim_due,
 )
 
 Document = dict[str, Any]
 log = logging.getLogger("ctxbatch.io")
 CLOSE_SECONDS = 1.0
+MIGRATION_CHUNK = 10_000  # contexts given a `due` per write when an older database is upgraded
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class Binding:
     # Idempotency keys and the first answers given under them (io/idempotency.py).
     idempotency: Collection[Document]
 
+    # Each queue's claim order, as its loops set it (io/ordering.py).
+    queues: Collection[Document]
+
     @classmethod
     def of(cls, client: MongoClient[Document], database: str) -> Binding:
         db = client[database]
@@ -80,6 +87,7 @@ class Binding:
             "sizing_decisions",
             "limits",
             "idempotency",
+            "queues",
         )
         return cls(client, db, **{name: db[name] for name in names})
 
@@ -182,11 +190,15 @@ class Connection:
     def idempotency(self) -> Collection[Document]:
         return self.bound.idempotency
 
+    @property
+    def queues(self) -> Collection[Document]:
+        return self.bound.queues
+
     def ensure_indexes(self) -> None:
         """The queue's indexes, created once per connection (creating them again is a no-op there)."""
         if not self._indexed:
             binding = self.bound
-            _retire_status_led_claim(binding.contexts)
+            _retire_old_claim_indexes(binding.contexts)
             binding.contexts.create_indexes(CONTEXT_INDEXES)
             binding.batches.create_indexes(BATCH_INDEXES)
             binding.staged.create_indexes(STAGED_INDEXES)
@@ -205,14 +217,35 @@ class Connection:
             self._binding.client.close()
 
 
-def _retire_status_led_claim(contexts: Collection[Document]) -> None:
-    """A database from before queues: its contexts join the default queue, its old claim indexes go.
+def _retire_old_claim_indexes(contexts: Collection[Document]) -> None:
+    """A database from before queues, tenants or `due`: its contexts get them, its old claim indexes go.
 
-    Every index costs each status change on nx-27017, so the retired ones are dropped, not kept.
+    Contexts from before queues join the default queue; every context has no tenant; those that may
+    be claimed again (pending, processing, failed, expired) get the `due` of strict priority, the
+    order the old indexes claimed them in. The indexes are dropped last, so a migration cut off is
+    done again, from where it stopped, at the next start. Every index costs each status change on
+    nx-27017, so the retired ones are dropped, not kept.
     """
-    retired = [name for name in contexts.index_information() if name in RETIRED_CONTEXT_INDEXES]
+    current = {tuple(model.document["key"]) for model in CONTEXT_INDEXES}
+    old_fields = set(RETIRED_CONTEXT_INDEXES.values()) - current
+    retired = [
+        name
+        for name, index in contexts.index_information().items()
+        if name in RETIRED_CONTEXT_INDEXES or tuple(field for field, _ in index["key"]) in old_fields
+    ]
     if not retired:
         return
     contexts.update_many({"queue": {"$exists": False}}, {"$set": {"queue": DEFAULT_QUEUE}})
+    contexts.update_many({"tenant": {"$exists": False}}, {"$set": {"tenant": NO_TENANT}})
+    undue = {"due": {"$exists": False}, "status": {"$in": list(CLAIMABLE_AGAIN)}}
+    while True:
+        found = list(contexts.find(undue, {"priority": 1, "created_at": 1}).limit(MIGRATION_CHUNK))
+        if not found:
+            break
+        strict = [claim_due(d["created_at"], d["priority"], None) for d in found]
+        contexts.bulk_write(
+            [UpdateOne({"_id": d["_id"]}, {"$set": {"due": due}}) for d, due in zip(found, strict, strict=True)],
+            ordered=False,
+        )
     for name in retired:
         contexts.drop_index(name)

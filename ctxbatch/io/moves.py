@@ -27,10 +27,12 @@ import bson
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.io import moments
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import deadline_ms
 from ctxbatch.io.idempotency import IdempotencyKeys
+from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.schema import epoch_ms, eq, utcnow
 
 log = logging.getLogger("ctxbatch.io.moves")
@@ -148,6 +150,9 @@ class Moves:
             _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))
             staged.delete_one({"_id": chunk["_id"]})
             moments.reached(moments.MOVE)
+        if fields.get("tenanted"):
+            # Once all of it is in: a loop that counts its tenants now finds them (io/tenants.py).
+            QueueOrders(self.connection).note_tenants(fields.get("queue", DEFAULT_QUEUE))
         submissions.delete_one({"_id": batch_id})
 
     def arriving(self) -> bool:

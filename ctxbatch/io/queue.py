@@ -23,14 +23,15 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
-from pymongo import ASCENDING, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import ReplaceOne, UpdateMany, UpdateOne
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from ctxbatch.config import DEFAULT_QUEUE, LEASE_SECONDS
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines, deadline_ms
-from ctxbatch.io.schema import Status, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.schema import Status, claimable_now, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.tenants import EQUAL_SHARES, SharedClaims, TenantShares
 from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
 
@@ -41,11 +42,6 @@ RetryAt = Mapping[str, dt.datetime | None] | dt.datetime | None
 
 def _lease(owner: str, token: str, expires_at: dt.datetime) -> dict[str, Any]:
     return {"owner": owner, "token": token, "expires_at": expires_at, "expires_ms": epoch_ms(expires_at)}
-
-
-def _claimable(now: dt.datetime, queue: str) -> dict[str, Any]:
-    # `$eq` on the queue, one find per queue: the `queue_claim` index serves it; `$in` scans on nx-27017.
-    return {"queue": eq(queue), "status": eq(Status.PENDING.value), "next_attempt_ms": {"$lte": epoch_ms(now)}}
 
 
 def _stamp(*fields: str) -> dict[str, dict[str, bool]]:
@@ -62,6 +58,7 @@ class Queue:
         self.deadlines = deadlines
         # Claims whose update may have been applied though no answer came (see claim()).
         self._unanswered: list[Claim] = []
+        self.shared = SharedClaims(connection, views)
 
     def claim(
         self,
@@ -69,8 +66,9 @@ class Queue:
         owner: str,
         lease_seconds: float = LEASE_SECONDS,
         *,
-        by_priority: bool = True,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
+        aging_seconds: float | None = None,
+        shares: TenantShares = EQUAL_SHARES,
     ) -> Claim:
         self.release_unanswered()
         self.deadlines.expire_due_now_and_then()
@@ -82,7 +80,7 @@ class Queue:
         asked: list[str] = []  # every id an update of this lease was sent for
         try:
             for _ in range(CLAIM_ROUNDS):
-                found = self._first(n - len(held), now, queues, by_priority)
+                found = self._first(n - len(held), now, queues, aging_seconds, shares)
                 if not found:
                     break
                 asked += [d["_id"] for d in found]
@@ -105,12 +103,13 @@ class Queue:
                 held += [{**d, "attempts": d["attempts"] + 1} for d in found]
                 if len(held) >= n:
                     break
+            if shares.in_flight is not None:
+                held = self.shared.within_caps(held, token, shares)
         except PyMongoError:
             if asked:
                 self._unanswered.append(Claim(token, owner, expires_at, asked))
             raise
-        if by_priority:
-            held.sort(key=lambda d: d["priority"])  # rounds after the first may hold more urgent ones
+        held.sort(key=lambda d: d["due"])  # rounds after the first may hold more urgent ones
         # One string object per batch, so a pickled claim holds each batch id once (see Claim.batch_of).
         batches = {d["batch_id"]: d["batch_id"] for d in held}
         return Claim(
@@ -123,16 +122,15 @@ class Queue:
             batch_of={d["_id"]: batches[d["batch_id"]] for d in held},
         )
 
-    def _first(self, wanted: int, now: dt.datetime, queues: Sequence[str], by_priority: bool) -> list[dict[str, Any]]:
-        """The `wanted` most urgent claimable contexts of the queues (their ids, tries, priorities, batches)."""
-        order = [("priority", ASCENDING), ("created_at", ASCENDING)] if by_priority else [("created_at", ASCENDING)]
-        fields = {"_id": 1, "attempts": 1, "priority": 1, "batch_id": 1, "created_at": 1}
+    def _first(
+        self, wanted: int, now: dt.datetime, queues: Sequence[str], aging_seconds: float | None, shares: TenantShares
+    ) -> list[dict[str, Any]]:
+        """The `wanted` most urgent claimable contexts of the queues (their ids, tries, order, batches)."""
         found: list[dict[str, Any]] = []
         for queue in dict.fromkeys(queues):
-            cursor = self.connection.contexts.find(_claimable(now, queue), fields).sort(order).limit(wanted)
-            found += in_one_reply(cursor, wanted)
+            found += self.shared.first(queue, wanted, now, aging_seconds, shares)
         if len(queues) > 1:
-            found.sort(key=lambda d: tuple(d[name] for name, _ in order))
+            found.sort(key=lambda d: d["due"])
         return found[:wanted]
 
     def release_unanswered(self) -> int:
@@ -247,7 +245,7 @@ class Queue:
         found = 0
         for queue in dict.fromkeys(queues):
             if found < limit:
-                matching = self.connection.contexts.find(_claimable(utcnow(), queue), {"_id": 1})
+                matching = self.connection.contexts.find(claimable_now(utcnow(), queue), {"_id": 1})
                 found += len(list(matching.limit(limit - found)))
         return found
 

@@ -48,6 +48,7 @@ from ctxbatch.io.deadlines import deadline_ms, window_seconds
 from ctxbatch.io.idempotency import Fingerprint, FirstAnswer, Held, IdempotencyKeys, validate_key
 from ctxbatch.io.moves import COMMITTED, MOVE_LEASE_SECONDS, STAGING, Moves, expires_ms
 from ctxbatch.io.openai_batch import records_of
+from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.schema import (
     MAX_BSON_BYTES,
     ContextRequest,
@@ -57,6 +58,7 @@ from ctxbatch.io.schema import (
     utcnow,
     validate_name,
     validate_queue,
+    validate_tenant,
 )
 
 log = logging.getLogger("ctxbatch.io.staging")
@@ -82,6 +84,8 @@ class BatchOptions:
     window_seconds: float | None = None
     # Fields kept on the batch document as they are (OpenAI's endpoint, completion_window, metadata...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The tenant of the records that name none.
+    tenant: str | None = None
 
     @classmethod
     def of(
@@ -90,30 +94,49 @@ class BatchOptions:
         queue: Any = DEFAULT_QUEUE,
         completion_window: str | float | None = None,
         extra: dict[str, Any] | None = None,
+        tenant: Any = None,
     ) -> BatchOptions:
         """Validated options; SubmitError names the one that is wrong."""
-        return cls(validate_name(name), validate_queue(queue), window_seconds(completion_window), dict(extra or {}))
+        return cls(
+            validate_name(name),
+            validate_queue(queue),
+            window_seconds(completion_window),
+            dict(extra or {}),
+            validate_tenant(tenant),
+        )
 
     def batch_fields(self) -> dict[str, Any]:
         """The fields of the batch document these options set."""
         fields: dict[str, Any] = {"name": self.name, "queue": self.queue, **self.extra}
         if self.window_seconds is not None:
             fields["window_seconds"] = self.window_seconds
+        if self.tenant is not None:
+            fields["tenant"] = self.tenant
         return fields
 
 
 class Stager:
     """One submission on its way in: chunks staged under a lease, then committed (and moved, io/moves.py)."""
 
-    def __init__(self, connection: Connection, options: BatchOptions, idempotency_key: str | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        options: BatchOptions,
+        idempotency_key: str | None = None,
+        aging_seconds: float | None = None,
+    ) -> None:
         self.connection = connection
         self.options = options
         self.idempotency_key = idempotency_key
+        # The claim order of its queue when it began (io/ordering.py): every context's `due` follows it.
+        self.aging_seconds = aging_seconds
         self.batch_id = str(ObjectId())
         self.token = uuid.uuid4().hex
         self.created_at = utcnow()
         self.count = 0
         self.chunks = 0
+        # Whether any of its contexts has a tenant: then its status counts them per tenant.
+        self.tenanted = options.tenant is not None
         self._renew_at = 0.0
 
     def _lease(self, seconds: float = LEASE_SECONDS) -> dict[str, Any]:
@@ -176,6 +199,8 @@ class Stager:
             # `deadline_ms` goes once acted on (io/deadlines.py).
             due = deadline_ms(self.options.window_seconds)
             fields.update({"batch.deadline_ms": due, "batch.expires_ms": due})
+        if self.tenanted:
+            fields["batch.tenanted"] = True
         committed = {"$set": {**fields, **({"fingerprint": fingerprint} if fingerprint else {})}}
         try:
             done = self.connection.submissions.update_one(uncommitted, committed).matched_count
@@ -213,7 +238,17 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
     now = stager.created_at
     for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
-        document = context_document(request, context_id, stager.batch_id, now, position, stager.options.queue)
+        document = context_document(
+            request,
+            context_id,
+            stager.batch_id,
+            now,
+            position,
+            stager.options.queue,
+            aging_seconds=stager.aging_seconds,
+            tenant=stager.options.tenant,
+        )
+        stager.tenanted = stager.tenanted or request.tenant is not None
         encoded = bson.encode(document)
         if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
             yield chunk
@@ -292,7 +327,7 @@ class Submissions:
         requests = iter_requests(records_of(as_records(records), form), priority)
         self.connection.ensure_indexes()
         self.moves.tidy()
-        stager = Stager(self.connection, options, key)
+        stager = Stager(self.connection, options, key, QueueOrders(self.connection).aging_of(options.queue))
         fingerprint = Fingerprint(options.batch_fields())
         stager.begin()
         held: Held | FirstAnswer = Held.RESERVED

@@ -131,11 +131,15 @@ class Statistics:
         self.connection = connection
         self.views = views
 
-    def _finished_between(self, after_ms: int, until_ms: int, batch_id: str | None) -> dict[str, Any]:
+    def _finished_between(
+        self, after_ms: int, until_ms: int, batch_id: str | None, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Contexts finished in (after, until], in ms: a closed range (see the module's note)."""
         match: dict[str, Any] = {"finished_ms": {"$gte": after_ms + 1, "$lte": until_ms}}
         if batch_id is not None:
             match["batch_id"] = _eq(batch_id)
+        if tenant is not None:
+            match["tenant"] = _eq(tenant)  # read from the documents of the window
         return match
 
     def _outcomes(self, match: dict[str, Any], retried: bool = True) -> dict[str, int]:
@@ -156,19 +160,21 @@ class Statistics:
         pipeline = [{"$match": {**match, "status": _eq(Status.COMPLETED.value)}}, {"$sample": {"size": size}}]
         return list(self.connection.contexts.aggregate(pipeline, batchSize=size))
 
-    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
+    def stats(
+        self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS, tenant: str | None = None
+    ) -> Stats:
         window = _checked_window(window_seconds)
         if batch_id is not None:
             self.views.batch_document(batch_id)
         now = utcnow()
-        match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id)
+        match = self._finished_between(epoch_ms(now - dt.timedelta(seconds=window)), epoch_ms(now), batch_id, tenant)
         outcomes = self._outcomes(match)
         expired = self.views.count({**match, "status": _eq(Status.EXPIRED.value)})
         finished = outcomes["completed"] + outcomes["failed"]
         sample = self._sample(match, SAMPLE_SIZE) if outcomes["completed"] else []
         latency = [s for s in (_elapsed(d, "created_at") for d in sample) if s is not None]
         processing = [s for s in (_elapsed(d, "started_at") for d in sample) if s is not None]
-        oldest = self.oldest_pending(batch_id)
+        oldest = self._first_created(Status.PENDING, batch_id, None, tenant)
         tokens = sampled_tokens(sample, outcomes["completed"], full=len(sample) >= SAMPLE_SIZE)
         return Stats(
             window_seconds=window,
@@ -182,10 +188,10 @@ class Statistics:
             success_rate=outcomes["completed"] / finished if finished else None,
             latency_seconds=percentiles(latency),
             processing_seconds=percentiles(processing),
-            queue_length=self.views.queue_length(Status.PENDING, batch_id),
+            queue_length=self.views.queue_length(Status.PENDING, batch_id, tenant),
             oldest_pending_seconds=None if oldest is None else _seconds(max((now - oldest).total_seconds(), 0.0)),
-            in_flight=sum(self.views.queue_length(Status.PROCESSING, batch_id).values()),
-            queues=self.views.by_queue(batch_id),
+            in_flight=sum(self.views.queue_length(Status.PROCESSING, batch_id, tenant).values()),
+            queues=self.views.by_queue(batch_id, tenant),
         )
 
     def finished_counts(self, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> dict[str, int]:
@@ -197,18 +203,15 @@ class Statistics:
         return self._first_created(Status.PENDING, batch_id, level)
 
     def _first_created(
-        self, status: Status, batch_id: str | None = None, level: str | None = None
+        self, status: Status, batch_id: str | None = None, level: str | None = None, tenant: str | None = None
     ) -> dt.datetime | None:
         query: dict[str, Any] = {"status": _eq(status.value)}
         if level is not None:
             low, high = self.views.levels[level]
             query["priority"] = {"$gte": low, "$lte": high}
-        if batch_id is not None:
-            within = [{"batch_id": _eq(batch_id)}]
-        else:
-            # Per queue, each walking the `queue_claim_fifo` index (queue, status, created_at) in
-            # order and stopping at the first match; the oldest of the queues' firsts.
-            within = [{"queue": _eq(queue)} for queue in self.views.queues()]
+        # Per queue, each from the `queue_levels` index (queue, status, priority, created_at), read
+        # alone; the oldest of the queues' firsts.
+        within = self.views.within(batch_id, tenant)
         firsts = [
             self.connection.contexts.find_one({**where, **query}, {"created_at": 1}, sort=[("created_at", ASCENDING)])
             for where in within

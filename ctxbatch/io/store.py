@@ -5,7 +5,8 @@ It is made of parts over one shared connection (io/connection.py), each its own 
 the commit, which acknowledges them; io/moves.py: the move into the queue, the janitor;
 io/idempotency.py: idempotency keys), views (io/views.py: status, results, listings,
 counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
-(io/alert_state.py), the limits every loop shares (io/limits.py) and OpenAI's files (io/files.py).
+(io/alert_state.py), the limits every loop shares (io/limits.py), OpenAI's files (io/files.py) and
+each queue's claim order (io/ordering.py).
 Its methods say what each does and hand the work to its part.
 """
 
@@ -34,6 +35,7 @@ from ctxbatch.io.files import Files, FileUpload
 from ctxbatch.io.idempotency import IdempotencyKeys
 from ctxbatch.io.limits import LimitBook
 from ctxbatch.io.moves import Moves
+from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
 from ctxbatch.io.staging import BatchOptions, Submissions, Submitted
@@ -44,6 +46,7 @@ from ctxbatch.io.stats import (
     Statistics,
     Stats,
 )
+from ctxbatch.io.tenants import EQUAL_SHARES, TenantShares
 from ctxbatch.io.views import BatchStatus, InFlight, Views
 
 Document = dict[str, Any]
@@ -81,6 +84,7 @@ class ContextStore:
         self._statistics = Statistics(self.connection, self._views)
         self._files = Files(self.connection, self._submissions)
         self._decisions = SizingDecisions(self.connection)
+        self._orders = QueueOrders(self.connection)
         self.alert_book = AlertBook(self.connection)
         """The alerts' shared state and the critical-error log (io/alert_state.py)."""
         self.limits = LimitBook(self.connection)
@@ -180,13 +184,15 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         idempotency_key: str | None = None,
     ) -> str:
         """Store a whole submission as one batch and return its id; all of it or nothing.
 
-        Records are ctxbatch's (`payload`, `priority`, `key`, `custom_id`) or OpenAI batch lines
-        (`custom_id`, `method`, `url`, `body`), recognised by the first record or forced with
-        `format="openai"`. The batch goes to `queue` (a loop claims only its queues). With a
+        Records are ctxbatch's (`payload`, `priority`, `key`, `custom_id`, `tenant`) or OpenAI batch
+        lines (`custom_id`, `method`, `url`, `body`), recognised by the first record or forced with
+        `format="openai"`. The batch goes to `queue` (a loop claims only its queues). `tenant` is
+        the tenant of the records that name none (claims share batches among tenants). With a
         `completion_window` ("24h", "30m", "90s" or seconds), what is still pending when it has
         passed expires (io/deadlines.py). `openai` holds OpenAI's batch fields kept on the batch
         (endpoint, completion_window, metadata, input_file_id).
@@ -208,6 +214,7 @@ class ContextStore:
             completion_window=completion_window,
             format=format,
             openai=openai,
+            tenant=tenant,
             idempotency_key=idempotency_key,
         ).batch_id
 
@@ -221,6 +228,7 @@ class ContextStore:
         completion_window: str | float | None = None,
         format: str | None = None,
         openai: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         idempotency_key: str | None = None,
         wait: bool = True,
     ) -> Submitted:
@@ -232,7 +240,7 @@ class ContextStore:
         The records are streamed (an iterator is never held whole): validated, encoded and
         staged in chunks, and invisible until the whole submission is committed (io/staging.py).
         """
-        options = BatchOptions.of(name, queue, completion_window, dict(openai or {}))
+        options = BatchOptions.of(name, queue, completion_window, dict(openai or {}), tenant)
         return self._submissions.submit(records, priority, options, format, idempotency_key=idempotency_key, wait=wait)
 
     def wait_moved(self, batch_id: str | None = None) -> None:
@@ -304,10 +312,16 @@ class ContextStore:
         owner: str,
         lease_seconds: float = LEASE_SECONDS,
         *,
-        by_priority: bool = True,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
+        aging_seconds: float | None = None,
+        shares: TenantShares = EQUAL_SHARES,
     ) -> Claim:
-        """Take up to n claimable contexts of `queues`, most urgent then oldest first, under a fresh lease.
+        """Take up to n claimable contexts of `queues` in their claim order (`due`), under a fresh lease.
+
+        The order is fixed at submit: most urgent then oldest first, or with aging the longest
+        waiting for its priority (io/ordering.py). When contexts of several tenants wait, the batch
+        is shared among them by `shares` (weights, and a cap on each one's contexts processing)
+        within the most urgent priority level; `aging_seconds` tells that level (io/tenants.py).
 
         When the database stops answering midway, the contexts this lease may have taken are
         given back (fenced by its token) at the start of the next claim, their try uncounted:
@@ -315,7 +329,19 @@ class ContextStore:
         of retries would then fail for good without having run.
         """
         self._moves.wait_own()
-        return self._queue.claim(n, owner, lease_seconds, by_priority=by_priority, queues=queues)
+        return self._queue.claim(n, owner, lease_seconds, queues=queues, aging_seconds=aging_seconds, shares=shares)
+
+    def order_queues(self, queues: Sequence[str], aging_seconds: float | None) -> list[str]:
+        """Order what is submitted to `queues` from now on by `aging_seconds` (None: strict priority, 0:
+        oldest first); what already waits keeps its order. Returns the queues whose order changed.
+
+        A loop does this for its queues when it starts, from `worker.priorities` (io/ordering.py).
+        """
+        return self._orders.record(queues, aging_seconds)
+
+    def queue_aging(self, queue: str = DEFAULT_QUEUE) -> float | None:
+        """The aging submissions to `queue` are ordered by (None: strict priority)."""
+        return self._orders.aging_of(queue)
 
     def settle(
         self,
@@ -409,7 +435,9 @@ class ContextStore:
         """The batch status JSON of DESIGN.md (a dict; a table in Jupyter).
 
         `usage` ({input, output, total}, zeros when none) sums the tokens its completed results
-        report (OpenAI's `usage`, io/usage.py), added as each fenced write lands.
+        report (OpenAI's `usage`, io/usage.py), added as each fenced write lands. A batch whose
+        contexts name tenants also has `tenants`: the counts of each tenant ("" for no tenant; not in
+        list_batches(), where it would cost an aggregate per status and batch).
         """
         return self._views.batch_status(batch_id)
 
@@ -437,10 +465,17 @@ class ContextStore:
         self._moves.wait_own()
         return self._views.status_counts()
 
-    def queue_length(self, status: Status | str = Status.PENDING, batch_id: str | None = None) -> dict[str, int]:
-        """How many contexts (of the batch, if given) have this status, by priority level."""
+    def queue_length(
+        self, status: Status | str = Status.PENDING, batch_id: str | None = None, tenant: str | None = None
+    ) -> dict[str, int]:
+        """How many contexts (of the batch, of the tenant, if given) have this status, by priority level."""
         self._moves.wait_own()
-        return self._views.queue_length(status, batch_id)
+        return self._views.queue_length(status, batch_id, tenant)
+
+    def tenants_waiting(self, limit: int) -> dict[str | None, dict[str, int]]:
+        """Pending and processing contexts of the `limit` tenants with the most, the others summed under
+        None; {} when no named tenant has any (metrics label tenants only when they are in use)."""
+        return self._views.tenants_waiting(limit)
 
     def in_flight(self) -> InFlight:
         """The batches under a lease now, across every loop: distinct lease tokens of `processing` contexts."""
@@ -485,8 +520,11 @@ class ContextStore:
 
     # -- statistics -----------------------------------------------------------------------
 
-    def stats(self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS) -> Stats:
-        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch if given).
+    def stats(
+        self, batch_id: str | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS, tenant: str | None = None
+    ) -> Stats:
+        """Throughput, success rate, latency and the queue over the last `window_seconds` (of one batch, of
+        one tenant, if given).
 
         `completed`, `failed` and `retried` count contexts finished in the window (`retried`: the
         tries of those contexts that failed and ran again); over its completed contexts,
@@ -498,7 +536,7 @@ class ContextStore:
         `tokens_per_second` its total over the window.
         """
         self._moves.wait_own()
-        return self._statistics.stats(batch_id, window_seconds)
+        return self._statistics.stats(batch_id, window_seconds, tenant)
 
     def timeline(
         self,

@@ -28,7 +28,7 @@ from pymongo.errors import PyMongoError
 
 from ctxbatch.config import Settings
 from ctxbatch.errors import DatabaseUnavailable
-from ctxbatch.io import Claim, ContextStore, error_record
+from ctxbatch.io import Claim, ContextStore, TenantShares, error_record
 from ctxbatch.io.outage import short_reason
 from ctxbatch.pipeline.adaptive import first_limit
 from ctxbatch.pipeline.events import (
@@ -101,6 +101,8 @@ class Loop:
         self._seq = 0
         self._stop = threading.Event()
         self._stop_now = threading.Event()
+        self._ordered = False  # this loop's aging recorded for its queues (io/ordering.py)
+        self._shares = TenantShares(settings.worker.tenants.weights, settings.limits.tenant_in_flight)
 
     def stop(self, now: bool = False) -> None:
         """Stop claiming and let batches in flight finish; with `now`, release them at once."""
@@ -165,6 +167,10 @@ class Loop:
     def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
         """One turn of the loop; why the run is over, or None while it goes on."""
         self.store.ensure_indexes()  # once; here, so that a database away when the run starts is waited for
+        if not self._ordered:
+            work = self.settings.worker
+            self.store.order_queues(work.queues, work.priorities.order_aging_seconds)
+            self._ordered = True
         self._collect(client)
         if leases.due():
             reaped = leases.upkeep(f.claim for f in self.in_flight)
@@ -219,8 +225,9 @@ class Loop:
             size,
             self.owner,
             worker_settings.lease_seconds,
-            by_priority=worker_settings.priorities.enabled,
             queues=worker_settings.queues,
+            aging_seconds=worker_settings.priorities.order_aging_seconds,
+            shares=self._shares,
         )
         if not claim.ids:
             return False

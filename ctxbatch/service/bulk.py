@@ -203,6 +203,7 @@ def accept(
     kind: str = JSON,
     queue: str = DEFAULT_QUEUE,
     idempotency_key: str | None = None,
+    tenant: str | None = None,
 ) -> Submitted:
     """Parse, check and store a bulk body: (batch id, contexts, replayed) or ApiError. Blocking.
 
@@ -212,7 +213,9 @@ def accept(
     contexts, name = contexts_of(body, kind)
     items = _at_most(contexts(), max_contexts)
     try:
-        return store.submit_counted(items, name=name, queue=queue, idempotency_key=idempotency_key, wait=False)
+        return store.submit_counted(
+            items, name=name, queue=queue, tenant=tenant, idempotency_key=idempotency_key, wait=False
+        )
     except IdempotencyKeyInUse as exc:
         message = f"{IDEMPOTENCY_HEADER} {exc.key!r}: its first request is in progress; retry later"
         raise _key_refused(409, message) from None

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN
+from ctxbatch.config import DEFAULT_QUEUE, MAX_TENANT_LENGTH, PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
 
 # Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
@@ -31,6 +31,9 @@ class ContextIn(_Strict):
     )
     custom_id: str | None = Field(
         None, min_length=1, max_length=MAX_KEY_LENGTH, description="The client's id for it, unique in the batch."
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=MAX_TENANT_LENGTH, description="Its owner: claims share batches among tenants."
     )
 
 
@@ -97,6 +100,9 @@ class BatchStatus(BaseModel):
     cancelled_at: IsoTime | None = Field(None, description="When a cancel was first asked.")
     failed_at: IsoTime | None = None
     errors: list[dict[str, Any]] | None = Field(None, description="Why a failed batch failed: code, message, line.")
+    tenants: dict[str, Counts] | None = Field(
+        None, description='Its contexts\' counts per tenant ("" for no tenant), when any names one.'
+    )
     # OpenAI's fields, on a batch made through /v1/batches (or submitted with them).
     endpoint: str | None = None
     completion_window: str | float | None = None
@@ -112,6 +118,7 @@ class ContextOut(BaseModel):
     id: str
     batch_id: str
     queue: str | None = None
+    tenant: str | None = None
     key: str | None = None
     custom_id: str | None = None
     status: Status

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
 
-from ctxbatch.config import DEFAULT_QUEUE, Settings
+from ctxbatch.config import DEFAULT_QUEUE, MAX_TENANT_LENGTH, Settings
 from ctxbatch.io import ContextStore, Status
 from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
 from ctxbatch.service import bulk
@@ -82,6 +82,10 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
                 "answer (with `Idempotent-Replayed: true`) and store nothing.",
             ),
         ] = None,
+        tenant: Annotated[
+            str | None,
+            Query(min_length=1, max_length=MAX_TENANT_LENGTH, description="Tenant of the contexts that name none."),
+        ] = None,
     ) -> JSONAnswer:
         """Store the contexts as one batch, all or nothing; poll the `Location` for its status.
 
@@ -90,7 +94,7 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
         kind = bulk.body_type(request)
         body = await bulk.read_body(request, settings.api.max_body_bytes)
         limit = settings.api.max_contexts_per_request
-        answer = await run_in_threadpool(bulk.accept, store, body, limit, kind, queue, idempotency_key)
+        answer = await run_in_threadpool(bulk.accept, store, body, limit, kind, queue, idempotency_key, tenant)
         headers = {"Location": f"/api/batches/{answer.batch_id}"}
         if answer.replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -165,9 +169,11 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
     def stats(
         batch_id: str | None = None,
         window: Annotated[float, Query(gt=0, le=MAX_WINDOW_SECONDS, allow_inf_nan=False)] = DEFAULT_WINDOW_SECONDS,
+        tenant: Annotated[str | None, Query(min_length=1, max_length=MAX_TENANT_LENGTH)] = None,
     ) -> dict[str, Any]:
-        """Throughput, success rate, latency and the queue over the last `window` seconds, of one batch if given."""
-        return store.stats(batch_id, window)
+        """Throughput, success rate, latency and the queue over the last `window` seconds, of one batch and of
+        one tenant if given."""
+        return store.stats(batch_id, window, tenant)
 
     @router.get("/healthz", response_model=Health, responses=_errors(503))
     def healthz() -> dict[str, Any]:
