@@ -1,7 +1,7 @@
 """Fixtures: one real embedded server (nx-27017) for the session, one database per test.
 
 Each fixture and helper more than one test module uses is here, once: the Dask `client`, the HTTP
-API's TestClient (`api`), `ctxbatch run` processes (`loops`), a webhook `receiver`, a private
+API on a real socket (`api`, `serving`), `ctxbatch run` processes (`loops`), a webhook `receiver`, a private
 CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a condition.
 """
 
@@ -11,8 +11,10 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,11 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
+import uvicorn
 import yaml
 from click.testing import CliRunner, Result
 from distributed import Client, LocalCluster
-from fastapi.testclient import TestClient
 from pymongo import MongoClient, monitoring
 from receiver import WebhookReceiver
 
@@ -201,11 +204,73 @@ def json_lines(path: Path, records: list[Any]) -> str:
     return str(path)
 
 
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` under uvicorn in a thread, on a socket of 127.0.0.1: its URL; stopped on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+        assert thread.is_alive(), "uvicorn stopped at start"
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        listening.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serve_process(mongo_uri: str, database: str, config: Path, token: str) -> Iterator[str]:
+    """`ctxbatch serve` as a process on `database` with `config` and `token`: its URL once it answers
+    /healthz; stopped on exit. Its output goes to serve.log beside `config`, shown if it exits."""
+    port = free_port()
+    log = config.parent / "serve.log"
+    command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", mongo_uri, "--database", database]
+    command += ["serve", "--port", str(port), "--config", str(config)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env={**os.environ, TOKEN_VARIABLE: token}, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, f"ctxbatch serve exited with {process.returncode}:\n{log.read_text()}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        until(healthy, "ctxbatch serve to answer", every=0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def http_client(app: Any) -> Iterator[httpx.Client]:
+    """An HTTP client of `app`, served on a real socket for as long as the client is open."""
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as opened:
+        yield opened
+
+
 @pytest.fixture
-def api(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    """The HTTP API over this test's store, in FastAPI's TestClient, with no token asked for."""
+def api(store: ContextStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[httpx.Client]:
+    """The HTTP API over this test's store, served on a real socket, with no token asked for."""
     monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    with TestClient(create_app(store, Settings())) as opened:
+    with http_client(create_app(store, Settings())) as opened:
         yield opened
 
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import ROOT, Invoke, json_lines
-from fastapi.testclient import TestClient
 
 from ctxbatch.config import load_config
 from ctxbatch.errors import IdempotencyKeyReused, SubmitError
@@ -137,11 +137,11 @@ def test_an_invalid_key_is_refused_before_anything_is_read(store: ContextStore) 
 # -- over HTTP ----------------------------------------------------------------------------------
 
 
-def post(api: TestClient, key: str, body: Any) -> Any:
+def post(api: httpx.Client, key: str, body: Any) -> Any:
     return api.post("/api/contexts/bulk", json=body, headers={"Idempotency-Key": key})
 
 
-def test_a_replayed_request_gets_the_first_answer_marked_replayed(api: TestClient, store: ContextStore) -> None:
+def test_a_replayed_request_gets_the_first_answer_marked_replayed(api: httpx.Client, store: ContextStore) -> None:
     first = post(api, "req-1", records(3))
     again = post(api, "req-1", records(3))
     assert first.status_code == again.status_code == 202
@@ -152,7 +152,7 @@ def test_a_replayed_request_gets_the_first_answer_marked_replayed(api: TestClien
 
 
 def test_a_request_reusing_a_key_with_another_body_is_a_422_naming_the_key(
-    api: TestClient, store: ContextStore
+    api: httpx.Client, store: ContextStore
 ) -> None:
     first = post(api, "req-1", records(3))
     refused = post(api, "req-1", records(4))
@@ -163,7 +163,9 @@ def test_a_request_reusing_a_key_with_another_body_is_a_422_naming_the_key(
     assert stored(store) == (1, 3)
 
 
-def test_a_request_whose_key_is_still_being_stored_is_a_409_then_replayed(api: TestClient, store: ContextStore) -> None:
+def test_a_request_whose_key_is_still_being_stored_is_a_409_then_replayed(
+    api: httpx.Client, store: ContextStore
+) -> None:
     content = records(3)
     stalled = Stalled(store, "req-1", content)
     busy = post(api, "req-1", content)
@@ -175,7 +177,7 @@ def test_a_request_whose_key_is_still_being_stored_is_a_409_then_replayed(api: T
     assert stored(store) == (1, 3)
 
 
-def test_an_invalid_idempotency_key_header_is_a_422_naming_it(api: TestClient, store: ContextStore) -> None:
+def test_an_invalid_idempotency_key_header_is_a_422_naming_it(api: httpx.Client, store: ContextStore) -> None:
     refused = post(api, "x" * 256, records(1))
     assert refused.status_code == 422 and refused.json()["problems"][0]["field"] == "Idempotency-Key"
     assert stored(store) == (0, 0)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import DEADLINE_SECONDS, until
+from conftest import DEADLINE_SECONDS, free_port, until
 from distributed import Client
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import WebhookReceiver, dead_url
@@ -36,12 +36,6 @@ def settings(**monitoring: Any) -> dict[str, Any]:
         "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2, "dashboard_address": None},
         "monitoring": {"default_alerts": False, "evaluate_every_seconds": 0.2, **monitoring},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -8,22 +8,17 @@ store's fenced writes, as a loop would (tests/test_openai_flow.py runs a real lo
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import conftest
 import httpx
 import openai
 import pytest
-import uvicorn
 import yaml
-from conftest import until
+from conftest import serve_process, until
 from openai import OpenAI
 
 from ctxbatch.config import Settings
@@ -64,12 +59,6 @@ def lines_of(content: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in content.splitlines()]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def sdk(url: str, token: str = TOKEN) -> OpenAI:
     # No retries: a test sees the first answer, as it was given.
     return OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0, timeout=60)
@@ -77,21 +66,9 @@ def sdk(url: str, token: str = TOKEN) -> OpenAI:
 
 @contextmanager
 def serving(store: ContextStore, **api: Any) -> Iterator[str]:
-    """The app over `store` under uvicorn in a thread, on a socket of 127.0.0.1; its URL; stopped on exit."""
-    app = create_app(store, Settings(api={"token": TOKEN, "openai_queue": QUEUE, **api}))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    try:
-        until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
-        assert thread.is_alive(), "uvicorn stopped at start"
-        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        listening.close()
+    """The app over `store` (a token required, batches to QUEUE) on a real socket: its URL."""
+    with conftest.serving(create_app(store, Settings(api={"token": TOKEN, "openai_queue": QUEUE, **api}))) as url:
+        yield url
 
 
 @pytest.fixture
@@ -107,33 +84,8 @@ def served(mongo_uri: str, database: str, tmp_path: Path) -> Iterator[str]:
     """`ctxbatch serve` as a process on this test's database, with a token and QUEUE; stopped after."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"api": {"openai_queue": QUEUE}}))
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "ctxbatch", "--mongo-uri", mongo_uri, "--database", database]
-    command += ["serve", "--port", str(port), "--config", str(config)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, env={**os.environ, TOKEN_VARIABLE: TOKEN}, stdout=output, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"ctxbatch serve exited:\n{log.read_text()}"
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        until(healthy, "ctxbatch serve to answer", every=0.2)
+    with serve_process(mongo_uri, database, config, TOKEN) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def upload(client: OpenAI, lines: list[Any], name: str = "requests.jsonl") -> str:

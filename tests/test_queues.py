@@ -56,9 +56,6 @@ def test_submit_and_run_take_a_queue_on_the_command_line(ctxbatch: Invoke, store
 
 
 def test_an_empty_queue_name_is_refused(store: ContextStore, api: object) -> None:
-    from fastapi.testclient import TestClient
-
-    assert isinstance(api, TestClient)
     refused = api.post("/api/contexts/bulk?queue=", json=payloads(1, "x"))
     assert refused.status_code == 422
     assert store.batches.count_documents({}) == 0

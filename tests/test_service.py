@@ -1,10 +1,11 @@
-"""The HTTP API's routes with FastAPI's TestClient over a real store (embedded nx-27017)."""
+"""The HTTP API's routes over a real socket and a real store (embedded nx-27017)."""
 
 from __future__ import annotations
 
 import json
 
-from fastapi.testclient import TestClient
+import httpx
+from conftest import http_client
 
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, error_record
@@ -20,7 +21,7 @@ def _contexts(n: int, priority: int = 50) -> list[dict[str, object]]:
 # -- submit -----------------------------------------------------------------------------------
 
 
-def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(api: TestClient, store: ContextStore) -> None:
+def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(api: httpx.Client, store: ContextStore) -> None:
     answer = api.post("/api/contexts/bulk", json=_contexts(3))
 
     assert answer.status_code == 202
@@ -30,14 +31,14 @@ def test_bulk_submit_answers_202_with_the_batch_id_count_and_location(api: TestC
     assert store.batch_status(body["batch_id"])["counts"]["pending"] == 3
 
 
-def test_bulk_submit_takes_an_object_with_contexts_and_a_name(api: TestClient, store: ContextStore) -> None:
+def test_bulk_submit_takes_an_object_with_contexts_and_a_name(api: httpx.Client, store: ContextStore) -> None:
     answer = api.post("/api/contexts/bulk", json={"contexts": _contexts(2), "name": "nightly"})
 
     assert answer.status_code == 202
     assert store.batch_status(answer.json()["batch_id"])["name"] == "nightly"
 
 
-def test_bulk_submit_stores_priority_key_and_default_priority(api: TestClient, store: ContextStore) -> None:
+def test_bulk_submit_stores_priority_key_and_default_priority(api: httpx.Client, store: ContextStore) -> None:
     contexts = [{"payload": {"a": 1}, "priority": 3, "key": "k-1"}, {"payload": {}}]
 
     answer = api.post("/api/contexts/bulk", json=contexts)
@@ -49,7 +50,7 @@ def test_bulk_submit_stores_priority_key_and_default_priority(api: TestClient, s
 # -- batches ----------------------------------------------------------------------------------
 
 
-def test_batch_status_is_the_stores_batch_status(api: TestClient, store: ContextStore) -> None:
+def test_batch_status_is_the_stores_batch_status(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(4))
 
     answer = api.get(f"/api/batches/{batch_id}")
@@ -58,14 +59,14 @@ def test_batch_status_is_the_stores_batch_status(api: TestClient, store: Context
     assert answer.json() == store.batch_status(batch_id)
 
 
-def test_unknown_batch_is_404_with_a_json_message(api: TestClient) -> None:
+def test_unknown_batch_is_404_with_a_json_message(api: httpx.Client) -> None:
     answer = api.get("/api/batches/no-such-batch")
 
     assert answer.status_code == 404
     assert "no-such-batch" in answer.json()["error"]
 
 
-def test_batches_are_listed_newest_first(api: TestClient, store: ContextStore) -> None:
+def test_batches_are_listed_newest_first(api: httpx.Client, store: ContextStore) -> None:
     first, second = store.submit(_contexts(1)), store.submit(_contexts(1))
 
     listed = api.get("/api/batches").json()["batches"]
@@ -73,7 +74,7 @@ def test_batches_are_listed_newest_first(api: TestClient, store: ContextStore) -
     assert [b["batch_id"] for b in listed] == [second, first]
 
 
-def test_batches_are_filtered_by_status_and_limited(api: TestClient, store: ContextStore) -> None:
+def test_batches_are_filtered_by_status_and_limited(api: httpx.Client, store: ContextStore) -> None:
     cancelled = store.submit(_contexts(1))
     store.cancel(cancelled)
     pending = [store.submit(_contexts(1)) for _ in range(3)]
@@ -85,7 +86,7 @@ def test_batches_are_filtered_by_status_and_limited(api: TestClient, store: Cont
     ]
 
 
-def test_cancel_cancels_the_pending_contexts(api: TestClient, store: ContextStore) -> None:
+def test_cancel_cancels_the_pending_contexts(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(3))
 
     answer = api.post(f"/api/batches/{batch_id}/cancel")
@@ -94,7 +95,7 @@ def test_cancel_cancels_the_pending_contexts(api: TestClient, store: ContextStor
     assert store.batch_status(batch_id)["status"] == "cancelled"
 
 
-def test_retry_sends_failed_contexts_back_to_the_queue(api: TestClient, store: ContextStore) -> None:
+def test_retry_sends_failed_contexts_back_to_the_queue(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(2))
     claim = store.claim(2, "test")
     store.fail(claim, {claim.ids[0]: error_record(ValueError("bad row"))}, retry_at=None)
@@ -109,7 +110,7 @@ def test_retry_sends_failed_contexts_back_to_the_queue(api: TestClient, store: C
 # -- results and contexts ---------------------------------------------------------------------
 
 
-def test_results_show_status_result_error_and_attempts(api: TestClient, store: ContextStore) -> None:
+def test_results_show_status_result_error_and_attempts(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(2))
     claim = store.claim(2, "test")
     store.settle(claim, results={claim.ids[0]: {"answer": 42}}, errors={claim.ids[1]: error_record(ValueError("no"))})
@@ -121,7 +122,7 @@ def test_results_show_status_result_error_and_attempts(api: TestClient, store: C
     assert (failed["status"], failed["error"]["message"], failed["attempts"]) == ("failed", "no", 1)
 
 
-def test_results_are_paged_with_an_opaque_cursor_until_none(api: TestClient, store: ContextStore) -> None:
+def test_results_are_paged_with_an_opaque_cursor_until_none(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(7))
     seen: list[str] = []
     cursor = None
@@ -139,7 +140,7 @@ def test_results_are_paged_with_an_opaque_cursor_until_none(api: TestClient, sto
     assert seen == [row["id"] for row in store.iter_results(batch_id)]
 
 
-def test_results_without_payload_leave_it_out(api: TestClient, store: ContextStore) -> None:
+def test_results_without_payload_leave_it_out(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(1))
 
     page = api.get(f"/api/batches/{batch_id}/results?payload=false").json()
@@ -147,7 +148,7 @@ def test_results_without_payload_leave_it_out(api: TestClient, store: ContextSto
     assert page["contexts"][0]["payload"] is None
 
 
-def test_results_as_json_lines_hold_every_context(api: TestClient, store: ContextStore) -> None:
+def test_results_as_json_lines_hold_every_context(api: httpx.Client, store: ContextStore) -> None:
     batch_id = store.submit(_contexts(5))
 
     answer = api.get(f"/api/batches/{batch_id}/results?limit=1", headers={"Accept": NDJSON})
@@ -157,14 +158,14 @@ def test_results_as_json_lines_hold_every_context(api: TestClient, store: Contex
     assert [line["payload"]["i"] for line in lines] == [r["payload"]["i"] for r in store.iter_results(batch_id)]
 
 
-def test_results_as_json_lines_of_an_unknown_batch_is_404(api: TestClient) -> None:
+def test_results_as_json_lines_of_an_unknown_batch_is_404(api: httpx.Client) -> None:
     answer = api.get("/api/batches/nope/results", headers={"Accept": NDJSON})
 
     assert answer.status_code == 404
     assert answer.json()["error"]
 
 
-def test_a_context_is_read_by_id(api: TestClient, store: ContextStore) -> None:
+def test_a_context_is_read_by_id(api: httpx.Client, store: ContextStore) -> None:
     store.submit([{"payload": {"x": 1}, "key": "ctx-1"}])
 
     answer = api.get("/api/contexts/ctx-1")
@@ -173,14 +174,14 @@ def test_a_context_is_read_by_id(api: TestClient, store: ContextStore) -> None:
     assert answer.json()["status"] == "pending"
 
 
-def test_unknown_context_is_404(api: TestClient) -> None:
+def test_unknown_context_is_404(api: httpx.Client) -> None:
     assert api.get("/api/contexts/nope").status_code == 404
 
 
 # -- health, metrics, OpenAPI -----------------------------------------------------------------
 
 
-def test_healthz_answers_ok_while_the_database_answers(api: TestClient) -> None:
+def test_healthz_answers_ok_while_the_database_answers(api: httpx.Client) -> None:
     answer = api.get("/healthz")
 
     assert answer.status_code == 200
@@ -190,7 +191,7 @@ def test_healthz_answers_ok_while_the_database_answers(api: TestClient) -> None:
 def test_healthz_is_503_when_the_database_does_not_answer() -> None:
     # Port 1: nothing listens, so the ping fails fast instead of waiting for a server.
     unreachable = ContextStore("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300", "x")
-    with TestClient(create_app(unreachable, Settings())) as client:
+    with http_client(create_app(unreachable, Settings())) as client:
         answer = client.get("/healthz")
     unreachable.close()
 
@@ -198,7 +199,7 @@ def test_healthz_is_503_when_the_database_does_not_answer() -> None:
     assert "database" in answer.json()["error"]
 
 
-def test_metrics_report_the_queue_length_by_level_and_status(api: TestClient, store: ContextStore) -> None:
+def test_metrics_report_the_queue_length_by_level_and_status(api: httpx.Client, store: ContextStore) -> None:
     store.submit(_contexts(2, priority=5) + _contexts(3, priority=80))
     store.claim(1, "test")
 
@@ -209,7 +210,7 @@ def test_metrics_report_the_queue_length_by_level_and_status(api: TestClient, st
     assert 'ctxbatch_queue_length{level="low",status="pending"} 3.0' in text
 
 
-def test_metrics_count_submitted_contexts_and_requests(api: TestClient) -> None:
+def test_metrics_count_submitted_contexts_and_requests(api: httpx.Client) -> None:
     api.post("/api/contexts/bulk", json=_contexts(4))
     api.get("/api/batches/nope")
 
@@ -221,7 +222,7 @@ def test_metrics_count_submitted_contexts_and_requests(api: TestClient) -> None:
     assert 'ctxbatch_http_request_duration_seconds_count{method="POST",route="/api/contexts/bulk"} 1.0' in text
 
 
-def test_openapi_describes_every_route_and_the_bulk_body(api: TestClient) -> None:
+def test_openapi_describes_every_route_and_the_bulk_body(api: httpx.Client) -> None:
     document = api.get("/openapi.json").json()
 
     routes = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}

@@ -7,8 +7,8 @@ import json
 import logging
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore
@@ -21,7 +21,7 @@ BODY = json.dumps([{"payload": {"n": 1}}, {"payload": {"n": 2}}]).encode()
 
 @pytest.mark.parametrize("declared", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
 def test_a_body_not_declared_json_is_refused_with_415(
-    api: TestClient, store: ContextStore, declared: str | None
+    api: httpx.Client, store: ContextStore, declared: str | None
 ) -> None:
     headers = {"Content-Type": declared} if declared else {}
     answer = api.post(BULK, content=BODY, headers=headers)
@@ -30,13 +30,13 @@ def test_a_body_not_declared_json_is_refused_with_415(
     assert store.contexts.count_documents({}) == 0
 
 
-def test_json_with_a_charset_is_accepted(api: TestClient) -> None:
+def test_json_with_a_charset_is_accepted(api: httpx.Client) -> None:
     answer = api.post(BULK, content=BODY, headers={"Content-Type": "application/json; charset=utf-8"})
     assert answer.status_code == 202
     assert answer.json()["count"] == 2
 
 
-def test_an_ndjson_body_is_accepted(api: TestClient, store: ContextStore) -> None:
+def test_an_ndjson_body_is_accepted(api: httpx.Client, store: ContextStore) -> None:
     body = b'{"payload": {"n": 1}}\n\n{"payload": {"n": 2}, "priority": 3}\n'
     answer = api.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
     assert answer.status_code == 202, answer.text
@@ -44,7 +44,7 @@ def test_an_ndjson_body_is_accepted(api: TestClient, store: ContextStore) -> Non
     assert sorted(d["priority"] for d in store.contexts.find({})) == [3, 50]
 
 
-def test_a_bad_ndjson_line_is_refused_naming_it(api: TestClient, store: ContextStore) -> None:
+def test_a_bad_ndjson_line_is_refused_naming_it(api: httpx.Client, store: ContextStore) -> None:
     body = b'{"payload": {"n": 1}}\n{"payload": \n'
     answer = api.post(BULK, content=body, headers={"Content-Type": "application/x-ndjson"})
     assert answer.status_code == 400
@@ -53,14 +53,14 @@ def test_a_bad_ndjson_line_is_refused_naming_it(api: TestClient, store: ContextS
 
 
 @pytest.mark.parametrize("declared", ["application/json", "application/x-ndjson"])
-def test_a_utf8_bom_is_accepted(api: TestClient, declared: str) -> None:
+def test_a_utf8_bom_is_accepted(api: httpx.Client, declared: str) -> None:
     body = b"\xef\xbb\xbf" + (BODY if declared == "application/json" else b'{"payload": {"n": 1}}\n')
     answer = api.post(BULK, content=body, headers={"Content-Type": declared})
     assert answer.status_code == 202, answer.text
 
 
 @pytest.mark.parametrize("levels", [99, 500, 5000])
-def test_nesting_past_mongodbs_limit_is_a_4xx(api: TestClient, store: ContextStore, levels: int) -> None:
+def test_nesting_past_mongodbs_limit_is_a_4xx(api: httpx.Client, store: ContextStore, levels: int) -> None:
     body = '[{"payload": ' + '{"a": ' * levels + "{}" + "}" * (levels + 1) + "]"
     answer = api.post(BULK, content=body.encode(), headers={"Content-Type": "application/json"})
     assert 400 <= answer.status_code < 500

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from conftest import serve_process
 from pymongo import MongoClient
 
 from ctxbatch.cli import main
@@ -21,27 +17,6 @@ from ctxbatch.service.security import TOKEN_VARIABLE, is_loopback
 
 TOKEN = "process-token"
 BODY_LIMIT = 2_000
-START_TIMEOUT_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"ctxbatch serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"ctxbatch serve did not answer within {START_TIMEOUT_SECONDS} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -51,25 +26,10 @@ def served(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     config = home / "config.yaml"
     config.write_text(f"api:\n  max_body_bytes: {BODY_LIMIT}\n")
     database = f"t_{uuid.uuid4().hex[:12]}"
-    port = _free_port()
-    log = home / "serve.log"
-    command = [sys.executable, "-c", "from ctxbatch.cli import main; main()", "--mongo-uri", mongo_uri]
-    command += ["--database", database, "serve", "--port", str(port), "--config", str(config)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, env={**os.environ, TOKEN_VARIABLE: TOKEN}, stdout=output, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, log)
-        yield url
+        with serve_process(mongo_uri, database, config, TOKEN) as url:
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
         client.drop_database(database)
         client.close()

@@ -6,9 +6,9 @@ import io
 import json
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctxbatch.cli import main
@@ -93,27 +93,27 @@ def test_top_redraws_in_place_on_a_terminal(store: ContextStore, worked: str) ->
 # -- GET /api/stats ---------------------------------------------------------------------------
 
 
-def test_api_stats_answer_the_stores_stats(api: TestClient, store: ContextStore, worked: str) -> None:
+def test_api_stats_answer_the_stores_stats(api: httpx.Client, store: ContextStore, worked: str) -> None:
     answer = api.get("/api/stats", params={"window": 60})
     assert answer.status_code == 200
     assert without_times(answer.json()) == without_times(store.stats(window_seconds=60))
 
 
-def test_api_stats_of_a_batch(api: TestClient, store: ContextStore, worked: str) -> None:
+def test_api_stats_of_a_batch(api: httpx.Client, store: ContextStore, worked: str) -> None:
     store.submit([{"payload": {}}])
     answer = api.get("/api/stats", params={"batch_id": worked})
     assert answer.status_code == 200
     assert answer.json()["queue_length"] == {"high": 2, "medium": 0, "low": 0}
 
 
-def test_api_stats_of_an_unknown_batch_is_404(api: TestClient) -> None:
+def test_api_stats_of_an_unknown_batch_is_404(api: httpx.Client) -> None:
     answer = api.get("/api/stats", params={"batch_id": "nope"})
     assert answer.status_code == 404
     assert "nope" in answer.json()["error"]
 
 
 @pytest.mark.parametrize("window", ["0", "-3", "nan", "inf", "soon", str(10**9)])
-def test_api_stats_refuse_a_bad_window_with_422(api: TestClient, window: str) -> None:
+def test_api_stats_refuse_a_bad_window_with_422(api: httpx.Client, window: str) -> None:
     answer = api.get("/api/stats", params={"window": window})
     assert answer.status_code == 422
     assert answer.json()["problems"][0]["field"] == "window"
@@ -123,7 +123,7 @@ def test_api_stats_refuse_a_bad_window_with_422(api: TestClient, window: str) ->
 
 
 def test_metrics_report_the_age_of_the_oldest_pending_context_per_level(
-    api: TestClient, store: ContextStore, worked: str
+    api: httpx.Client, store: ContextStore, worked: str
 ) -> None:
     families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
     ages = {s.labels["level"]: s.value for s in families["ctxbatch_oldest_pending_seconds"].samples}

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import Commands, Invoke, Loop, json_lines, small_run, until
 from distributed import Client
-from fastapi.testclient import TestClient
 
 from ctxbatch import Pipeline
 from ctxbatch.errors import SubmitError
@@ -215,7 +215,7 @@ def test_submit_takes_a_tenant_on_the_command_line(ctxbatch: Invoke, store: Cont
     assert too_long.exit_code != 0 and "tenant" in too_long.stderr and "Traceback" not in too_long.stderr
 
 
-def test_the_bulk_route_takes_a_tenant(api: TestClient, store: ContextStore) -> None:
+def test_the_bulk_route_takes_a_tenant(api: httpx.Client, store: ContextStore) -> None:
     accepted = api.post("/api/contexts/bulk?tenant=acme", json=[{"payload": {}}, {"payload": {}, "tenant": "own"}])
     assert accepted.status_code == 202, accepted.text
     batch_id = accepted.json()["batch_id"]
@@ -263,7 +263,7 @@ def test_a_pipeline_runs_a_small_tenant_beside_a_large_one(store: ContextStore, 
     assert store.counts(small)["completed"] == 30
 
 
-def test_metrics_label_tenants_only_when_they_are_in_use(api: TestClient, store: ContextStore) -> None:
+def test_metrics_label_tenants_only_when_they_are_in_use(api: httpx.Client, store: ContextStore) -> None:
     store.submit(payloads(2))
     assert "ctxbatch_tenant_queue_length" not in api.get("/metrics").text
     for n in range(TENANT_LABELS + 2):

@@ -6,10 +6,10 @@ import json
 import pickle
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import Commands
-from fastapi.testclient import TestClient
 from test_claims import expire
 from test_display import read_table
 
@@ -178,7 +178,7 @@ def used(store: ContextStore) -> str:
 
 
 def test_the_status_json_of_the_cli_and_the_api_holds_the_usage(
-    mongo_uri: str, database: str, api: TestClient, used: str
+    mongo_uri: str, database: str, api: httpx.Client, used: str
 ) -> None:
     expected = {"input": 1200, "output": 34, "total": 1234}
     result = CliRunner().invoke(main, ["--mongo-uri", mongo_uri, "--database", database, "status", used, "--json"])
@@ -242,7 +242,7 @@ def test_the_timeline_has_the_tokens_per_second_of_each_bucket(store: ContextSto
     assert timeline["tokens_per_second"].iloc[-1] == pytest.approx(1234 / 60)
 
 
-def test_the_stats_cli_and_api_show_the_tokens(mongo_uri: str, database: str, api: TestClient, used: str) -> None:
+def test_the_stats_cli_and_api_show_the_tokens(mongo_uri: str, database: str, api: httpx.Client, used: str) -> None:
     result = CliRunner().invoke(main, ["--mongo-uri", mongo_uri, "--database", database, "stats", "--window", "100"])
     assert result.exit_code == 0, result.stderr
     assert "  tokens      input 1200  output 34  total 1234  (12.3/s)" in result.stdout
