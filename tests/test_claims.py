@@ -16,7 +16,10 @@ from conftest import Commands
 from pymongo.errors import AutoReconnect
 from wire import command, reply_losing_proxy
 
+from ctxbatch.config import WorkerSettings
 from ctxbatch.io import Claim, ContextStore, utcnow
+from ctxbatch.io.schema import epoch_ms
+from ctxbatch.pipeline.leases import LeaseKeeper
 
 ERROR = {"type": "ValueError", "message": "bad row", "traceback": ""}
 
@@ -176,6 +179,25 @@ def test_renew_extends_the_lease_past_its_first_expiry(store: ContextStore) -> N
     time.sleep(0.4)
     assert store.reap_expired() == 0
     assert store.complete(claim, dict.fromkeys(claim.ids, 1)).ok
+
+
+def test_the_lease_keeper_renews_only_claims_past_half_their_lease(store: ContextStore) -> None:
+    # Given a loop's lease of 60 s, a claim just made with all of it and one with 20 s left
+    submit(store, 4)
+    fresh = store.claim(2, "loop", lease_seconds=60)
+    late = store.claim(2, "loop", lease_seconds=20)
+    keeper = LeaseKeeper(store, WorkerSettings(lease_seconds=60))
+
+    def leases(claim: Claim) -> set[int]:
+        return {d["lease"]["expires_ms"] for d in store.contexts.find({"_id": {"$in": claim.ids}})}
+
+    before = leases(fresh)
+    # When the keeper does its upkeep
+    keeper.upkeep([fresh, late])
+    # Then only the late claim was renewed (a renewal rewrites every context it holds), to a full lease
+    assert leases(fresh) == before
+    assert (late.expires_at - utcnow()).total_seconds() > 50
+    assert leases(late) == {epoch_ms(late.expires_at)}
 
 
 def test_reap_expired_returns_expired_contexts_to_the_queue(store: ContextStore) -> None:
