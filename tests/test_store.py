@@ -355,7 +355,7 @@ def test_the_claim_find_reads_the_pending_contexts_through_the_claim_index(
     queue.claim(10, "loop")
     find = next(c for c in commands.on("find") if "sort" in c)
     assert find["sort"] == {"due": 1}
-    assert index_used(queue, as_find(find)) == index_keys("queue_due")
+    assert index_used(queue, as_find(find)) == index_keys("queue_order")
 
 
 def dates_in(value: Any) -> list[dt.datetime]:
@@ -385,7 +385,7 @@ def test_a_claim_among_tenants_reads_each_one_through_the_claim_index(
     assert len(watched.claim(24, "loop")) == 24  # three tenants visited, about 8 contexts each
     finds = [c for c in commands.on("find") if "sort" in c]
     assert sorted(f["filter"]["tenant"]["$eq"] for f in finds) == ["a", "b", "c"]
-    assert all(index_used(watched, as_find(find)) == index_keys("queue_due") for find in finds)
+    assert all(index_used(watched, as_find(find)) == index_keys("queue_order") for find in finds)
 
 
 def test_the_claim_update_uses_the_id_index(queue: ContextStore, commands: Commands) -> None:
@@ -410,14 +410,14 @@ def test_batch_counts_match_through_the_batch_status_index(queue: ContextStore, 
     assert all(index_used(queue, as_find(count)) == index_keys("batch_status") for count in counts)
 
 
-def test_queue_lengths_count_each_level_of_each_queue_through_the_levels_index(
+def test_queue_lengths_count_each_level_of_each_queue_through_the_claim_index(
     queue: ContextStore, commands: Commands
 ) -> None:
     lengths = queue.queue_length()
     assert sum(lengths.values()) == 300
     counts = commands.on("count")
     assert len(counts) == len(queue.levels)  # one queue: one count per level
-    assert all(index_used(queue, as_find(count)) == index_keys("queue_levels") for count in counts)
+    assert all(index_used(queue, as_find(count)) == index_keys("queue_order") for count in counts)
 
 
 def test_renew_finds_the_lease_by_the_id_index(queue: ContextStore, commands: Commands) -> None:

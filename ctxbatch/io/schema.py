@@ -60,14 +60,21 @@ CONTEXT_INDEXES = [
     # sort included. Led by the queue, so a queue's claim costs what it would alone; then the tenant,
     # so that each tenant's most urgent contexts are one index range (io/tenants.py). Without
     # tenants every context holds NO_TENANT and this is (queue, status, due).
+    # Then `priority` and `created_at`: the counts by priority level and the oldest pending context
+    # (views, stats, metrics) are read from this index's entries, not from the documents (those cost
+    # ~0.3 s at 100k on nx-27017). One index for both rather than two: on nx-27017 each index whose
+    # key a status change changes costs every claim and every settle (~110 ms of server CPU per
+    # 1,000 contexts for a second one here: benchmarks/server_cost.py).
     IndexModel(
-        [("queue", ASCENDING), ("status", ASCENDING), ("tenant", ASCENDING), ("due", ASCENDING)], name="queue_due"
-    ),
-    # Counts by priority level and the oldest pending context (views, stats, metrics): answered from
-    # the index alone; without it each reads every pending document (~0.3 s at 100k on nx-27017).
-    IndexModel(
-        [("queue", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("created_at", ASCENDING)],
-        name="queue_levels",
+        [
+            ("queue", ASCENDING),
+            ("status", ASCENDING),
+            ("tenant", ASCENDING),
+            ("due", ASCENDING),
+            ("priority", ASCENDING),
+            ("created_at", ASCENDING),
+        ],
+        name="queue_order",
     ),
     IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)], name="batch_status"),
     # results pages: a key range over the batch's own ordinal, so a deep page costs what the first does.
@@ -77,15 +84,17 @@ CONTEXT_INDEXES = [
     # index of a document it updates, whichever fields changed: its cost is in benchmarks/monitoring.py.
     IndexModel([("status", ASCENDING), ("finished_ms", ASCENDING), ("attempts", ASCENDING)], name="finished"),
 ]
-# The claim indexes of before (status first; then per queue, by priority or oldest first), by name
-# and fields (nx-27017 names an index after its fields, whatever name it was given); dropped where
-# found, once the contexts they ordered have a queue, a tenant and a `due` (io/connection.py). The
-# fields of `queue_claim` are those of `queue_levels`: on nx-27017 it stays as it is.
+# The claim and level indexes of before (status first; then per queue, by priority or oldest first;
+# then by `due`, with the levels apart), by name and fields (nx-27017 names an index after its
+# fields, whatever name it was given); dropped where found, once the contexts they ordered have a
+# queue, a tenant and a `due` (io/connection.py).
 RETIRED_CONTEXT_INDEXES = {
     "claim": ("status", "priority", "created_at"),
     "claim_fifo": ("status", "created_at"),
     "queue_claim": ("queue", "status", "priority", "created_at"),
     "queue_claim_fifo": ("queue", "status", "created_at"),
+    "queue_due": ("queue", "status", "tenant", "due"),
+    "queue_levels": ("queue", "status", "priority", "created_at"),
 }
 BATCH_INDEXES = [
     IndexModel([("created_at", DESCENDING)], name="newest"),
@@ -154,7 +163,7 @@ def claim_due(created: dt.datetime, priority: int, aging_seconds: float | None) 
 def claimable_now(now: dt.datetime, queue: str, tenant: str | None = None) -> dict[str, Any]:
     """The queue's contexts a claim may take now (of one tenant, if given).
 
-    `$eq` on the queue and the tenant, one find per value: the `queue_due` index serves it; `$in`
+    `$eq` on the queue and the tenant, one find per value: the `queue_order` index serves it; `$in`
     scans on nx-27017. The time is compared as a number (`next_attempt_ms`): see io/queue.py's note.
     """
     found: dict[str, Any] = {"queue": eq(queue), "status": eq(Status.PENDING.value)}

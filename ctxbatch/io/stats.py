@@ -209,8 +209,8 @@ class Statistics:
         if level is not None:
             low, high = self.views.levels[level]
             query["priority"] = {"$gte": low, "$lte": high}
-        # Per queue, each from the `queue_levels` index (queue, status, priority, created_at), read
-        # alone; the oldest of the queues' firsts.
+        # Per queue, each from the entries of the `queue_order` index (queue, status, ..., priority,
+        # created_at) alone; the oldest of the queues' firsts.
         within = self.views.within(batch_id, tenant)
         firsts = [
             self.connection.contexts.find_one({**where, **query}, {"created_at": 1}, sort=[("created_at", ASCENDING)])

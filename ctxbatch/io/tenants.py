@@ -1,6 +1,6 @@
 """Fair shares between tenants: which tenants have work, and how one claim shares its batch among them.
 
-A queue's claim reads each tenant's most urgent contexts as one range of the `queue_due` index
+A queue's claim reads each tenant's most urgent contexts as one range of the `queue_order` index
 (queue, status, tenant, due). With a single tenant, or none (every context then holds NO_TENANT),
 that is the claim's one find, as before tenants existed. To share a batch, the claim must know
 which tenants have work without a find per tenant on every claim, so the census keeps, per queue,
@@ -267,7 +267,7 @@ class SharedClaims:
         return taken
 
     def _tenant_first(self, queue: str, tenant: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """A tenant's `limit` most urgent claimable contexts of the queue: one range of the `queue_due` index."""
+        """A tenant's `limit` most urgent claimable contexts of the queue: one range of the `queue_order` index."""
         cursor = self.connection.contexts.find(claimable_now(now, queue, tenant), CLAIM_FIELDS).sort("due", ASCENDING)
         return list(in_one_reply(cursor.limit(limit), limit))
 

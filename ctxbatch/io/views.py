@@ -187,7 +187,7 @@ class Views:
     def queue_length(
         self, status: Status | str = Status.PENDING, batch_id: str | None = None, tenant: str | None = None
     ) -> dict[str, int]:
-        # One count per queue: the `queue_levels` index (queue, status, priority, ...) serves each; a
+        # One count per queue: the `queue_order` index's entries (queue, status, ..., priority) serve each; a
         # tenant's, the claim index (queue, status, tenant, ...) and its documents' priorities.
         within = self.within(batch_id, tenant)
         return {
