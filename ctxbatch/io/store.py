@@ -451,7 +451,11 @@ class ContextStore:
         return self._views.iter_results(batch_id, payload=payload)
 
     def results(self, batch_id: str) -> pd.DataFrame:
-        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
+        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...).
+
+        Text as Arrow strings, times in UTC to the millisecond, payload, result and error as Python
+        objects: the same dtypes whatever the batch holds (io/columns.py).
+        """
         self._moves.await_moved(batch_id)
         return self._views.results(batch_id)
 
