@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings,
 from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import exports, openai_batch
 from ctxbatch.io.formats import read_submission
+from ctxbatch.io.frames import CHUNKSIZE
 from ctxbatch.io.outage import known_drained
 
 
@@ -133,41 +135,62 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Write to a .jsonl, .csv or .parquet file instead of JSON Lines on stdout.",
+    type=click.Path(writable=True),
+    help="Write to a .jsonl, .csv or .parquet file, or to a directory (DIR/: one Parquet file per partition), "
+    "instead of JSON Lines on stdout.",
 )
 @click.option(
     "--format",
     "form",
-    type=click.Choice(["openai"]),
-    help="OpenAI's batch output lines: the completed requests (and their failures with --errors-output).",
+    type=click.Choice(["openai", "parquet"]),
+    help="openai: OpenAI's batch output lines, the completed requests (and their failures with --errors-output); "
+    "parquet: Parquet, whatever the file's name (a directory is always Parquet).",
 )
 @click.option(
     "--errors-output",
     type=click.Path(dir_okay=False, writable=True),
     help="With --format openai: write the failed, expired and cancelled requests' lines here.",
 )
+@click.option(
+    "--chunksize",
+    type=click.IntRange(min=1),
+    default=CHUNKSIZE,
+    show_default=True,
+    help="Contexts per partition, so per Parquet file of a directory.",
+)
 @pass_state
-def results(state: State, batch_id: str, output: str | None, form: str | None, errors_output: str | None) -> None:
+def results(
+    state: State, batch_id: str, output: str | None, form: str | None, errors_output: str | None, chunksize: int
+) -> None:
     """Print or save a batch's contexts with their results and errors.
 
     In CSV and Parquet, payload, result and error are JSON text; times are ISO 8601 text (UTC, milliseconds)
     in JSON Lines and CSV, timestamps in Parquet.
     """
+    directory = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if form == "openai":
+        if directory:
+            raise click.BadParameter("--format openai writes a file, not a directory", param_hint="--output")
         _openai_results(state, batch_id, output, errors_output)
         return
     if errors_output is not None:
         raise click.UsageError("--errors-output goes with --format openai")
     if output is None:
+        if form == "parquet":
+            raise click.UsageError("--format parquet writes files: add -o FILE.parquet or -o DIR/")
         for row in _rows(state, batch_id):
             click.echo(exports.json_line(row), nl=False)
         return
     path = Path(output)
+    if directory:
+        frame = state.store.results_frame(batch_id, chunksize)
+        written = _export(path, lambda: exports.write_parquet_parts(frame, path))
+        say(f"wrote {written.contexts} contexts in {written.files} Parquet files to {path}")
+        return
     writers = {".jsonl": exports.write_jsonl, ".csv": exports.write_csv, ".parquet": exports.write_parquet}
-    writer = writers.get(path.suffix.lower())
+    writer = exports.write_parquet if form == "parquet" else writers.get(path.suffix.lower())
     if writer is None:
-        raise click.BadParameter("the file must end in .parquet, .jsonl or .csv", param_hint="--output")
+        raise click.BadParameter("end the file in .parquet, .jsonl or .csv, or give a directory", param_hint="--output")
     rows = _rows(state, batch_id)
     written = _export(path, lambda: writer(rows, path))
     say(f"wrote {written.contexts} contexts to {path}")
@@ -184,6 +207,8 @@ def _export(path: Path, write: Callable[[], exports.Written]) -> exports.Written
     """write(), with a file the system refuses (a missing folder, no permission) as one line."""
     try:
         return write()
+    except FileExistsError as exc:  # a directory that is not empty, or a file where the directory would be
+        raise click.BadParameter(str(exc), param_hint="--output") from None
     except OSError as exc:
         raise click.FileError(str(path), hint=exc.strerror or str(exc)) from None
 

@@ -1,7 +1,8 @@
-"""A batch's results as files: JSON Lines, CSV or Parquet.
+"""A batch's results as files: JSON Lines, CSV, one Parquet file, or a directory of Parquet files.
 
-Each is written as it is read, in flat memory at any size: JSON Lines row by row, CSV and Parquet a
-chunk of rows at a time (a Parquet row group each).
+Each is written as it is read, in flat memory at any size: JSON Lines row by row, CSV and a Parquet
+file a chunk of rows at a time (a Parquet row group each), a directory one file per partition of
+`store.results_frame()`, each partition read and written by whoever runs its task.
 
 Times are `iso_time` text in JSON Lines and CSV, and real timestamps in Parquet (UTC, milliseconds):
 a Parquet reader (pandas, Dask, DuckDB, Spark) gets them as times without parsing anything. In CSV
@@ -16,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -25,6 +26,9 @@ import pyarrow.parquet as pq
 from ctxbatch.display import iso_time, json_default
 from ctxbatch.io.columns import RESULT_DTYPES, TIME, results_dataframe
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
 JSON_COLUMNS = ("payload", "result", "error")
 TIME_COLUMNS = tuple(name for name, dtype in RESULT_DTYPES.items() if dtype == TIME)
 CHUNK_ROWS = 10_000  # rows per CSV chunk and Parquet row group of a single file
@@ -32,7 +36,7 @@ CHUNK_ROWS = 10_000  # rows per CSV chunk and Parquet row group of a single file
 
 @dataclass(frozen=True)
 class Written:
-    """What an export wrote: contexts, and files."""
+    """What an export wrote: contexts, and files (1 unless a directory)."""
 
     contexts: int
     files: int = 1
@@ -66,6 +70,29 @@ def write_parquet(views: Iterable[Mapping[str, Any]], path: Path) -> Written:
             out.write_table(pa.Table.from_pandas(parquet_columns(chunk), schema=schema, preserve_index=False))
             written += len(chunk)
     return Written(written)
+
+
+def write_parquet_parts(frame: dd.DataFrame, directory: Path) -> Written:
+    """A directory of Parquet files, `part.N.parquet` for partition N of `frame` (results_frame()'s), N zero-padded.
+
+    Refused (FileExistsError) when the directory holds anything: files of an earlier, larger export
+    would be read back with this one's.
+    """
+    if directory.is_dir() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty; give a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = frame.map_partitions(parquet_columns, meta=parquet_columns(frame._meta))
+    # part.07 before part.10: a reader that lists files by name (pandas, pyarrow) keeps the batch's order.
+    width = len(str(frame.npartitions - 1))
+    flat.to_parquet(
+        directory,
+        write_index=False,
+        schema=parquet_schema(),
+        write_metadata_file=False,
+        name_function=lambda number: f"part.{number:0{width}d}.parquet",
+    )
+    files = sorted(directory.glob("*.parquet"))
+    return Written(sum(pq.read_metadata(file).num_rows for file in files), len(files))
 
 
 def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:

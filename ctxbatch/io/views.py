@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 
 from ctxbatch.config import DEFAULT_QUEUE
 from ctxbatch.display import html_table, iso_time
@@ -154,6 +156,16 @@ class Views:
 
     def results(self, batch_id: str) -> pd.DataFrame:
         return results_dataframe(list(self.iter_results(batch_id)))
+
+    def positions(self, batch_id: str) -> int:
+        """How many positions (`sort_id`s) the batch's contexts take: its last one, plus one; 0 when it has none.
+
+        A batch stored before positions existed is given them now, as its first results page does.
+        """
+        self._numbered(self.batch_document(batch_id))
+        where = {"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}
+        last = self.connection.contexts.find_one(where, {"sort_id": 1}, sort=[("sort_id", DESCENDING)])
+        return 0 if last is None else int(last["sort_id"]) + 1
 
     def get_context(self, context_id: str) -> dict[str, Any]:
         found = self.connection.contexts.find_one({"_id": _eq(context_id)}) if isinstance(context_id, str) else None
@@ -389,3 +401,9 @@ def derive_status(counts: Mapping[str, int]) -> str:
     if counts["cancelled"]:
         return Status.CANCELLED.value
     return Status.EXPIRED.value if counts.get("expired", 0) else Status.COMPLETED.value
+
+
+def between_positions(contexts: Collection[Any], batch_id: str, start: int, stop: int) -> Cursor[Any]:
+    """The batch's contexts at positions [start, stop), in order: one range of the `results` index."""
+    found = contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start, "$lt": stop}})
+    return in_replies_of(found.sort("sort_id", ASCENDING), STREAM_REPLY)
