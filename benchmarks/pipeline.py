@@ -51,11 +51,16 @@ Way = Callable[[str, str], dict[str, float]]
 
 
 def records(count: int) -> list[dict[str, Any]]:
-    return [{"payload": {"i": i, "text": "x" * 200}} for i in range(count)]
+    """Issue 22's contexts: ~450-byte payloads, every priority."""
+    text = "lorem ipsum dolor sit amet " * 16
+    return [{"payload": {"text": text, "n": i}, "priority": i % 101} for i in range(count)]
 
 
 def fill(uri: str, database: str, count: int) -> None:
-    ContextStore(uri, database).submit(records(count))
+    store = ContextStore(uri, database)
+    store.submit(records(count))
+    store.wait_moved()  # the submission is acknowledged at its commit; its move must not count in the run
+    store.close()
 
 
 def fill_plain(uri: str, database: str, count: int) -> None:

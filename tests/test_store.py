@@ -13,8 +13,8 @@ from conftest import Commands
 
 from ctxbatch import BatchNotFound, ContextNotFound, SubmitError
 from ctxbatch.io import ContextStore, Status, derive_status
+from ctxbatch.io.columns import RESULT_COLUMNS
 from ctxbatch.io.schema import CONTEXT_INDEXES
-from ctxbatch.io.views import RESULT_COLUMNS
 
 
 def records(n: int, **extra: Any) -> list[dict[str, Any]]:

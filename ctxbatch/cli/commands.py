@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ import click
 from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
 from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
-from ctxbatch.io import json_default, openai_batch
+from ctxbatch.io import exports, openai_batch
 from ctxbatch.io.formats import read_submission
+from ctxbatch.io.frames import CHUNKSIZE
 from ctxbatch.io.outage import known_drained
 
 
@@ -132,58 +135,91 @@ def status(state: State, batch_id: str, as_json: bool) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Write to .parquet, .jsonl or .csv instead of JSON Lines on stdout.",
+    type=click.Path(writable=True),
+    help="Write to a .jsonl, .csv or .parquet file, or to a directory (DIR/: one Parquet file per partition), "
+    "instead of JSON Lines on stdout.",
 )
 @click.option(
     "--format",
     "form",
-    type=click.Choice(["openai"]),
-    help="OpenAI's batch output lines: the completed requests (and their failures with --errors-output).",
+    type=click.Choice(["openai", "parquet"]),
+    help="openai: OpenAI's batch output lines, the completed requests (and their failures with --errors-output); "
+    "parquet: Parquet, whatever the file's name (a directory is always Parquet).",
 )
 @click.option(
     "--errors-output",
     type=click.Path(dir_okay=False, writable=True),
     help="With --format openai: write the failed, expired and cancelled requests' lines here.",
 )
+@click.option(
+    "--chunksize",
+    type=click.IntRange(min=1),
+    default=CHUNKSIZE,
+    show_default=True,
+    help="Contexts per partition, so per Parquet file of a directory.",
+)
 @pass_state
-def results(state: State, batch_id: str, output: str | None, form: str | None, errors_output: str | None) -> None:
-    """Print or save a batch's contexts with their results and errors."""
+def results(
+    state: State, batch_id: str, output: str | None, form: str | None, errors_output: str | None, chunksize: int
+) -> None:
+    """Print or save a batch's contexts with their results and errors.
+
+    In CSV and Parquet, payload, result and error are JSON text; times are ISO 8601 text (UTC, milliseconds)
+    in JSON Lines and CSV, timestamps in Parquet.
+    """
+    directory = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if form == "openai":
+        if directory:
+            raise click.BadParameter("--format openai writes a file, not a directory", param_hint="--output")
         _openai_results(state, batch_id, output, errors_output)
         return
     if errors_output is not None:
         raise click.UsageError("--errors-output goes with --format openai")
     if output is None:
-        for row in state.store.iter_results(batch_id):
-            click.echo(_json_line(row), nl=False)
+        if form == "parquet":
+            raise click.UsageError("--format parquet writes files: add -o FILE.parquet or -o DIR/")
+        for row in _rows(state, batch_id):
+            click.echo(exports.json_line(row), nl=False)
         return
-    writers: dict[str, Callable[[Any, Path], None]] = {
-        ".parquet": lambda frame, path: _to_parquet(frame, path),
-        ".csv": lambda frame, path: _json_columns(frame).to_csv(path, index=False),
-    }
     path = Path(output)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        # The same encoder as stdout, row by row: pandas' to_json keeps 10 digits of a float.
-        with path.open("w", encoding="utf-8") as out:
-            written = sum(out.write(_json_line(row)) > 0 for row in state.store.iter_results(batch_id))
-        say(f"wrote {written} contexts to {path}")
+    if directory:
+        frame = state.store.results_frame(batch_id, chunksize)
+        written = _export(path, lambda: exports.write_parquet_parts(frame, path))
+        say(f"wrote {written.contexts} contexts in {written.files} Parquet files to {path}")
         return
-    writer = writers.get(suffix)
+    writers = {".jsonl": exports.write_jsonl, ".csv": exports.write_csv, ".parquet": exports.write_parquet}
+    writer = exports.write_parquet if form == "parquet" else writers.get(path.suffix.lower())
     if writer is None:
-        raise click.BadParameter("the file must end in .parquet, .jsonl or .csv", param_hint="--output")
-    frame = state.store.results(batch_id)
-    writer(frame, path)
-    say(f"wrote {len(frame)} contexts to {path}")
+        raise click.BadParameter("end the file in .parquet, .jsonl or .csv, or give a directory", param_hint="--output")
+    rows = _rows(state, batch_id)
+    written = _export(path, lambda: writer(rows, path))
+    say(f"wrote {written.contexts} contexts to {path}")
+
+
+def _rows(state: State, batch_id: str, payload: bool = True) -> Iterator[dict[str, Any]]:
+    """The batch's contexts, streamed: an unknown batch is refused now, before a file is made for it."""
+    rows = state.store.iter_results(batch_id, payload=payload)
+    first = list(itertools.islice(rows, 1))
+    return itertools.chain(first, rows)
+
+
+def _export(path: Path, write: Callable[[], exports.Written]) -> exports.Written:
+    """write(), with a file the system refuses (a missing folder, no permission) as one line."""
+    try:
+        return write()
+    except FileExistsError as exc:  # a directory that is not empty, or a file where the directory would be
+        raise click.BadParameter(str(exc), param_hint="--output") from None
+    except OSError as exc:
+        raise click.FileError(str(path), hint=exc.strerror or str(exc)) from None
 
 
 def _openai_results(state: State, batch_id: str, output: str | None, errors_output: str | None) -> None:
     """OpenAI's output and error files, streamed in input order (flat memory at any size)."""
+    rows = _rows(state, batch_id, payload=False)
     with contextlib.ExitStack() as files:
         out = files.enter_context(Path(output).open("w", encoding="utf-8")) if output else sys.stdout
         errors = files.enter_context(Path(errors_output).open("w", encoding="utf-8")) if errors_output else None
-        written = openai_batch.write_lines(state.store.iter_results(batch_id, payload=False), out, errors)
+        written = openai_batch.write_lines(rows, out, errors)
     where = f" to {output}" if output else ""
     say(f"wrote {written.output} completed requests{where}")
     if errors_output:
@@ -192,23 +228,6 @@ def _openai_results(state: State, batch_id: str, output: str | None, errors_outp
         say(f"{written.errors} failed, expired or cancelled requests are not written; add --errors-output FILE")
     if written.unfinished:
         say(f"{written.unfinished} requests are still pending or processing; they are in neither file yet")
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=json_default) + "\n"
-
-
-def _json_columns(frame: Any) -> Any:
-    """Nested columns as JSON text, for formats that hold only flat values."""
-    frame = frame.copy()
-    for column in ("payload", "result", "error"):
-        frame[column] = [None if v is None else json.dumps(v, default=json_default) for v in frame[column]]
-    return frame
-
-
-def _to_parquet(frame: Any, path: Path) -> None:
-    # Results are free-form JSON, so nested columns are stored as JSON text.
-    _json_columns(frame).to_parquet(path, index=False)
 
 
 @main.command()

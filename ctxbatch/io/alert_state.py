@@ -20,6 +20,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from ctxbatch.display import iso_time
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.schema import epoch_ms
 from ctxbatch.io.schema import eq as _eq
@@ -54,10 +55,6 @@ class AlertState:
         )
 
 
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 class AlertBook:
     """The `alerts` collection (one document per rule) and the `critical_errors` log."""
 
@@ -84,7 +81,7 @@ class AlertBook:
         doc = {
             "status": FIRING,
             "token": uuid.uuid4().hex,
-            "starts_at": _iso(now),
+            "starts_at": iso_time(now),
             "starts_ms": epoch_ms(now),
             "ends_at": None,
             "owner": owner,
@@ -106,7 +103,13 @@ class AlertBook:
         if seen.status != FIRING:
             return False
         fence = {"_id": _eq(seen.name), "token": _eq(seen.token)}
-        change = {"status": RESOLVED, "token": uuid.uuid4().hex, "ends_at": _iso(now), "owner": owner, "value": value}
+        change = {
+            "status": RESOLVED,
+            "token": uuid.uuid4().hex,
+            "ends_at": iso_time(now),
+            "owner": owner,
+            "value": value,
+        }
         return self.alerts.update_one(fence, {"$set": change}).modified_count == 1
 
     # -- critical errors ----------------------------------------------------------------------

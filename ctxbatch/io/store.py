@@ -16,7 +16,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -25,7 +25,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from ctxbatch.config import DEFAULT_LEVELS, DEFAULT_QUEUE, IDEMPOTENCY_HOURS, LEASE_SECONDS, level_ranges
-from ctxbatch.io import embedded
+from ctxbatch.io import embedded, frames
 from ctxbatch.io.alert_state import AlertBook
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
@@ -48,6 +48,9 @@ from ctxbatch.io.stats import (
 )
 from ctxbatch.io.tenants import EQUAL_SHARES, TenantShares
 from ctxbatch.io.views import BatchStatus, InFlight, Views
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 Document = dict[str, Any]
 
@@ -451,9 +454,26 @@ class ContextStore:
         return self._views.iter_results(batch_id, payload=payload)
 
     def results(self, batch_id: str) -> pd.DataFrame:
-        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...)."""
+        """The batch's contexts as a DataFrame (id, status, priority, payload, result, error, ...).
+
+        The same columns and dtypes as results_frame(): text as Arrow strings, times as UTC to the
+        millisecond, payload, result and error as Python objects.
+        """
         self._moves.await_moved(batch_id)
         return self._views.results(batch_id)
+
+    def results_frame(self, batch_id: str, chunksize: int = frames.CHUNKSIZE) -> dd.DataFrame:
+        """The batch's contexts as a Dask DataFrame: results() for a batch too big for one pandas frame.
+
+        Indexed by each context's position in its batch (`sort_id`, 0 to total - 1), `chunksize`
+        positions a partition, with known divisions. Nothing is read until it is computed; then each
+        partition is one range read by the process that runs it (the cluster's workers, with a
+        distributed Client), over a connection of its own to this store's server and database.
+        Columns and dtypes are results()'s: payload, result and error hold Python objects.
+        """
+        self._moves.await_moved(batch_id)
+        positions = self._views.positions(batch_id)
+        return frames.results_frame(self.uri, self.database_name, batch_id, positions, chunksize)
 
     def get_context(self, context_id: str) -> dict[str, Any]:
         """One context as users see it (ContextNotFound when there is none)."""

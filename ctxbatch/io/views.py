@@ -15,10 +15,13 @@ from typing import Any
 
 import pandas as pd
 from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 
 from ctxbatch.config import DEFAULT_QUEUE
-from ctxbatch.display import html_table
+from ctxbatch.display import html_table, iso_time
 from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
+from ctxbatch.io.columns import context_view, results_dataframe
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines
 from ctxbatch.io.moves import Moves
@@ -26,11 +29,6 @@ from ctxbatch.io.schema import NO_TENANT, Status, epoch_ms, in_one_reply, in_rep
 from ctxbatch.io.schema import eq as _eq
 from ctxbatch.io.usage import KINDS, no_usage
 
-RESULT_COLUMNS = [
-    "id", "batch_id", "queue", "tenant", "key", "custom_id", "status", "priority", "payload", "result", "error",
-    "attempts", "next_attempt_at", "created_at", "started_at", "finished_at",
-]  # fmt: skip
-INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms", "sort_id", "due")
 # OpenAI's batch fields a batch submitted through /v1/batches (or with them) keeps and shows.
 OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -115,9 +113,9 @@ class Views:
                 "status": Status.FAILED.value if batch.get("failed_at") else derive_status(counts),
                 "counts": counts,
                 "usage": batch_usage(batch),
-                "created_at": batch["created_at"].isoformat(),
-                "updated_at": batch.get("updated_at", batch["created_at"]).isoformat(),
-                "expires_at": None if deadline is None else _from_ms(deadline).isoformat(),
+                "created_at": iso_time(batch["created_at"]),
+                "updated_at": iso_time(batch.get("updated_at", batch["created_at"])),
+                "expires_at": None if deadline is None else iso_time(_from_ms(deadline)),
                 "expired_at": _iso(batch.get("expired_at")),
                 "cancelled_at": _iso(batch.get("cancelled_at")),
                 "failed_at": _iso(batch.get("failed_at")),
@@ -157,7 +155,17 @@ class Views:
             yield context_view(doc)
 
     def results(self, batch_id: str) -> pd.DataFrame:
-        return pd.DataFrame(list(self.iter_results(batch_id)), columns=RESULT_COLUMNS)
+        return results_dataframe(list(self.iter_results(batch_id)))
+
+    def positions(self, batch_id: str) -> int:
+        """How many positions (`sort_id`s) the batch's contexts take: its last one, plus one; 0 when it has none.
+
+        A batch stored before positions existed is given them now, as its first results page does.
+        """
+        self._numbered(self.batch_document(batch_id))
+        where = {"batch_id": _eq(batch_id), "sort_id": {"$gte": 0}}
+        last = self.connection.contexts.find_one(where, {"sort_id": 1}, sort=[("sort_id", DESCENDING)])
+        return 0 if last is None else int(last["sort_id"]) + 1
 
     def get_context(self, context_id: str) -> dict[str, Any]:
         found = self.connection.contexts.find_one({"_id": _eq(context_id)}) if isinstance(context_id, str) else None
@@ -305,13 +313,18 @@ class Views:
             raise ValueError(f"limit must be at least 1, got {limit}")
         batch = self.batch_document(batch_id)
         start = 0 if cursor is None else cursor_offset(cursor)
-        if start == 0 and batch.get("total") and self._unnumbered(batch_id):
-            self._number_batch(batch_id)
+        if start == 0:
+            self._numbered(batch)
         projection = None if payload else {"payload": 0}
         page = self.connection.contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start}}, projection)
         found = list(in_one_reply(page.sort("sort_id", ASCENDING).limit(limit + 1), limit + 1))
         following = page_cursor(found[limit]["sort_id"]) if len(found) > limit else None
         return [context_view(doc) for doc in found[:limit]], following
+
+    def _numbered(self, batch: Mapping[str, Any]) -> None:
+        """A batch stored before `sort_id` existed is given its positions, at its first read by position."""
+        if batch.get("total") and self._unnumbered(batch["_id"]):
+            self._number_batch(batch["_id"])
 
     def _unnumbered(self, batch_id: str) -> bool:
         return (
@@ -327,7 +340,7 @@ class Views:
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
+    return iso_time(moment) if moment else None
 
 
 def _from_ms(ms: int) -> dt.datetime:
@@ -390,17 +403,7 @@ def derive_status(counts: Mapping[str, int]) -> str:
     return Status.EXPIRED.value if counts.get("expired", 0) else Status.COMPLETED.value
 
 
-def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored context as users see it: `_id` is `id`; the lease and the store's bookkeeping are internal."""
-    view = {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in INTERNAL_FIELDS}}
-    view["tenant"] = doc.get("tenant") or None  # stored as NO_TENANT when it has none
-    for column in RESULT_COLUMNS:
-        view.setdefault(column, None)
-    return view
-
-
-def json_default(value: Any) -> Any:
-    """`json.dumps(..., default=json_default)`: dates as ISO 8601 text, anything else as its text."""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
+def between_positions(contexts: Collection[Any], batch_id: str, start: int, stop: int) -> Cursor[Any]:
+    """The batch's contexts at positions [start, stop), in order: one range of the `results` index."""
+    found = contexts.find({"batch_id": _eq(batch_id), "sort_id": {"$gte": start, "$lt": stop}})
+    return in_replies_of(found.sort("sort_id", ASCENDING), STREAM_REPLY)

@@ -22,6 +22,7 @@ from bokeh.models.widgets.markups import Div
 from bokeh.models.widgets.tables import DataTable, TableColumn
 from bokeh.plotting import figure
 
+from ctxbatch.display import iso_time
 from ctxbatch.monitoring.snapshot import Snapshot
 
 log = logging.getLogger("ctxbatch.monitoring")
@@ -203,7 +204,7 @@ def headline(snapshot: Snapshot) -> str:
     if window:
         parts.append(f"engine concurrency <b>{window}</b> calls in flight allowed")
     span = stats.get("window_seconds")
-    updated = snapshot.at.strftime("%H:%M:%S UTC")
+    updated = iso_time(snapshot.at)
     figures = " &middot; ".join(parts)
     return f"<h3 style='margin:4px 0'>ctxbatch</h3>{figures}<br><small>last {span} s, updated {updated}</small>"
 

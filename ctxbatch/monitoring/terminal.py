@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ctxbatch.display import iso_time
+
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -50,7 +52,7 @@ def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
 
 def stats_line(stats: dict[str, Any], now: dt.datetime | None = None) -> str:
     """The stats in one line, stamped with the time: what `top` writes when it is not on a terminal."""
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%H:%M:%S")
+    stamp = iso_time(now or dt.datetime.now(dt.UTC))
     queue = sum(stats["queue_length"].values())
     latency = stats["latency_seconds"]
     return (
@@ -78,7 +80,7 @@ def top(
             sleep(interval)
         stats = read()
         if on_terminal:
-            stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S UTC")
+            stamp = iso_time(dt.datetime.now(dt.UTC))
             footer = f"\n{stamp}, every {interval:g} s; Ctrl-C to stop"
             out.write(CLEAR_SCREEN + "\n".join(stats_lines(stats, title)) + footer + "\n")
         else:

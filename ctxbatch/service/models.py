@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 from ctxbatch.config import DEFAULT_QUEUE, MAX_TENANT_LENGTH, PRIORITY_MAX, PRIORITY_MIN
 from ctxbatch.io.schema import DEFAULT_PRIORITY, MAX_KEY_LENGTH, MAX_NAME_LENGTH, Status
 
-# Times go out as the ISO 8601 text the CLI and Python API give (`datetime.isoformat()`).
+# Times go out as the text the CLI and Python API give (`ctxbatch.display.iso_time`: 2026-12-05T03:41:44.123Z).
 IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 

@@ -19,9 +19,10 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WaitQueueTimeoutError
 from starlette.exceptions import HTTPException
 
+from ctxbatch.display import iso_time, json_default
 from ctxbatch.errors import BatchNotFound, ContextNotFound, CtxbatchError, FileNotFound, InvalidCursor, SubmitError
+from ctxbatch.io.columns import RESULT_COLUMNS
 from ctxbatch.io.outage import short_reason
-from ctxbatch.io.views import RESULT_COLUMNS, json_default
 from ctxbatch.service.openai_errors import OpenAIError, openai_error_body, openai_status, speaks_openai
 
 log = logging.getLogger("ctxbatch.service")
@@ -39,18 +40,18 @@ def dumps(content: Any) -> bytes:
 
 
 class JSONAnswer(JSONResponse):
-    """JSON with datetimes as ISO 8601 text, like the CLI's output."""
+    """JSON with times as the CLI writes them (`iso_time`)."""
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
 
 
 def public_context(view: Mapping[str, Any]) -> dict[str, Any]:
-    """A store context view with only its public fields, times as ISO 8601 text."""
+    """A store context view with only its public fields, times as `iso_time` text."""
     out = {}
     for field in CONTEXT_FIELDS:
         value = view.get(field)
-        out[field] = value.isoformat() if isinstance(value, dt.datetime) else value
+        out[field] = iso_time(value) if isinstance(value, dt.datetime) else value
     return out
 
 
