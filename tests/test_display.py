@@ -110,4 +110,5 @@ def test_stats_render_as_a_table_and_stay_the_json(store: ContextStore) -> None:
     assert table.rows["success rate"] == "100.0%"
     assert table.rows["in flight"] == "1"
     assert table.rows["pending high"] == "0"
-    assert repr(stats).startswith("<Stats last 60s: 3 completed, 0 failed, 0.1/s, success 100.0%")
+    assert repr(stats).startswith("<Stats last 60s: 3 completed, 0 failed, ")
+    assert "/s working (" in repr(stats) and "/s last 60 s, 0.050/s over 60 s, success 100.0%" in repr(stats)

@@ -534,6 +534,11 @@ class ContextStore:
         `tokens` ({input, output, total}) is the usage the window's completed results report, from
         the same sample as the percentiles (exact up to 1,000 completed, scaled past that), and
         `tokens_per_second` its total over the window.
+
+        Throughput, each labelled: `throughput_per_second` is finished / the whole window (idle time
+        included); `working_throughput_per_second` is finished / `working_seconds`, from when the
+        work that finished first in the window started to the last finish (null with no such span);
+        `recent_throughput_per_second` is finished in the last `recent_seconds` (60) / 60.
         """
         self._moves.wait_own()
         return self._statistics.stats(batch_id, window_seconds, tenant)
