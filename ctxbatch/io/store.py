@@ -465,6 +465,16 @@ class ContextStore:
         self._moves.wait_own()
         return self._views.status_counts()
 
+    def in_queues(self, queues: Sequence[str], statuses: Sequence[Status] | None = None) -> int:
+        """How many contexts these queues hold (with these statuses, if given): index counts.
+
+        Contexts are never deleted, so the count of every status grows only as contexts arrive. It is
+        one count per queue, so a context that changes status meanwhile counts once; with statuses,
+        one per status, in the order given.
+        """
+        self._moves.wait_own()
+        return self._views.in_queues(queues, statuses)
+
     def queue_length(
         self, status: Status | str = Status.PENDING, batch_id: str | None = None, tenant: str | None = None
     ) -> dict[str, int]:
