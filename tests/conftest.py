@@ -8,6 +8,7 @@ CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a cond
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from receiver import WebhookReceiver
 from ctxbatch.cli import main
 from ctxbatch.config import Settings
 from ctxbatch.io import ContextStore, embedded
+from ctxbatch.io.schema import epoch_ms
 from ctxbatch.service import create_app
 from ctxbatch.service.security import TOKEN_VARIABLE
 
@@ -92,6 +94,30 @@ def store(mongo_uri: str, database: str) -> Iterator[ContextStore]:
     opened.wait_moved()  # its own submissions' moves, so none writes into the dropped database
     opened.client.drop_database(database)
     opened.close()
+
+
+def finished_at(store: ContextStore, ids: list[str], started: dt.datetime, finished: list[dt.datetime]) -> None:
+    """Give these settled contexts these times: the claim's start, and each its own finish."""
+    for cid, end in zip(ids, finished, strict=True):
+        doc = store.contexts.find_one({"_id": cid})
+        assert doc is not None
+        # A whole-document replace stores a date as a date on nx-27017 (see io/queue.py's note).
+        store.contexts.replace_one(
+            {"_id": cid}, {**doc, "started_at": started, "finished_at": end, "finished_ms": epoch_ms(end)}
+        )
+
+
+def settled_burst(store: ContextStore, count: int) -> list[str]:
+    """`count` contexts claimed and settled at once, the first failed for good, the rest completed; their ids."""
+    store.submit([{"payload": {"i": i}} for i in range(count)])
+    claim = store.claim(count, "loop")
+    store.settle(
+        claim,
+        results=dict.fromkeys(claim.ids[1:], 1),
+        errors={claim.ids[0]: {"type": "ValueError", "message": "bad", "traceback": ""}},
+        retry_at=None,
+    )
+    return claim.ids
 
 
 class Commands(monitoring.CommandListener):

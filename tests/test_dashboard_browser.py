@@ -6,18 +6,23 @@ skips on a developer's machine, and fails under CI=true, where it must run.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import until
+from conftest import finished_at, settled_burst, until
+from distributed import Client, LocalCluster
 from PIL import Image
 
 from ctxbatch import ContextStore, Pipeline
+from ctxbatch.io import utcnow
+from ctxbatch.monitoring.dashboard import show_page
 from tests.browser import Browser, find_chromium
 
 pytestmark = pytest.mark.timeout(150)
@@ -133,3 +138,37 @@ def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, run
         colours = painted(png)
         assert all(count > 20 for count in colours.values()), colours
         assert "ctxbatch" in browser.evaluate("document.title")
+
+
+# The text of the page's headline, as the browser's Bokeh document holds it.
+HEADLINE_JS = """(() => {
+  if (!window.Bokeh || !Bokeh.documents.length) return null;
+  for (const model of Bokeh.documents[0].all_models) {
+    if (typeof model.text === "string" && model.text.includes("throughput")) return model.text;
+  }
+  return null;
+})()"""
+
+
+def test_the_headline_shows_the_rate_while_working_and_over_the_last_minute(
+    chromium: str, store: ContextStore, tmp_path: Any
+) -> None:
+    # Given a burst of 100 contexts, claimed 100 s ago and finished over the next 10 s
+    ids = settled_burst(store, 100)
+    began = utcnow() - dt.timedelta(seconds=100)
+    finished_at(store, ids, began, [began + dt.timedelta(seconds=1 + i // 10) for i in range(100)])
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+        Browser(chromium) as browser,
+    ):
+        # When its page is open
+        browser.open(show_page(client, store))
+        try:
+            text = until(lambda: browser.evaluate(HEADLINE_JS), "the headline", timeout=60, every=0.25)
+        except AssertionError:
+            (tmp_path / "page.png").write_bytes(browser.screenshot())
+            raise
+    # Then the headline shows 10/s while working and nothing in the last minute, not 100 / 600 s
+    plain = re.sub("<[^>]+>", "", text)
+    assert "throughput 10/s working (10.00 s), 0/s last 60 s" in plain

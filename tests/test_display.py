@@ -83,11 +83,13 @@ def test_batch_status_is_the_design_json_and_a_table(store: ContextStore) -> Non
 
 def test_run_report_table_links_the_dashboard() -> None:
     report = RunReport(completed=1200, failed=3, retried=5, batches=4, dashboard_link="http://127.0.0.1:8787/status")
-    report.finished = report.started + 2.0
+    report.finished = report.started + 3.0
+    report.worked = 2.0  # a batch in flight for 2 of its 3 s
     table = read_table(report._repr_html_())
     assert table.rows["completed"] == "1,200"
     assert table.rows["failed"] == "3"
-    assert table.rows["contexts/s"] == "602"
+    assert table.rows["contexts/s (working)"] == "602"
+    assert (table.rows["working seconds"], table.rows["idle seconds"]) == ("2", "1")
     assert "http://127.0.0.1:8787/status" in table.links
     assert repr(report).startswith("<RunReport completed=1200 failed=3 retried=5")
 
@@ -110,4 +112,5 @@ def test_stats_render_as_a_table_and_stay_the_json(store: ContextStore) -> None:
     assert table.rows["success rate"] == "100.0%"
     assert table.rows["in flight"] == "1"
     assert table.rows["pending high"] == "0"
-    assert repr(stats).startswith("<Stats last 60s: 3 completed, 0 failed, 0.1/s, success 100.0%")
+    assert repr(stats).startswith("<Stats last 60s: 3 completed, 0 failed, ")
+    assert "/s working (" in repr(stats) and "/s last 60 s, 0.050/s over 60 s, success 100.0%" in repr(stats)

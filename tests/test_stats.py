@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import finished_at, settled_burst
 
 from ctxbatch import BatchNotFound
 from ctxbatch.io import ContextStore, Stats, utcnow
@@ -81,6 +82,10 @@ def test_stats_are_a_dict_that_serialises_to_the_issues_json(store: ContextStore
         "retried",
         "expired",
         "throughput_per_second",
+        "working_seconds",
+        "working_throughput_per_second",
+        "recent_seconds",
+        "recent_throughput_per_second",
         "tokens_per_second",
         "tokens",
         "success_rate",
@@ -97,8 +102,59 @@ def test_with_nothing_finished_the_rates_and_percentiles_are_null(store: Context
     store.submit([{"payload": {}}])
     stats = store.stats()
     assert stats["success_rate"] is None
+    assert stats["working_seconds"] is None and stats["working_throughput_per_second"] is None
+    assert stats["throughput_per_second"] == stats["recent_throughput_per_second"] == 0
     assert stats["latency_seconds"] == {"p50": None, "p95": None, "p99": None}
     assert stats["completed"] == stats["failed"] == 0
+
+
+def test_the_working_rate_is_over_the_time_work_was_done_not_the_whole_window(store: ContextStore) -> None:
+    # Given a burst of 100 contexts (one failed): claimed 100 s ago, finished over the next 10 s,
+    # a partition of 10 at a time (as partitions are written), the first 1 s after the claim
+    ids = settled_burst(store, 100)
+    began = utcnow() - dt.timedelta(seconds=100)
+    finish = [began + dt.timedelta(seconds=1 + i // 10) for i in range(100)]
+    finished_at(store, ids, began, finish)
+
+    stats = store.stats(window_seconds=300)
+
+    # Then the window's average counts its idle time, the working rate does not
+    assert stats["throughput_per_second"] == pytest.approx(100 / 300)
+    assert stats["working_seconds"] == 10.0  # from the claim to the last finish
+    assert stats["working_throughput_per_second"] == pytest.approx(100 / 10)
+    # and nothing finished in the last minute
+    assert (stats["recent_seconds"], stats["recent_throughput_per_second"]) == (60.0, 0.0)
+
+
+def test_the_recent_rate_counts_the_last_minute_whatever_the_window(store: ContextStore) -> None:
+    ids = settled_burst(store, 30)
+    now = utcnow()
+    finished_at(store, ids[:10], now - dt.timedelta(seconds=130), [now - dt.timedelta(seconds=120)] * 10)
+    finished_at(store, ids[10:], now - dt.timedelta(seconds=40), [now - dt.timedelta(seconds=30)] * 20)
+    stats = store.stats(window_seconds=3600)
+    assert stats["recent_throughput_per_second"] == pytest.approx(20 / 60)
+    assert stats["throughput_per_second"] == pytest.approx(30 / 3600)
+    assert stats["working_seconds"] == 100.0  # first to last: the gap between the bursts is in it
+
+
+def test_the_working_time_starts_no_earlier_than_the_window(store: ContextStore) -> None:
+    # Given contexts claimed 10 minutes ago, finished 30 s ago
+    ids = settled_burst(store, 5)
+    now = utcnow()
+    finished_at(store, ids, now - dt.timedelta(minutes=10), [now - dt.timedelta(seconds=30)] * 5)
+    # Then over the last minute, they were worked on for that minute's first 30 s
+    stats = store.stats(window_seconds=60)
+    assert stats["working_seconds"] == pytest.approx(30, abs=2)
+    assert stats["working_throughput_per_second"] == pytest.approx(5 / 30, rel=0.1)
+
+
+def test_contexts_finished_in_one_write_of_one_moment_have_no_working_time(store: ContextStore) -> None:
+    ids = settled_burst(store, 3)
+    now = utcnow() - dt.timedelta(seconds=5)
+    finished_at(store, ids, now, [now] * 3)  # claimed and finished in the same millisecond
+    stats = store.stats()
+    assert stats["working_seconds"] is None and stats["working_throughput_per_second"] is None
+    assert stats["completed"] + stats["failed"] == 3
 
 
 def test_oldest_pending_seconds_is_the_age_of_the_oldest_waiting_context(store: ContextStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from conftest import finished_at, settled_burst
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctxbatch.cli import main
-from ctxbatch.io import ContextStore
+from ctxbatch.io import ContextStore, utcnow
 from ctxbatch.monitoring import terminal
 
 ERROR = {"type": "ValueError", "message": "bad", "traceback": ""}
@@ -25,6 +27,14 @@ def worked(store: ContextStore) -> str:
     claim = store.claim(4, "loop")
     store.settle(claim, results=dict.fromkeys(claim.ids[:3], 1), errors={claim.ids[3]: ERROR}, retry_at=None)
     return batch_id
+
+
+@pytest.fixture
+def burst(store: ContextStore) -> None:
+    """100 contexts (1 failed) claimed 100 s ago and finished over the next 10 s: 10/s while working."""
+    ids = settled_burst(store, 100)
+    began = utcnow() - dt.timedelta(seconds=100)
+    finished_at(store, ids, began, [began + dt.timedelta(seconds=1 + i // 10) for i in range(100)])
 
 
 def cli(mongo_uri: str, database: str, *args: str) -> Result:
@@ -52,6 +62,27 @@ def test_stats_of_a_batch_print_its_counts_for_a_person(mongo_uri: str, database
     assert "completed 3  failed 1  retried 0" in result.stdout
     assert "success 75.0%" in result.stdout
     assert "queue       high 2  medium 0  low 0" in result.stdout
+
+
+def test_stats_label_the_rate_while_working_over_the_last_minute_and_over_the_window(
+    mongo_uri: str, database: str, burst: None
+) -> None:
+    result = cli(mongo_uri, database, "stats")
+    assert result.exit_code == 0, result.stderr
+    assert "  throughput  10/s working (10 s), 0/s last 60 s, 0.333/s over 300 s\n" in result.stdout
+    figures = json.loads(cli(mongo_uri, database, "stats", "--json").stdout)
+    assert figures["throughput_per_second"] == pytest.approx(100 / 300)  # as it was: over the window
+    assert (figures["working_seconds"], figures["working_throughput_per_second"]) == (10.0, 10.0)
+    assert (figures["recent_seconds"], figures["recent_throughput_per_second"]) == (60.0, 0.0)
+
+
+def test_top_labels_the_rates_too(mongo_uri: str, database: str, store: ContextStore, burst: None) -> None:
+    result = cli(mongo_uri, database, "top", "--interval", "0.01", "-n", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "rate_working=10/s working_seconds=10 rate_last_60s=0/s rate_window=0.333/s" in result.stdout
+    screen = Terminal()
+    terminal.top(store.stats, screen, interval=0.01, refreshes=1)
+    assert "throughput  10/s working (10 s), 0/s last 60 s, 0.333/s over 300 s" in screen.getvalue()
 
 
 def test_stats_of_an_unknown_batch_is_one_line_and_exit_1(mongo_uri: str, database: str, store: ContextStore) -> None:
@@ -97,6 +128,13 @@ def test_api_stats_answer_the_stores_stats(api: httpx.Client, store: ContextStor
     answer = api.get("/api/stats", params={"window": 60})
     assert answer.status_code == 200
     assert without_times(answer.json()) == without_times(store.stats(window_seconds=60))
+
+
+def test_api_stats_answer_the_working_and_recent_rates(api: httpx.Client, burst: None) -> None:
+    figures = api.get("/api/stats").json()
+    assert figures["throughput_per_second"] == pytest.approx(100 / 300)
+    assert (figures["working_seconds"], figures["working_throughput_per_second"]) == (10.0, 10.0)
+    assert (figures["recent_seconds"], figures["recent_throughput_per_second"]) == (60.0, 0.0)
 
 
 def test_api_stats_of_a_batch(api: httpx.Client, store: ContextStore, worked: str) -> None:

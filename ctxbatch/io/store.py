@@ -485,6 +485,16 @@ class ContextStore:
         self._moves.wait_own()
         return self._views.status_counts()
 
+    def in_queues(self, queues: Sequence[str], statuses: Sequence[Status] | None = None) -> int:
+        """How many contexts these queues hold (with these statuses, if given): index counts.
+
+        Contexts are never deleted, so the count of every status grows only as contexts arrive. It is
+        one count per queue, so a context that changes status meanwhile counts once; with statuses,
+        one per status, in the order given.
+        """
+        self._moves.wait_own()
+        return self._views.in_queues(queues, statuses)
+
     def queue_length(
         self, status: Status | str = Status.PENDING, batch_id: str | None = None, tenant: str | None = None
     ) -> dict[str, int]:
@@ -554,6 +564,11 @@ class ContextStore:
         `tokens` ({input, output, total}) is the usage the window's completed results report, from
         the same sample as the percentiles (exact up to 1,000 completed, scaled past that), and
         `tokens_per_second` its total over the window.
+
+        Throughput, each labelled: `throughput_per_second` is finished / the whole window (idle time
+        included); `working_throughput_per_second` is finished / `working_seconds`, from when the
+        work that finished first in the window started to the last finish (null with no such span);
+        `recent_throughput_per_second` is finished in the last `recent_seconds` (60) / 60.
         """
         self._moves.wait_own()
         return self._statistics.stats(batch_id, window_seconds, tenant)

@@ -23,6 +23,7 @@ from bokeh.models.widgets.tables import DataTable, TableColumn
 from bokeh.plotting import figure
 
 from ctxbatch.display import iso_time
+from ctxbatch.io.stats import per_second
 from ctxbatch.monitoring.snapshot import Snapshot
 
 log = logging.getLogger("ctxbatch.monitoring")
@@ -190,8 +191,11 @@ def headline(snapshot: Snapshot) -> str:
         return "-" if value is None else f"{value:.2f} s"
 
     tokens = stats.get("tokens") or {}
+    # Over the time work was done and over the last minute: the window's average counts idle time too.
     parts = [
-        f"throughput <b>{stats.get('throughput_per_second', 0):.1f}/s</b>",
+        f"throughput <b>{per_second(stats.get('working_throughput_per_second'))}</b> working "
+        f"({seconds(stats.get('working_seconds'))}), "
+        f"<b>{per_second(stats.get('recent_throughput_per_second'))}</b> last {stats['recent_seconds']:g} s",
         f"tokens <b>{tokens.get('total', 0):,}</b> (<b>{stats.get('tokens_per_second', 0):,.1f}/s</b>)",
         f"success <b>{'-' if rate is None else f'{rate:.1%}'}</b>",
         f"latency p50 <b>{seconds(latency.get('p50'))}</b> p95 <b>{seconds(latency.get('p95'))}</b>",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ctxbatch.display import iso_time
+from ctxbatch.io.stats import per_second, throughput_text
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
@@ -30,6 +31,17 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _rates(stats: dict[str, Any]) -> str:
+    """The three throughputs as `key=value`: `rate_working=680/s working_seconds=4.41 rate_last_60s=...`."""
+    seconds = stats["working_seconds"]
+    return (
+        f"rate_working={per_second(stats['working_throughput_per_second'])} "
+        f"working_seconds={'-' if seconds is None else f'{seconds:g}'} "
+        f"rate_last_{stats['recent_seconds']:g}s={per_second(stats['recent_throughput_per_second'])} "
+        f"rate_window={per_second(stats['throughput_per_second'])}"
+    )
+
+
 def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
     """The stats JSON as a few aligned lines for a person."""
     queue = "  ".join(f"{level} {n}" for level, n in stats["queue_length"].items())
@@ -39,8 +51,8 @@ def stats_lines(stats: dict[str, Any], title: str = "all batches") -> list[str]:
     return [
         f"{title}, last {stats['window_seconds']:g} s",
         f"  finished    completed {stats['completed']}  failed {stats['failed']}  retried {stats['retried']}"
-        f"  expired {stats.get('expired', 0)}"
-        f"  ({stats['throughput_per_second']:.2f}/s, success {_rate(stats['success_rate'])})",
+        f"  expired {stats.get('expired', 0)}  (success {_rate(stats['success_rate'])})",
+        f"  throughput  {throughput_text(stats)}",
         f"  tokens      input {tokens['input']}  output {tokens['output']}  total {tokens['total']}"
         f"  ({stats['tokens_per_second']:.1f}/s)",
         f"  latency     {_percentiles(stats['latency_seconds'])}",
@@ -57,7 +69,7 @@ def stats_line(stats: dict[str, Any], now: dt.datetime | None = None) -> str:
     latency = stats["latency_seconds"]
     return (
         f"{stamp} completed={stats['completed']} failed={stats['failed']} retried={stats['retried']} "
-        f"rate={stats['throughput_per_second']:.2f}/s tokens={stats['tokens_per_second']:.1f}/s "
+        f"{_rates(stats)} tokens={stats['tokens_per_second']:.1f}/s "
         f"success={_rate(stats['success_rate'])} "
         f"p50={_seconds(latency['p50'])} p95={_seconds(latency['p95'])} "
         f"pending={queue} oldest={_seconds(stats['oldest_pending_seconds'])} in_flight={stats['in_flight']}"

@@ -94,6 +94,7 @@ class BatchCritical:
     retries_left: int  # retries still allowed after this one; 0 when spent (the held contexts failed)
     failed: int  # contexts failed for good with this error
     released: bool  # given back to the queue (the loop is stopping) rather than retried
+    retrying: bool = False  # held under the lease, to run again after a backoff (still in flight)
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,7 @@ class Loop:
             len(left),
         )
         flight.claim = left
-        failed, released, retries_left = 0, False, 0
+        failed, released, retries_left, retrying = 0, False, 0, False
         wait_seconds = policy.batch_retry_in(flight.retries)
         if not left.ids or self._stop.is_set():
             self._give_back(flight)
@@ -380,8 +380,9 @@ class Loop:
             flight.retries += 1
             flight.due = time.monotonic() + wait_seconds
             retries_left = policy.settings.batch_retries - flight.retries
+            retrying = True
         self._observe(flight, critical=True, contexts=ran)  # after the database answered: told once
-        event = BatchCritical(flight.seq, flight.label, error, len(left), retries_left, failed, released)
+        event = BatchCritical(flight.seq, flight.label, error, len(left), retries_left, failed, released, retrying)
         self._emit("on_batch_critical", event)
 
     # -- giving back ----------------------------------------------------------------------

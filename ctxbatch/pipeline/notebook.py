@@ -13,7 +13,7 @@ from typing import Any
 
 from ctxbatch.io import ContextStore
 from ctxbatch.pipeline.events import RunFinished, RunStarted
-from ctxbatch.pipeline.progress import Progress
+from ctxbatch.pipeline.progress import Progress, Total, failures
 from ctxbatch.pipeline.report import RunReport
 
 UPDATE_SECONDS = 0.5
@@ -29,8 +29,8 @@ def in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def progress_html(report: RunReport, total: int, finished: bool = False) -> str:
-    """A <progress> bar, the counts, and the dashboard links."""
+def progress_html(report: RunReport, total: Total, finished: bool = False) -> str:
+    """A <progress> bar, the counts (as the terminal's line counts them), and the dashboard links."""
     done = report.completed + report.failed
     state = f"finished ({report.stopped_by or 'stopped'})" if finished else "running"
     links = {"Dask dashboard": report.dashboard_link, "ctxbatch page": report.page_link}
@@ -38,10 +38,9 @@ def progress_html(report: RunReport, total: int, finished: bool = False) -> str:
         f'<a href="{html.escape(url)}" target="_blank">{name}</a>' for name, url in links.items() if url
     )
     return (
-        f'<div class="ctxbatch-progress"><b>ctxbatch run</b> {state}: {done:,}/{total:,} done &middot; '
-        f"{report.rate:.1f}/s &middot; failed {report.failed:,} &middot; retried {report.retried:,} &middot; "
-        f"deferred {report.deferred:,}<br>"
-        f'<progress value="{done}" max="{max(total, 1)}" style="width:28em"></progress>'
+        f'<div class="ctxbatch-progress"><b>ctxbatch run</b> {state}: {html.escape(total.of(done))} &middot; '
+        f"{report.rate:.1f}/s &middot; {failures(report)} &middot; deferred {report.deferred}<br>"
+        f'<progress value="{done}" max="{max(total.whole, 1)}" style="width:28em"></progress>'
         f"{'<br>' + anchors if anchors else ''}</div>"
     )
 
@@ -58,14 +57,14 @@ class NotebookProgress(Progress):
         from IPython.display import HTML, display
 
         self._finished = False
-        self._handle = display(HTML(progress_html(event.report, 0)), display_id=True)
+        self._handle = display(HTML(progress_html(event.report, Total())), display_id=True)
         super().on_run_started(event)
 
     def on_run_finished(self, event: RunFinished) -> None:
         self._finished = True
         super().on_run_finished(event)  # stops the ticks, then draws once more
 
-    def _draw(self, report: RunReport, total: int) -> None:
+    def _draw(self, report: RunReport, total: Total) -> None:
         from IPython.display import HTML
 
         if self._handle is not None:

@@ -1,4 +1,9 @@
-"""RunReport: what a run did, kept up to date while it runs (by the RunCounters subscriber)."""
+"""RunReport: what a run did, kept up to date while it runs (by the RunCounters subscriber).
+
+Its rate is over the run's working time, the seconds it had a batch in flight; the rest of its wall
+time is idle (a service loop waiting for work, a batch waiting to fill) and is stated apart
+(issue 21: a run's summary had counted 60 s of idle waiting into its rate).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ class RunReport:
     claimed: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    worked: float = 0.0  # seconds with a batch in flight, up to `busy_since`
+    busy_since: float | None = None  # since when a batch has been in flight, while one is
     stopped_by: str | None = None
     dashboard_link: str | None = None
     page_link: str | None = None  # the ctxbatch page of that dashboard, when its scheduler serves it
@@ -35,9 +42,31 @@ class RunReport:
         return (self.finished or time.monotonic()) - self.started
 
     @property
+    def working_seconds(self) -> float:
+        """Seconds with a batch in flight (claimed, running, or held for a retry)."""
+        busy = 0.0 if self.busy_since is None else (self.finished or time.monotonic()) - self.busy_since
+        return self.worked + busy
+
+    @property
+    def idle_seconds(self) -> float:
+        """Wall time with no batch in flight: waiting for work, or for a batch to fill."""
+        return max(self.wall_seconds - self.working_seconds, 0.0)
+
+    def began_working(self, now: float) -> None:
+        """A batch went in flight with none before it."""
+        self.busy_since = now
+
+    def stopped_working(self, now: float) -> None:
+        """The last batch in flight is done (or the run is over)."""
+        if self.busy_since is not None:
+            self.worked += now - self.busy_since
+            self.busy_since = None
+
+    @property
     def rate(self) -> float:
-        """Contexts settled (completed or failed for good) per second."""
-        return (self.completed + self.failed) / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        """Contexts settled (completed or failed for good) per second of working time."""
+        working = self.working_seconds
+        return (self.completed + self.failed) / working if working > 0 else 0.0
 
     def concurrency_line(self) -> str:
         """`37 + 41 = 78 calls in flight`: each worker's limit, and the window they make."""
@@ -47,14 +76,15 @@ class RunReport:
     def summary_line(self) -> str:
         return (
             f"completed {self.completed}, failed {self.failed}, retried {self.retried}, deferred {self.deferred}, "
-            f"batches {self.batches}, {self.wall_seconds:.1f} s, {self.rate:.1f} contexts/s"
+            f"batches {self.batches}, {self.rate:.1f} contexts/s over {self.working_seconds:.1f} s working, "
+            f"{self.idle_seconds:.1f} s idle"
         )
 
     def __repr__(self) -> str:
         return (
             f"<RunReport completed={self.completed} failed={self.failed} retried={self.retried} "
             f"deferred={self.deferred} lost={self.lost} critical={self.critical} batches={self.batches} "
-            f"wall={self.wall_seconds:.1f}s rate={self.rate:.1f}/s>"
+            f"working={self.working_seconds:.1f}s idle={self.idle_seconds:.1f}s rate={self.rate:.1f}/s>"
         )
 
     def _repr_html_(self) -> str:
@@ -67,8 +97,9 @@ class RunReport:
             ("lost", self.lost),
             ("critical", self.critical),
             ("batches", self.batches),
-            ("wall seconds", round(self.wall_seconds, 1)),
-            ("contexts/s", round(self.rate, 1)),
+            ("working seconds", round(self.working_seconds, 1)),
+            ("idle seconds", round(self.idle_seconds, 1)),
+            ("contexts/s (working)", round(self.rate, 1)),
             ("stopped by", self.stopped_by or ("running" if self.finished is None else None)),
             ("Dask dashboard", link),
             ("ctxbatch page", Link(self.page_link) if self.page_link else None),

@@ -32,18 +32,31 @@ EXPECTED = "expected a Subscriber, or 'module:callable' naming a Subscriber clas
 
 
 class RunCounters(Subscriber):
-    """Keeps a RunReport's counters up to date."""
+    """Keeps a RunReport's counters up to date, and its working time: while any batch is in flight."""
 
     def __init__(self, report: RunReport) -> None:
         self.report = report
+        self._in_flight: set[int] = set()  # the batches claimed and not yet done with, by seq
 
     def on_run_started(self, event: RunStarted) -> None:
         self.report.dashboard_link = event.dashboard_link
         self.report.started = time.monotonic()  # the rate is the loop's, not the cluster's start-up
+        self._in_flight.clear()
 
     def on_batch_claimed(self, event: BatchClaimed) -> None:
         self.report.claimed += event.size
         self.report.batches += 1
+        if not self._in_flight:
+            self.report.began_working(time.monotonic())
+        self._in_flight.add(event.seq)
+
+    def _done_with(self, seq: int) -> None:
+        self._in_flight.discard(seq)
+        if not self._in_flight:
+            self.report.stopped_working(time.monotonic())
+
+    def on_batch_finished(self, event: BatchFinished) -> None:
+        self._done_with(event.seq)
 
     def on_partition_finished(self, event: PartitionFinished) -> None:
         for name in ("completed", "failed", "retried", "deferred", "lost"):
@@ -52,12 +65,15 @@ class RunCounters(Subscriber):
     def on_batch_critical(self, event: BatchCritical) -> None:
         self.report.critical += 1
         self.report.failed += event.failed
+        if not event.retrying:  # held for a retry, it is still in flight
+            self._done_with(event.seq)
 
     def on_engine_concurrency(self, event: EngineConcurrency) -> None:
         self.report.engine_concurrency = dict(event.limits)
 
     def on_run_finished(self, event: RunFinished) -> None:
         self.report.finished = time.monotonic()
+        self.report.stopped_working(self.report.finished)  # what it still held was released
 
 
 class WorkerScaling(Subscriber):

@@ -170,7 +170,21 @@ class StatsOut(BaseModel):
     expired: int = Field(
         description="Contexts expired in the window: still pending when their batch's deadline passed."
     )
-    throughput_per_second: float
+    throughput_per_second: float = Field(
+        description="Finished (completed + failed) / window_seconds: averaged over the whole window, idle time "
+        "included."
+    )
+    working_seconds: float | None = Field(
+        description="Seconds work was being done in the window: from when the work that finished first in it "
+        "started (not before the window) to the last finish; null with nothing finished, or no such span."
+    )
+    working_throughput_per_second: float | None = Field(
+        description="Finished / working_seconds: the pace while working; null when working_seconds is."
+    )
+    recent_seconds: float = Field(description="The span of recent_throughput_per_second: the last 60 s.")
+    recent_throughput_per_second: float = Field(
+        description="Finished in the last recent_seconds / recent_seconds, whatever the window: the pace now."
+    )
     tokens_per_second: float = Field(description="tokens.total / window_seconds.")
     tokens: Usage = Field(
         description="Tokens the completed results of the window reported (exact up to 1,000 of them, then scaled "
