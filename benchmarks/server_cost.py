@@ -43,6 +43,9 @@ def records(count: int) -> list[dict[str, Any]]:
     return [{"payload": {"text": TEXT, "n": i}, "priority": i % 101} for i in range(count)]
 
 
+Spent = dict[tuple[str, str, str], int]  # server CPU ns by (step, command, collection)
+
+
 class ServerClock:
     """The server process's CPU nanoseconds so far, summed over its threads."""
 
@@ -92,7 +95,7 @@ class Meter(monitoring.CommandListener):
         return spent
 
 
-def life(store: ContextStore, meter: Meter, count: int, batch: int) -> dict[tuple[str, str, str], int]:
+def life(store: ContextStore, meter: Meter, batch: int) -> Spent:
     """Claim, load and settle every context, as a loop and its partitions do, a step at a time."""
     store.wait_moved()
     meter.take()
@@ -103,7 +106,7 @@ def life(store: ContextStore, meter: Meter, count: int, batch: int) -> dict[tupl
             break
         with meter.measuring("load"):
             rows = store.load(claim)
-        with meter.measuring("renew (a run: every 10 s)"):
+        with meter.measuring("renew (a run: once past half a lease)"):
             store.renew(claim)
         with meter.measuring("settle"):
             store.settle(claim, results={row["_id"]: echo(row["payload"]) for row in rows})
@@ -112,9 +115,10 @@ def life(store: ContextStore, meter: Meter, count: int, batch: int) -> dict[tupl
     return meter.take()
 
 
-def hand_loop(uri: str, database: str, meter: Meter, count: int, batch: int) -> dict[tuple[str, str, str], int]:
+def hand_loop(uri: str, database: str, meter: Meter, count: int, batch: int) -> Spent:
     """benchmarks/pipeline.py's hand-written loop on the same documents, one index (status, priority)."""
-    contexts = MongoClient(uri, event_listeners=[meter])[database]["contexts"]
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, event_listeners=[meter])
+    contexts = client[database]["contexts"]
     contexts.create_index([("status", ASCENDING), ("priority", ASCENDING)])
     contexts.insert_many(
         [{"_id": f"c{i}", "status": "pending", **r} for i, r in enumerate(records(count))], ordered=False
@@ -142,7 +146,7 @@ def hand_loop(uri: str, database: str, meter: Meter, count: int, batch: int) -> 
                 ],
                 ordered=False,
             )
-    contexts.database.client.close()
+    client.close()
     return meter.take()
 
 
@@ -165,10 +169,44 @@ def reads(store: ContextStore, meter: Meter, calls: int) -> dict[str, float]:
     return spent
 
 
+Fresh = Callable[..., ContextStore]
+
+
+def table_of_life(rows: Spent, hand: Spent, per: float) -> None:
+    print("| step | command | ctxbatch | hand-written loop |\n| --- | --- | ---: | ---: |")
+    for key in sorted({*rows, *hand}, key=lambda k: -rows.get(k, 0)):
+        ours, theirs = rows.get(key, 0) * per / 1e6, hand.get(key, 0) * per / 1e6
+        print(f"| {key[0]} | {key[1]} {key[2]} | {ours:.1f} | {theirs:.1f} |")
+    total, hand_total = sum(rows.values()) * per / 1e6, sum(hand.values()) * per / 1e6
+    print(f"| **all** | | **{total:.1f}** | **{hand_total:.1f}** ({total / hand_total:.2f}x) |")
+
+
+def table_of_indexes(rows: Spent, fresh: Fresh, meter: Meter, args: argparse.Namespace, per: float) -> None:
+    print("| index | claim + settle | without it | its upkeep |\n| --- | ---: | ---: | ---: |")
+    steps = ("claim", "settle")
+    base = sum(v for k, v in rows.items() if k[0] in steps) * per / 1e6
+    for name in CONTEXT_KEYS:
+        without = life(fresh(f"cost_no_{name}", dropped=name), meter, args.batch)
+        cost = sum(v for k, v in without.items() if k[0] in steps) * per / 1e6
+        print(f"| {name} | {base:.1f} | {cost:.1f} | {base - cost:.1f} |")
+
+
+def table_of_reads(fresh: Fresh, meter: Meter, args: argparse.Namespace) -> None:
+    store = fresh("cost_reads")
+    store.wait_moved()
+    for _ in range(args.contexts // 2 // args.batch):
+        claim = store.claim(args.batch, "bench")
+        store.settle(claim, results={cid: {} for cid in claim.ids})
+    print("| read | ms per call |\n| --- | ---: |")
+    for name, ms in reads(store, meter, 5).items():
+        print(f"| {name} | {ms:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--sections", default="123", help="which of the tables (1), (2) and (3) to measure")
     args = parser.parse_args()
     per = 1_000 / args.contexts
     with server(None) as (uri, _):
@@ -189,35 +227,17 @@ def main() -> None:
             store.submit(records(args.contexts))
             return store
 
-        rows = life(fresh("cost_life"), meter, args.contexts, args.batch)
-        hand = hand_loop(uri, "cost_hand", meter, args.contexts, args.batch)
-        print(f"\n(1) server CPU ms per 1,000 contexts, {args.contexts:,} contexts in batches of {args.batch:,}\n")
-        print("| step | command | ctxbatch | hand-written loop |\n| --- | --- | ---: | ---: |")
-        keys = sorted({(s, c, t) for s, c, t in [*rows, *hand]}, key=lambda k: -rows.get(k, 0))
-        for key in keys:
-            ours, theirs = rows.get(key, 0) * per / 1e6, hand.get(key, 0) * per / 1e6
-            print(f"| {key[0]} | {key[1]} {key[2]} | {ours:.1f} | {theirs:.1f} |")
-        total, hand_total = sum(rows.values()) * per / 1e6, sum(hand.values()) * per / 1e6
-        print(f"| **all** | | **{total:.1f}** | **{hand_total:.1f}** ({total / hand_total:.2f}x) |")
-
-        print("\n(2) each index's upkeep: claim + settle with it dropped, server CPU ms per 1,000 contexts\n")
-        print("| index | claim + settle | without it | its upkeep |\n| --- | ---: | ---: | ---: |")
-        steps = ("claim", "settle")
-        base = sum(v for k, v in rows.items() if k[0] in steps) * per / 1e6
-        for name in CONTEXT_KEYS:
-            without = life(fresh(f"cost_no_{name}", dropped=name), meter, args.contexts, args.batch)
-            cost = sum(v for k, v in without.items() if k[0] in steps) * per / 1e6
-            print(f"| {name} | {base:.1f} | {cost:.1f} | {base - cost:.1f} |")
-
-        print("\n(3) reads now and then, server CPU ms per call, half of the contexts done\n")
-        store = fresh("cost_reads")
-        store.wait_moved()
-        for _ in range(args.contexts // 2 // args.batch):
-            claim = store.claim(args.batch, "bench")
-            store.settle(claim, results={cid: {} for cid in claim.ids})
-        print("| read | ms per call |\n| --- | ---: |")
-        for name, ms in reads(store, meter, 5).items():
-            print(f"| {name} | {ms:.1f} |")
+        rows = life(fresh("cost_life"), meter, args.batch)
+        if "1" in args.sections:
+            hand = hand_loop(uri, "cost_hand", meter, args.contexts, args.batch)
+            print(f"\n(1) server CPU ms per 1,000 contexts, {args.contexts:,} contexts in batches of {args.batch:,}\n")
+            table_of_life(rows, hand, per)
+        if "2" in args.sections:
+            print("\n(2) each index's upkeep: claim + settle with it dropped, server CPU ms per 1,000 contexts\n")
+            table_of_indexes(rows, fresh, meter, args, per)
+        if "3" in args.sections:
+            print("\n(3) reads now and then, server CPU ms per call, half of the contexts done\n")
+            table_of_reads(fresh, meter, args)
 
 
 if __name__ == "__main__":
