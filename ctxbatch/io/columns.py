@@ -8,10 +8,12 @@ millisecond as MongoDB stores them, JSON (payload, result, error) as Python obje
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULT_COLUMNS = [
     "id", "batch_id", "queue", "tenant", "key", "custom_id", "status", "priority", "payload", "result", "error",
@@ -19,15 +21,25 @@ RESULT_COLUMNS = [
 ]  # fmt: skip
 # A stored context's fields users never see: the lease and the store's own bookkeeping.
 INTERNAL_FIELDS = ("_id", "lease", "next_attempt_ms", "finished_ms", "sort_id", "due")
-# The dtypes of every results DataFrame (see the module's note).
-TEXT = pd.StringDtype("pyarrow")
-TIME = pd.DatetimeTZDtype("ms", "UTC")
-RESULT_DTYPES: dict[str, Any] = {
-    **dict.fromkeys(["id", "batch_id", "queue", "tenant", "key", "custom_id", "status"], TEXT),
-    **dict.fromkeys(["priority", "attempts"], "int64"),
-    **dict.fromkeys(["payload", "result", "error"], object),
-    **dict.fromkeys(["next_attempt_at", "created_at", "started_at", "finished_at"], TIME),
-}
+# The columns by kind, for their dtypes in every results DataFrame (see the module's note).
+TEXT_COLUMNS = ("id", "batch_id", "queue", "tenant", "key", "custom_id", "status")
+INTEGER_COLUMNS = ("priority", "attempts")
+JSON_COLUMNS = ("payload", "result", "error")
+TIME_COLUMNS = ("next_attempt_at", "created_at", "started_at", "finished_at")
+
+
+@functools.cache
+def result_dtypes() -> dict[str, Any]:
+    """The dtype of each column. pandas is imported on first use: what never makes a DataFrame (the
+    command line's quick commands, a loop's claims) never loads it."""
+    import pandas as pd
+
+    return {
+        **dict.fromkeys(TEXT_COLUMNS, pd.StringDtype("pyarrow")),
+        **dict.fromkeys(INTEGER_COLUMNS, "int64"),
+        **dict.fromkeys(JSON_COLUMNS, object),
+        **dict.fromkeys(TIME_COLUMNS, pd.DatetimeTZDtype("ms", "UTC")),
+    }
 
 
 def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,8 +52,11 @@ def context_view(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def results_dataframe(views: Sequence[Mapping[str, Any]], index: pd.Index | None = None) -> pd.DataFrame:
-    """Contexts as users see them (context_view()) as a DataFrame of RESULT_COLUMNS with RESULT_DTYPES."""
+    """Contexts as users see them (context_view()) as a DataFrame of RESULT_COLUMNS with result_dtypes()."""
+    import pandas as pd
+
+    dtypes = result_dtypes()
     return pd.DataFrame(
-        {name: pd.Series([v[name] for v in views], dtype=RESULT_DTYPES[name], index=index) for name in RESULT_COLUMNS},
+        {name: pd.Series([v[name] for v in views], dtype=dtypes[name], index=index) for name in RESULT_COLUMNS},
         index=index,
     )

@@ -24,13 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctxbatch.display import iso_time, json_default
-from ctxbatch.io.columns import RESULT_DTYPES, TIME, results_dataframe
+from ctxbatch.io.columns import JSON_COLUMNS, TIME_COLUMNS, results_dataframe
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-JSON_COLUMNS = ("payload", "result", "error")
-TIME_COLUMNS = tuple(name for name, dtype in RESULT_DTYPES.items() if dtype == TIME)
 CHUNK_ROWS = 10_000  # rows per CSV chunk and Parquet row group of a single file
 
 

@@ -8,7 +8,8 @@ begins (its divisions), so `.loc[a:b]` reads only the partitions it needs.
 Each partition is read by whoever runs it (a worker of the cluster, with a distributed Client) over
 a MongoClient of that process, one per server, kept for the process's life as a worker keeps its
 store: the rows never pass through the process that built the frame. Dask is imported only here, and
-only when a frame is asked for, so the commands that never need one do not pay for the import.
+only when a frame is asked for (pandas too), so the commands that never need one do not pay for
+the import.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pymongo import MongoClient
 
 from ctxbatch.io.columns import context_view, results_dataframe
@@ -24,6 +24,7 @@ from ctxbatch.io.views import between_positions
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
+    import pandas as pd
 
 # Rows per partition unless told: the pandas size of 50,000 contexts of a few kB is Dask's ~100 MB.
 CHUNKSIZE = 50_000
@@ -66,6 +67,8 @@ def read_positions(positions: tuple[int, int], *, uri: str, database: str, batch
 
 
 def _index(positions: list[int]) -> pd.Index:
+    import pandas as pd
+
     return pd.Index(positions, dtype="int64", name=INDEX)
 
 

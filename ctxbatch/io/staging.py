@@ -29,14 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
-import pandas as pd
 from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -60,6 +60,9 @@ from ctxbatch.io.schema import (
     validate_queue,
     validate_tenant,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("ctxbatch.io.staging")
 
@@ -275,7 +278,8 @@ def _refuse_known_keys(connection: Connection, chunk: list[bytes], first_index: 
 
 def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
     """What `submit` accepts: records (dicts, streamed as given), or a DataFrame with a `payload` column."""
-    if not isinstance(source, pd.DataFrame):
+    pd = sys.modules.get("pandas")  # not imported here: a DataFrame means pandas was imported already
+    if pd is None or not isinstance(source, pd.DataFrame):
         return source
     if "payload" not in source.columns:
         raise SubmitError(None, "payload", "the DataFrame has no 'payload' column")

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 from pymongo import ASCENDING, DESCENDING
 
 from ctxbatch.config import STATS_WINDOW_SECONDS
@@ -47,6 +45,9 @@ from ctxbatch.io.schema import Status, epoch_ms, utcnow
 from ctxbatch.io.schema import eq as _eq
 from ctxbatch.io.usage import summed, usage_of
 from ctxbatch.io.views import Views
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # A float, as every window is once checked: the CLI and the HTTP API show it as 300.0.
 DEFAULT_WINDOW_SECONDS = float(STATS_WINDOW_SECONDS)
@@ -130,8 +131,16 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     """p50/p95/p99 of these seconds (linear interpolation, numpy's default); None for each when empty."""
     if not values:
         return dict.fromkeys(PERCENTILES)
-    found = np.percentile(np.asarray(values, dtype=float), list(PERCENTILES.values()))
-    return {name: _seconds(v) for name, v in zip(PERCENTILES, found, strict=True)}
+    ordered = sorted(values)
+    return {name: _seconds(_linear(ordered, q)) for name, q in PERCENTILES.items()}
+
+
+def _linear(ordered: list[float], q: float) -> float:
+    """The q-th percentile of sorted values, between the two nearest ranks (numpy's "linear", without numpy)."""
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _elapsed(doc: dict[str, Any], since_field: str) -> float | None:
@@ -338,6 +347,8 @@ class Statistics:
                     latencies[index].append(seconds)
         # A bucket's share of a full sample stands for its completed contexts.
         tokens = [sampled_tokens(docs, r["completed"], full)["total"] for docs, r in zip(sampled, rows, strict=True)]
+        import pandas as pd  # here: only a timeline makes a DataFrame (see io/columns.py)
+
         table = pd.DataFrame(
             {
                 "completed": [r["completed"] for r in rows],

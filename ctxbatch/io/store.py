@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pandas as pd
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -51,6 +50,7 @@ from ctxbatch.io.views import BatchStatus, InFlight, Views
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
+    import pandas as pd
 
 Document = dict[str, Any]
 

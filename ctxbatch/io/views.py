@@ -11,9 +11,8 @@ import binascii
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -28,6 +27,9 @@ from ctxbatch.io.moves import Moves
 from ctxbatch.io.schema import NO_TENANT, Status, epoch_ms, in_one_reply, in_replies_of, utcnow
 from ctxbatch.io.schema import eq as _eq
 from ctxbatch.io.usage import KINDS, no_usage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # OpenAI's batch fields a batch submitted through /v1/batches (or with them) keeps and shows.
 OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id")

@@ -13,8 +13,6 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 log = logging.getLogger("ctxbatch.monitoring")
 
 RECEIVER = "ctxbatch"
@@ -104,6 +102,8 @@ class WebhookSender:
             log.warning("alert webhook: %d notifications to %s were not delivered", len(self._queue), self.url)
 
     def _deliver(self) -> None:
+        import httpx  # here: only a run with a webhook pays for the import
+
         failures = 0
         with httpx.Client(timeout=self._timeout) as client:
             while True:
