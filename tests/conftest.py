@@ -1,8 +1,9 @@
 """Fixtures: one real embedded server (nx-27017) for the session, one database per test.
 
 Each fixture and helper more than one test module uses is here, once: the Dask `client`, the HTTP
-API's TestClient (`api`), `ctxbatch run` processes (`loops`), a webhook `receiver`, a private
-CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a condition.
+API's TestClient (`api`) and an app on a real socket (`on_a_socket`), `ctxbatch run` processes
+(`loops`), a webhook `receiver`, a private CTXBATCH_HOME with its own server (`home`), and `until`,
+the one wait for a condition.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import uvicorn
 import yaml
 from click.testing import CliRunner, Result
 from distributed import Client, LocalCluster
@@ -199,6 +203,24 @@ def json_lines(path: Path, records: list[Any]) -> str:
     """`records` written to `path` as JSON Lines; the path as text."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
+
+
+@contextmanager
+def on_a_socket(app: Any) -> Iterator[str]:
+    """An ASGI app under uvicorn in a thread, on a socket of 127.0.0.1; its URL; stopped on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+        assert thread.is_alive(), "uvicorn stopped at start"
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        listening.close()
 
 
 @pytest.fixture

@@ -12,18 +12,16 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 import yaml
-from conftest import until
+from conftest import on_a_socket, until
 from openai import OpenAI
 
 from ctxbatch.config import Settings
@@ -75,23 +73,9 @@ def sdk(url: str, token: str = TOKEN) -> OpenAI:
     return OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0, timeout=60)
 
 
-@contextmanager
-def serving(store: ContextStore, **api: Any) -> Iterator[str]:
-    """The app over `store` under uvicorn in a thread, on a socket of 127.0.0.1; its URL; stopped on exit."""
-    app = create_app(store, Settings(api={"token": TOKEN, "openai_queue": QUEUE, **api}))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    try:
-        until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
-        assert thread.is_alive(), "uvicorn stopped at start"
-        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        listening.close()
+def serving(store: ContextStore, **api: Any) -> AbstractContextManager[str]:
+    """The app over `store`, token required, batches to QUEUE, on a socket of 127.0.0.1; its URL."""
+    return on_a_socket(create_app(store, Settings(api={"token": TOKEN, "openai_queue": QUEUE, **api})))
 
 
 @pytest.fixture
