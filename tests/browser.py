@@ -50,6 +50,7 @@ class Browser:
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: ClientConnection | None = None
         self._exits = contextlib.ExitStack()
+        self.events: list[dict[str, Any]] = []  # DevTools events of the domains enabled, as they arrived
 
     def __enter__(self) -> Browser:
         profile = Path(self._profile.name)
@@ -99,7 +100,7 @@ class Browser:
         raise TimeoutError(f"{self.binary} did not open its DevTools port within {START_SECONDS} s")
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One DevTools command; the events that arrive in between are dropped."""
+        """One DevTools command; the events that arrive in between are kept in `events`."""
         assert self._socket is not None
         ident = next(self._ids)
         self._socket.send(json.dumps({"id": ident, "method": method, "params": params}))
@@ -109,6 +110,8 @@ class Browser:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return dict(message["result"])
+            if "method" in message:
+                self.events.append(message)
 
     def open(self, url: str) -> None:
         self.call("Page.enable")

@@ -7,7 +7,6 @@ skips on a developer's machine, and fails under CI=true, where it must run.
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from conftest import until
 from PIL import Image
 
 from ctxbatch import ContextStore, Pipeline
-from tests.browser import Browser, find_chromium
+from tests.browser import Browser
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,16 +43,6 @@ COLOURS = {
     "red": (214, 39, 40),
     "purple": (148, 103, 189),  # tokens per second, on the throughput plot
 }
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("no chromium on PATH (apt-get install chromium); CI runs this test")
-    return binary
 
 
 @pytest.fixture
