@@ -6,7 +6,6 @@ skips on a developer's machine, and fails under CI=true, where it must run.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +13,9 @@ from typing import Any
 
 import pytest
 from conftest import until
-from PIL import Image
 
 from ctxbatch import ContextStore, Pipeline
-from tests.browser import Browser
+from tests.browser import Browser, painted
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -35,14 +33,6 @@ SOURCES_JS = """(() => {
   return found;
 })()"""
 PLOTS = ("throughput", "tokens", "latency", "success", "queue", "batch_size", "in_flight")
-# The plots' line colours (ctxbatch/monitoring/page.py): painted pixels, not only data in memory.
-COLOURS = {
-    "blue": (31, 119, 180),
-    "orange": (255, 127, 14),
-    "green": (44, 160, 44),
-    "red": (214, 39, 40),
-    "purple": (148, 103, 189),  # tokens per second, on the throughput plot
-}
 
 
 @pytest.fixture
@@ -84,17 +74,6 @@ def running_loop(store: ContextStore) -> Iterator[str]:
         pipeline.stop(now=True)
         thread.join(timeout=60)
     assert not thread.is_alive() and not failure, failure
-
-
-def painted(png: bytes) -> dict[str, int]:
-    """How many pixels of each plot colour the screenshot holds."""
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    counts = dict.fromkeys(COLOURS, 0)
-    for count, pixel in image.getcolors(maxcolors=1 << 24) or []:
-        for name, colour in COLOURS.items():
-            if sum(abs(p - c) for p, c in zip(pixel, colour, strict=True)) < 30:
-                counts[name] += count
-    return counts
 
 
 def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, running_loop: str, tmp_path: Any) -> None:
