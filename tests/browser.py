@@ -2,23 +2,30 @@
 
 The browser runs in its own process group under a private profile and is killed (the whole group)
 when the `with` block ends, whatever happened inside it.
+
+From a clone, `python -m tests.browser URL PAGE.png` saves a dashboard page (/ctxbatch, or Dask's own)
+once its plots have data: they arrive over Bokeh's websocket after the page loads, so a plain
+`chromium --headless --screenshot` catches them blank (README, "The dashboard page").
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
 FLAGS = [
@@ -34,6 +41,12 @@ FLAGS = [
     "--window-size=1400,1000",
 ]
 START_SECONDS = 30
+# True once a Bokeh page holds data in some plot (its first document has a source with rows).
+BOKEH_DRAWN = """(() => {
+  if (!window.Bokeh || !Bokeh.documents.length) return false;
+  return [...Bokeh.documents[0].all_models].some(m => m.get_length && (m.get_length() || 0) > 0);
+})()"""
+NEXT_FRAMES = "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
 
 
 def find_chromium() -> str | None:
@@ -50,6 +63,7 @@ class Browser:
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: ClientConnection | None = None
         self._exits = contextlib.ExitStack()
+        self.events: list[dict[str, Any]] = []  # DevTools events of the domains enabled, as they arrived
 
     def __enter__(self) -> Browser:
         profile = Path(self._profile.name)
@@ -99,7 +113,7 @@ class Browser:
         raise TimeoutError(f"{self.binary} did not open its DevTools port within {START_SECONDS} s")
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One DevTools command; the events that arrive in between are dropped."""
+        """One DevTools command; the events that arrive in between are kept in `events`."""
         assert self._socket is not None
         ident = next(self._ids)
         self._socket.send(json.dumps({"id": ident, "method": method, "params": params}))
@@ -109,6 +123,8 @@ class Browser:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return dict(message["result"])
+            if "method" in message:
+                self.events.append(message)
 
     def open(self, url: str) -> None:
         self.call("Page.enable")
@@ -128,3 +144,46 @@ class Browser:
         clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
         data = self.call("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)["data"]
         return base64.b64decode(data)
+
+
+# The ctxbatch page's line colours (ctxbatch/monitoring/page.py), to tell painted plots from data in memory.
+COLOURS = {
+    "blue": (31, 119, 180),
+    "orange": (255, 127, 14),
+    "green": (44, 160, 44),
+    "red": (214, 39, 40),
+    "purple": (148, 103, 189),  # tokens per second, on the throughput plot
+}
+
+
+def painted(png: bytes) -> dict[str, int]:
+    """How many pixels of each plot colour the screenshot holds."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    counts = dict.fromkeys(COLOURS, 0)
+    for count, pixel in image.getcolors(maxcolors=1 << 24) or []:
+        for name, colour in COLOURS.items():
+            if sum(abs(p - c) for p, c in zip(pixel, colour, strict=True)) < 30:
+                counts[name] += count
+    return counts
+
+
+def capture(url: str, path: str | Path, timeout: float = 60) -> None:
+    """A PNG of a Bokeh page at `url` once its plots have data, drawn (two frames later)."""
+    binary = find_chromium()
+    if binary is None:
+        raise SystemExit("no chromium on PATH (apt-get install chromium)")
+    with Browser(binary) as browser:
+        browser.open(url)
+        deadline = time.monotonic() + timeout
+        while not browser.evaluate(BOKEH_DRAWN):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} drew no data within {timeout:g} s")
+            time.sleep(0.2)
+        browser.call("Runtime.evaluate", expression=NEXT_FRAMES, awaitPromise=True)
+        Path(path).write_bytes(browser.screenshot())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m tests.browser URL PAGE.png")
+    capture(sys.argv[1], sys.argv[2])

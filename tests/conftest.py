@@ -1,8 +1,9 @@
 """Fixtures: one real embedded server (nx-27017) for the session, one database per test.
 
 Each fixture and helper more than one test module uses is here, once: the Dask `client`, the HTTP
-API on a real socket (`api`, `serving`), `ctxbatch run` processes (`loops`), a webhook `receiver`, a private
-CTXBATCH_HOME with its own server (`home`), and `until`, the one wait for a condition.
+API on a real socket (`api`, `serving`, `http_client`), `ctxbatch run` processes (`loops`), a webhook
+`receiver`, a private CTXBATCH_HOME with its own server (`home`), headless Chromium (`chromium`), and
+`until`, the one wait for a condition.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from browser import find_chromium
 from click.testing import CliRunner, Result
 from distributed import Client, LocalCluster
 from pymongo import MongoClient, monitoring
@@ -331,6 +333,18 @@ def loops(mongo_uri: str, database: str, tmp_path: Path) -> Iterator[Callable[..
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium's binary (Debian's `chromium`, which `.ci/run` installs); without it a test skips,
+    and fails under CI=true, where it must run."""
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("no chromium on PATH (apt-get install chromium); CI runs this test")
+    return binary
 
 
 @pytest.fixture

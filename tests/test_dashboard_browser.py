@@ -7,8 +7,6 @@ skips on a developer's machine, and fails under CI=true, where it must run.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import os
 import re
 import threading
 import time
@@ -18,12 +16,11 @@ from typing import Any
 import pytest
 from conftest import finished_at, settled_burst, until
 from distributed import Client, LocalCluster
-from PIL import Image
 
 from ctxbatch import ContextStore, Pipeline
 from ctxbatch.io import utcnow
 from ctxbatch.monitoring.dashboard import show_page
-from tests.browser import Browser, find_chromium
+from tests.browser import Browser, painted
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -41,24 +38,6 @@ SOURCES_JS = """(() => {
   return found;
 })()"""
 PLOTS = ("throughput", "tokens", "latency", "success", "queue", "batch_size", "in_flight")
-# The plots' line colours (ctxbatch/monitoring/page.py): painted pixels, not only data in memory.
-COLOURS = {
-    "blue": (31, 119, 180),
-    "orange": (255, 127, 14),
-    "green": (44, 160, 44),
-    "red": (214, 39, 40),
-    "purple": (148, 103, 189),  # tokens per second, on the throughput plot
-}
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("no chromium on PATH (apt-get install chromium); CI runs this test")
-    return binary
 
 
 @pytest.fixture
@@ -100,17 +79,6 @@ def running_loop(store: ContextStore) -> Iterator[str]:
         pipeline.stop(now=True)
         thread.join(timeout=60)
     assert not thread.is_alive() and not failure, failure
-
-
-def painted(png: bytes) -> dict[str, int]:
-    """How many pixels of each plot colour the screenshot holds."""
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    counts = dict.fromkeys(COLOURS, 0)
-    for count, pixel in image.getcolors(maxcolors=1 << 24) or []:
-        for name, colour in COLOURS.items():
-            if sum(abs(p - c) for p, c in zip(pixel, colour, strict=True)) < 30:
-                counts[name] += count
-    return counts
 
 
 def test_the_page_of_a_running_loop_draws_its_plots_with_data(chromium: str, running_loop: str, tmp_path: Any) -> None:

@@ -46,7 +46,7 @@ from ctxbatch.io.stats import (
     Stats,
 )
 from ctxbatch.io.tenants import EQUAL_SHARES, TenantShares
-from ctxbatch.io.views import BatchStatus, InFlight, Views
+from ctxbatch.io.views import DEFAULT_BATCH_LIST, BatchStatus, InFlight, Views
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -519,13 +519,16 @@ class ContextStore:
         """
         return self._views.drained(queues)
 
-    def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest batches first, as batch_status() JSON; only those with `status` if given.
+    def list_batches(
+        self, status: Status | str | None = None, limit: int = DEFAULT_BATCH_LIST, queue: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest batches first, as batch_status() JSON; only those with `status`, of `queue`, if given.
 
         A batch's status is derived from its contexts, so a filter costs a count per batch looked at.
+        `GET /api/batches` answers `{"batches": list_batches(...)}`, and so does `ctxbatch batches --json`.
         """
         self._moves.wait_own()
-        return self._views.list_batches(status, limit)
+        return self._views.list_batches(status, limit, queue)
 
     def batches_after(
         self, after: str | None = None, limit: int = 20, having: str | None = None

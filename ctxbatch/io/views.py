@@ -36,6 +36,8 @@ OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
+# Batches a listing shows unless told otherwise (`GET /api/batches`, `ctxbatch batches`).
+DEFAULT_BATCH_LIST = 100
 
 
 @dataclass(frozen=True)
@@ -270,19 +272,24 @@ class Views:
 
     # -- listing and pages ----------------------------------------------------------------
 
-    def list_batches(self, status: Status | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_batches(
+        self, status: Status | str | None = None, limit: int = DEFAULT_BATCH_LIST, queue: str | None = None
+    ) -> list[dict[str, Any]]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else Status(status).value
         # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
+        # The queue is matched here rather than in the filter, which would leave that index.
         self.deadlines.expire_due()
-        newest = self.connection.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1}).sort(
+        newest = self.connection.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1, "queue": 1}).sort(
             "created_at", DESCENDING
         )
-        if wanted is None:
+        if wanted is None and queue is None:
             newest = newest.limit(limit)
         found: list[dict[str, Any]] = []
         for batch in newest:
+            if queue is not None and batch.get("queue", DEFAULT_QUEUE) != queue:
+                continue
             view = self.batch_status(batch["_id"], per_tenant=False)
             if wanted is None or view["status"] == wanted:
                 found.append(view)

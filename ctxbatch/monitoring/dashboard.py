@@ -29,6 +29,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from ctxbatch.config import load_config
 from ctxbatch.io import ContextStore, connect, mask_uri
 from ctxbatch.monitoring import dask_pages, page
+from ctxbatch.monitoring.closed_tabs import quiet_closed_tabs
 from ctxbatch.monitoring.snapshot import Snapshot, read_snapshot
 
 WINDOW_SECONDS = 600  # the plots show the last 10 minutes
@@ -104,6 +105,9 @@ def ctxbatch_page(scheduler: Any, doc: Document) -> None:
 
 
 dask_pages.add_page(ctxbatch_page, "ctxbatch")
+# This process serves the dashboard (a run's own cluster, or the preloaded scheduler): a tab that
+# closes is a debug line here, not a traceback on the user's terminal.
+quiet_closed_tabs()
 
 
 def show_page(client: Client, store: ContextStore) -> str:

@@ -224,6 +224,13 @@ def build(doc: Document, levels: list[str], read: Callable[[], Any]) -> Dashboar
     view = DashboardView(levels)
     doc.add_root(view.layout)
     busy = False
+    tab = doc.session_context  # None outside a server
+
+    def show(update: Callable[[], None]) -> None:
+        # The tab may have gone while the database was read: its session destroyed, its document
+        # emptied of callbacks. Nothing to show then (an update would raise).
+        if tab is None or not tab.destroyed:
+            doc.add_next_tick_callback(update)
 
     @without_document_lock
     async def refresh() -> None:
@@ -236,11 +243,11 @@ def build(doc: Document, levels: list[str], read: Callable[[], Any]) -> Dashboar
         except Exception as exc:  # the page says what went wrong; the scheduler goes on
             log.warning("the ctxbatch dashboard could not read the database: %s", exc)
             message = f"<b>Could not read the database</b>: {html.escape(str(exc))}"
-            doc.add_next_tick_callback(lambda: setattr(view.headline, "text", message))
+            show(lambda: setattr(view.headline, "text", message))
             return
         finally:
             busy = False
-        doc.add_next_tick_callback(lambda: view.show(snapshot))
+        show(lambda: view.show(snapshot))
 
     # Bokeh runs coroutine callbacks; its type hints know only plain ones.
     doc.add_next_tick_callback(cast(Any, refresh))

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 from ctxbatch import __version__
 from ctxbatch.config import Settings, load_config
 from ctxbatch.io import ContextStore
+from ctxbatch.service.docs import documented_app
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.middleware import BearerToken, RequestMetrics
 from ctxbatch.service.models import BulkSubmission
@@ -56,7 +57,9 @@ def create_app(store: ContextStore, settings: Settings | None = None) -> FastAPI
     """The HTTP API over `store`; `settings.api` gives the limits and the token."""
     settings = load_config(settings)
     token = resolve_token(settings)
-    app = FastAPI(title="ctxbatch", version=__version__, description=DESCRIPTION, default_response_class=JSONAnswer)
+    app = documented_app(
+        title="ctxbatch", version=__version__, description=DESCRIPTION, default_response_class=JSONAnswer
+    )
     metrics = ServiceMetrics(store)
     app.include_router(api_router(store, settings, metrics))
     app.include_router(openai_router(store, settings))

@@ -18,7 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ctxbatch.config import DEFAULT_QUEUE, MAX_TENANT_LENGTH, Settings
 from ctxbatch.io import ContextStore, Status
+from ctxbatch.io.schema import MAX_QUEUE_LENGTH
 from ctxbatch.io.stats import DEFAULT_WINDOW_SECONDS
+from ctxbatch.io.views import DEFAULT_BATCH_LIST
 from ctxbatch.service import bulk
 from ctxbatch.service.metrics import ServiceMetrics
 from ctxbatch.service.models import (
@@ -106,10 +108,13 @@ def api_router(store: ContextStore, settings: Settings, metrics: ServiceMetrics)
     @router.get("/api/batches", response_model=BatchList, response_model_exclude_unset=True, responses=COMMON)
     def list_batches(
         status: Status | None = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_BATCH_LIST)] = 100,
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH_LIST)] = DEFAULT_BATCH_LIST,
+        queue: Annotated[
+            str | None, Query(min_length=1, max_length=MAX_QUEUE_LENGTH, description="Only the batches of this queue.")
+        ] = None,
     ) -> dict[str, Any]:
-        """The newest batches first, only those with `status` if given."""
-        return {"batches": store.list_batches(status, limit)}
+        """The newest batches first, only those with `status` and of `queue` if given (`ctxbatch batches --json`)."""
+        return {"batches": store.list_batches(status, limit, queue)}
 
     @router.get(
         "/api/batches/{batch_id}",
