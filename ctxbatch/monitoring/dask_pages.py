@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bokeh.document import Document
+if TYPE_CHECKING:  # bokeh is imported by the dashboard itself: a run without one never loads it
+    from bokeh.document import Document
 
 PAGE = "/ctxbatch"  # Dask's navigation bar around it
 INDIVIDUAL = "/individual-ctxbatch"  # the bare page: "More..." menu, /individual-plots.json, JupyterLab
 DISTRIBUTED_WRITTEN_AGAINST = "2026.8.0"
 SOURCE = "ctxbatch-dashboard"  # the scheduler plugin naming the database the page reads (dashboard.py)
 
-Page = Callable[[Any, Document], None]  # (scheduler, doc)
+Page = Callable[[Any, "Document"], None]  # (scheduler, doc)
 
 
 class DashboardHookChanged(RuntimeError):
