@@ -18,6 +18,7 @@ from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import json_default, openai_batch
 from ctxbatch.io.formats import read_submission
 from ctxbatch.io.outage import known_drained
+from ctxbatch.resolve import BUILTIN_ENGINES
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -229,9 +230,18 @@ def retry(state: State, batch_id: str, expired: bool) -> None:
     say(f"{state.store.retry(batch_id, expired=expired)} {which} contexts of {batch_id} are pending again")
 
 
-@main.command()
+class ListsEngines(click.Command):
+    """A command whose help ends with the built-in engines, one line each, from their one registry."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Built-in engines (--engine NAME)"):
+            formatter.write_dl([(name, builtin.summary) for name, builtin in BUILTIN_ENGINES.items()])
+        super().format_epilog(ctx, formatter)
+
+
+@main.command(cls=ListsEngines)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
-@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo, http, openai).")
+@click.option("--engine", help="The engine: a built-in (listed below) or module:callable (default: `engine:`).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option(
