@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
+from ctxbatch.cli.state import Main, State, pass_state, say
 from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import json_default, openai_batch
@@ -21,21 +21,13 @@ from ctxbatch.io.outage import known_drained
 from ctxbatch.resolve import BUILTIN_ENGINES
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--mongo-uri", help="MongoDB URI (default: $CTXBATCH_MONGO_URI, else the embedded server).")
-@click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
-@click.option(
-    "--config",
-    "config_path",
-    envvar="CTXBATCH_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="YAML configuration file.",
-)
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ctxbatch")
-@click.pass_context
-def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config_path: str | None) -> None:
-    """Bulk processing of prioritised JSON contexts over MongoDB and Dask."""
-    ctx.obj = State(mongo_uri, database, config_path)
+def main() -> None:
+    """Bulk processing of prioritised JSON contexts over MongoDB and Dask.
+
+    --mongo-uri, --database and --config go before the command or after it.
+    """
 
 
 @main.command()
@@ -240,7 +232,6 @@ class ListsEngines(click.Command):
 
 
 @main.command(cls=ListsEngines)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
 @click.option("--engine", help="The engine: a built-in (listed below) or module:callable (default: `engine:`).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
@@ -260,7 +251,6 @@ class ListsEngines(click.Command):
 @pass_state
 def run(
     state: State,
-    config_path: str | None,
     engine: str | None,
     workers: int | None,
     scheduler_address: str | None,
@@ -270,8 +260,6 @@ def run(
     metrics_port: int | None,
 ) -> None:
     """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
-    if config_path:
-        state.config_path = config_path
     settings = state.config
     if metrics_port is not None:
         settings.monitoring.metrics_port = metrics_port
