@@ -304,10 +304,10 @@ def demo(state: State, count: int) -> None:
     from ctxbatch.demo import DEMO_CONFIG, sample_contexts
 
     # A database of its own, so the demo neither processes nor mixes with a real queue.
-    state.database = state.database or "ctxbatch_demo"
+    state.use_database("ctxbatch_demo")
     settings = load_config(DEMO_CONFIG)
     batch_id = state.store.submit(sample_contexts(count), name="demo")
     say(f"submitted {count} sample contexts as batch {batch_id}")
     _run_pipeline(state, settings, "text", until_empty=True)
     click.echo(json.dumps(state.store.batch_status(batch_id)))
-    say(f"see the results with: ctxbatch results {batch_id}")
+    say(f"see the results with: {state.command_line('results', batch_id)}")

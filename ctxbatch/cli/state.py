@@ -9,6 +9,7 @@ silently winning.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, NamedTuple
 
 import click
@@ -114,7 +115,7 @@ class State:
         self.uri = uri
         self.database = database
         self.config_path = config_path
-        # What the command line said, by State attribute.
+        # What the command line said, by State attribute: hints repeat it (`command_line`).
         self.given: dict[str, str] = {}
         self._config: Settings | None = None
         self._store: ContextStore | None = None
@@ -131,6 +132,22 @@ class State:
                 )
             self.given[name] = value
         setattr(self, name, value)
+
+    def use_database(self, name: str) -> None:
+        """The database this command uses when none was given (the demo's own); hints name it."""
+        if self.database is None:
+            self.database = self.given["database"] = name
+
+    def command_line(self, *words: str) -> str:
+        """`ctxbatch WORDS...` for a shell, after them the group's options this command was given: it reaches
+        the same database. The environment it ran in is the next command's too, so variables are not repeated."""
+        options: list[str] = []
+        for common in COMMON:
+            value = self.given.get(common.name)
+            if value is not None:
+                # Never print a password, even in a hint: such a URI is shown masked.
+                options += [common.flag, mask_uri(value) if common.name == "uri" else value]
+        return shlex.join(["ctxbatch", *words, *options])
 
     @property
     def config(self) -> Settings:
