@@ -3,8 +3,9 @@
 Engines, sizers and subscribers all resolve the same way (rq's `resolve_serializer` is the model):
 an object passes through, a short alias names a built-in, "module:callable" is imported with the
 current directory importable (as uvicorn does), and anything else is refused with an error that
-says what was expected. The built-in engines are listed here by name, so resolving one imports
-only its module and nothing below `engines/` is imported by the pipeline.
+says what was expected. The built-in engines are listed here by name (with the line `ctxbatch run
+--help` shows), so resolving one imports only its module and nothing below `engines/` is imported by
+the pipeline.
 """
 
 from __future__ import annotations
@@ -13,18 +14,36 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ctxbatch.errors import CtxbatchError
 
-BUILTIN_ENGINES: dict[str, str] = {
-    "text": "ctxbatch.engines.text:text_stats",
-    "service": "ctxbatch.engines.service:call_service",
-    "batched-call": "ctxbatch.engines.service:batched_call",
-    "echo": "ctxbatch.engines.trivial:echo",
-    "http": "ctxbatch.engines.http:http_engine",
-    "openai": "ctxbatch.engines.openai:openai_engine",
+
+class Builtin(NamedTuple):
+    """A built-in engine: the callable it imports, and the line `ctxbatch run --help` shows for it."""
+
+    target: str
+    summary: str
+
+
+# The one list of built-in engines: resolving a name and `ctxbatch run --help` both read it.
+BUILTIN_ENGINES: dict[str, Builtin] = {
+    "text": Builtin(
+        "ctxbatch.engines.text:text_stats", 'CPU-bound: word counts and a SHA-256 of payload["text"] (demo)'
+    ),
+    "service": Builtin(
+        "ctxbatch.engines.service:call_service", 'async: a simulated call taking payload["latency_ms"] (20 ms)'
+    ),
+    "batched-call": Builtin(
+        "ctxbatch.engines.service:batched_call", "batch: a simulated call per partition (fixed + per-row cost)"
+    ),
+    "echo": Builtin("ctxbatch.engines.trivial:echo", 'returns {"ok": true, "n": keys}: the pipeline\'s own overhead'),
+    "http": Builtin("ctxbatch.engines.http:http_engine", "async: one request per context to the service in `http:`"),
+    "openai": Builtin(
+        "ctxbatch.engines.openai:openai_engine", "async: each payload an OpenAI batch request to openai.base_url"
+    ),
 }
+ENGINE_TARGETS: dict[str, str] = {name: builtin.target for name, builtin in BUILTIN_ENGINES.items()}
 
 Refuse = Callable[[str], CtxbatchError]
 

@@ -12,12 +12,15 @@ from typing import Any
 import engines
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 import ctxbatch
+from ctxbatch.cli import main
 from ctxbatch.errors import CriticalError, EngineError
 from ctxbatch.pipeline.engine import Engine, batch_engine, resolve_engine
 from ctxbatch.pipeline.isolate import run_partition
 from ctxbatch.pipeline.worker import WorkerResources
+from ctxbatch.resolve import BUILTIN_ENGINES
 
 ModuleWriter = Callable[[str], str]
 
@@ -87,12 +90,27 @@ def test_batch_engine_refuses_what_is_not_callable() -> None:
         batch_engine(42)  # type: ignore[type-var]
 
 
-@pytest.mark.parametrize(
-    ("alias", "kind"), [("text", "row"), ("echo", "row"), ("service", "async"), ("batched-call", "batch")]
-)
-def test_a_builtin_alias_resolves_to_its_engine(alias: str, kind: str) -> None:
+BUILTIN_KINDS = {
+    "text": "row",
+    "echo": "row",
+    "service": "async",
+    "batched-call": "batch",
+    "http": "async",
+    "openai": "async",
+}
+
+
+@pytest.mark.parametrize("alias", list(BUILTIN_ENGINES))
+def test_a_builtin_alias_resolves_to_its_engine(alias: str) -> None:
     engine = resolve_engine(alias)
-    assert (engine.name, engine.kind) == (alias, kind)
+    assert (engine.name, engine.kind) == (alias, BUILTIN_KINDS[alias])
+
+
+def test_run_help_lists_every_builtin_engine_on_a_line_of_its_own() -> None:
+    help_text = CliRunner().invoke(main, ["run", "--help"], terminal_width=80).stdout
+    section = help_text.split("Built-in engines (--engine NAME):\n")[1]
+    listed = [line.split(maxsplit=1) for line in section.splitlines()]
+    assert listed == [[name, builtin.summary] for name, builtin in BUILTIN_ENGINES.items()]
 
 
 def test_module_callable_is_imported_from_the_current_directory(engine_dir: ModuleWriter) -> None:

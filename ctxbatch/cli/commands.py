@@ -14,30 +14,23 @@ from typing import Any
 
 import click
 
-from ctxbatch.cli.state import OneLineErrors, State, pass_state, say
+from ctxbatch.cli.state import Main, State, pass_state, say
 from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
 from ctxbatch.io import exports, openai_batch
 from ctxbatch.io.formats import read_submission
 from ctxbatch.io.frames import CHUNKSIZE
 from ctxbatch.io.outage import known_drained
+from ctxbatch.resolve import BUILTIN_ENGINES
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--mongo-uri", help="MongoDB URI (default: $CTXBATCH_MONGO_URI, else the embedded server).")
-@click.option("--database", envvar="CTXBATCH_DATABASE", help="Database name (default: ctxbatch).")
-@click.option(
-    "--config",
-    "config_path",
-    envvar="CTXBATCH_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="YAML configuration file.",
-)
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ctxbatch")
-@click.pass_context
-def main(ctx: click.Context, mongo_uri: str | None, database: str | None, config_path: str | None) -> None:
-    """Bulk processing of prioritised JSON contexts over MongoDB and Dask."""
-    ctx.obj = State(mongo_uri, database, config_path)
+def main() -> None:
+    """Bulk processing of prioritised JSON contexts over MongoDB and Dask.
+
+    --mongo-uri, --database and --config go before the command or after it.
+    """
 
 
 @main.command()
@@ -248,9 +241,17 @@ def retry(state: State, batch_id: str, expired: bool) -> None:
     say(f"{state.store.retry(batch_id, expired=expired)} {which} contexts of {batch_id} are pending again")
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
-@click.option("--engine", help="The engine as module:callable (or a built-in: text, service, echo, http, openai).")
+class ListsEngines(click.Command):
+    """A command whose help ends with the built-in engines, one line each, from their one registry."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Built-in engines (--engine NAME)"):
+            formatter.write_dl([(name, builtin.summary) for name, builtin in BUILTIN_ENGINES.items()])
+        super().format_epilog(ctx, formatter)
+
+
+@main.command(cls=ListsEngines)
+@click.option("--engine", help="The engine: a built-in (listed below) or module:callable (default: `engine:`).")
 @click.option("--workers", type=click.IntRange(min=1), help="Workers of the local Dask cluster.")
 @click.option("--scheduler-address", help="Use this Dask scheduler instead of a local cluster.")
 @click.option(
@@ -269,7 +270,6 @@ def retry(state: State, batch_id: str, expired: bool) -> None:
 @pass_state
 def run(
     state: State,
-    config_path: str | None,
     engine: str | None,
     workers: int | None,
     scheduler_address: str | None,
@@ -279,8 +279,6 @@ def run(
     metrics_port: int | None,
 ) -> None:
     """Process contexts: claim batches, map the engine over Dask partitions, write results back."""
-    if config_path:
-        state.config_path = config_path
     settings = state.config
     if metrics_port is not None:
         settings.monitoring.metrics_port = metrics_port
@@ -325,10 +323,10 @@ def demo(state: State, count: int) -> None:
     from ctxbatch.demo import DEMO_CONFIG, sample_contexts
 
     # A database of its own, so the demo neither processes nor mixes with a real queue.
-    state.database = state.database or "ctxbatch_demo"
+    state.use_database("ctxbatch_demo")
     settings = load_config(DEMO_CONFIG)
     batch_id = state.store.submit(sample_contexts(count), name="demo")
     say(f"submitted {count} sample contexts as batch {batch_id}")
     _run_pipeline(state, settings, "text", until_empty=True)
     click.echo(json.dumps(state.store.batch_status(batch_id)))
-    say(f"see the results with: ctxbatch results {batch_id}")
+    say(f"see the results with: {state.command_line('results', batch_id)}")

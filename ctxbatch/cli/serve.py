@@ -13,13 +13,10 @@ from ctxbatch.service.security import TOKEN_VARIABLE, resolve_token
 @click.command()
 @click.option("--host", help="Address to bind (default: api.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (default: api.port, 8000).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback host without an API token.")
 @pass_state
-def serve(state: State, host: str | None, port: int | None, config_path: str | None, insecure: bool) -> None:
+def serve(state: State, host: str | None, port: int | None, insecure: bool) -> None:
     """Serve the HTTP API (bulk submit, status, results, /metrics; OpenAI's Files and Batches under /v1)."""
-    if config_path:
-        state.config_path = config_path
     settings = state.config
     host = host or settings.api.host
     port = settings.api.port if port is None else port

@@ -28,13 +28,13 @@ from typing import Any, Literal, TypeVar
 import cloudpickle
 
 from ctxbatch.errors import EngineError
-from ctxbatch.resolve import BUILTIN_ENGINES, import_attribute, where
+from ctxbatch.resolve import ENGINE_TARGETS, import_attribute, where
 
 Kind = Literal["row", "async", "batch"]
 KINDS: tuple[Kind, ...] = ("row", "async", "batch")
 BATCH_MARK = "__ctxbatch_batch_engine__"
 EXPECTED = (
-    f"expected a callable, a built-in engine ({', '.join(BUILTIN_ENGINES)}) or 'module:callable' "
+    f"expected a callable, a built-in engine ({', '.join(ENGINE_TARGETS)}) or 'module:callable' "
     "(e.g. 'my_engines:score', importable from the current directory)"
 )
 
@@ -119,7 +119,7 @@ def resolve_engine(spec: str | Callable[..., Any] | Engine | None) -> Engine:
         return spec
     if isinstance(spec, str):
         # Resolved once, in the process that reads the config; the workers get the absolute directory.
-        return _import_engine(spec.strip(), *where(spec, BUILTIN_ENGINES))
+        return _import_engine(spec.strip(), *where(spec, ENGINE_TARGETS))
     if spec is None:
         raise EngineError(f"no engine given: pass --engine or set `engine:` in the config; {EXPECTED}")
     if callable(spec):
