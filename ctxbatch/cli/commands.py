@@ -10,18 +10,21 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ctxbatch.cli.state import Main, State, pass_state, say
 from ctxbatch.config import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Settings, load_config
 from ctxbatch.errors import InputError, SubmitError
-from ctxbatch.io import exports, openai_batch
+from ctxbatch.io import openai_batch
 from ctxbatch.io.formats import read_submission
 from ctxbatch.io.frames import CHUNKSIZE
 from ctxbatch.io.outage import known_drained
 from ctxbatch.resolve import BUILTIN_ENGINES
+
+if TYPE_CHECKING:
+    from ctxbatch.io import exports
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,6 +163,8 @@ def results(
     In CSV and Parquet, payload, result and error are JSON text; times are ISO 8601 text (UTC, milliseconds)
     in JSON Lines and CSV, timestamps in Parquet.
     """
+    from ctxbatch.io import exports  # here: pandas and pyarrow load only for the command that writes results
+
     directory = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if form == "openai":
         if directory:
