@@ -132,7 +132,7 @@ def test_a_service_run_states_its_idle_time_apart_from_its_working_time(
     _, err = loop.communicate(timeout=60)
     assert loop.returncode == 0, err
     # Then its summary's rate is over the time it worked, and the waiting is stated apart
-    summary = err.strip().splitlines()[-1]
+    summary = next(line for line in reversed(err.splitlines()) if line.startswith("completed "))
     assert summary.startswith("completed 40, failed 0, retried 0, deferred 0, "), summary
     found = SUMMARY.search(summary)
     assert found, summary

@@ -4,6 +4,7 @@ flight, partitions of every batch feed them at once, and rows that fail alone do
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 from typing import Any
 
@@ -84,7 +85,7 @@ def test_bad_rows_and_first_try_429s_neither_shrink_the_batches_nor_the_window(
     # window, not a limit learnt from a service that shares this machine's two cores with everything
     # else here. (What they cost in time is measured in benchmarks/service.py; a wall-clock ratio here
     # failed whenever other work shared the machine.)
-    def run(script: Script) -> tuple[list[int], list[int], int, int]:
+    def run(script: Script) -> tuple[list[int], list[int], list[str], int, int]:
         with serve(script) as url:
             store.submit([{"payload": {"i": i}} for i in range(4000)])
             settings = only_the_url(url, engine_concurrency=32, retry={"backoff_seconds": [0.1]})
@@ -92,12 +93,16 @@ def test_bad_rows_and_first_try_429s_neither_shrink_the_batches_nor_the_window(
         assert report.completed + report.failed == 4000
         sizes = [decision.size for decision in report.decisions]
         windows = [decision.as_row().get("window") or 0 for decision in report.decisions]
-        return sizes, windows, report.failed, report.deferred
+        reasons = [decision.reason for decision in report.decisions]
+        return sizes, windows, reasons, report.failed, report.deferred
 
-    clean_sizes, clean_windows, _, _ = run(Script(latency=0.02))
+    clean_sizes, clean_windows, _, _, _ = run(Script(latency=0.02))
     # When 3% of the rows always fail (500) and 10% are answered 429 on their first try
-    sizes, windows, failed, deferred = run(Script(latency=0.02, busy_every=10, fail_every=33))
+    sizes, windows, reasons, failed, deferred = run(Script(latency=0.02, busy_every=10, fail_every=33))
     assert failed == 122 and deferred >= 400
-    # Then the batches are as large as in the clean run, and the window as wide: neither is shrunk
-    assert statistics.median(sizes) >= 0.8 * statistics.median(clean_sizes), (sizes, clean_sizes)
+    # Then no decision shrinks the batches for the failures or the 429s, the batches are about as large
+    # as in the clean run (the dynamic sizer doubles as it climbs: one step more or less in either
+    # run is the machine's noise, not the bad rows), and the window is as wide
+    assert not [r for r in reasons if re.search(r"fail|error|429|defer", r)], reasons
+    assert statistics.median(sizes) >= 0.5 * statistics.median(clean_sizes), (sizes, clean_sizes)
     assert max(windows) == max(clean_windows) == 64
