@@ -231,10 +231,18 @@ class Stager:
         return False
 
 
-def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[list[bytes]]:
+@dataclass
+class Chunk:
+    """Contexts staged as one document: their BSON, and the user's record of each keyed one by its id."""
+
+    documents: list[bytes] = field(default_factory=list)
+    size: int = 0
+    keyed: dict[str, int] = field(default_factory=dict)
+
+
+def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[Chunk]:
     """The requests as BSON context documents, in chunks of at most CHUNK_CONTEXTS and CHUNK_BYTES."""
-    chunk: list[bytes] = []
-    size = 0
+    chunk = Chunk()
     now = stager.created_at
     for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
@@ -250,27 +258,24 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
         )
         stager.tenanted = stager.tenanted or request.tenant is not None
         encoded = bson.encode(document)
-        if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
+        if chunk.documents and (len(chunk.documents) >= CHUNK_CONTEXTS or chunk.size + len(encoded) > CHUNK_BYTES):
             yield chunk
-            chunk, size = [], 0
-        chunk.append(encoded)
-        size += len(encoded)
-    if chunk:
+            chunk = Chunk()
+        chunk.documents.append(encoded)
+        chunk.size += len(encoded)
+        if request.key is not None:
+            chunk.keyed[context_id] = position
+    if chunk.documents:
         yield chunk
 
 
-def _refuse_known_keys(connection: Connection, chunk: list[bytes], first_index: int) -> None:
+def _refuse_known_keys(connection: Connection, chunk: Chunk) -> None:
     """A chunk's keys already in `contexts` refuse the submission, naming the user's record."""
-    keyed: dict[str, int] = {}
-    for offset, raw in enumerate(chunk):
-        document = bson.decode(raw)
-        if "key" in document:
-            keyed[document["_id"]] = first_index + offset
-    if keyed:
-        found = connection.contexts.find_one({"_id": {"$in": list(keyed)}}, {"batch_id": 1})
+    if chunk.keyed:
+        found = connection.contexts.find_one({"_id": {"$in": list(chunk.keyed)}}, {"batch_id": 1})
         if found:
             message = f"{found['_id']!r} already exists (batch {found['batch_id']})"
-            raise SubmitError(keyed[found["_id"]], "key", message)
+            raise SubmitError(chunk.keyed[found["_id"]], "key", message)
 
 
 def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
@@ -340,8 +345,8 @@ class Submissions:
                     raise IdempotencyKeyInUse(key)
             if not isinstance(held, FirstAnswer):
                 for chunk in _encoded(requests, stager):
-                    _refuse_known_keys(self.connection, chunk, stager.count)
-                    stager.stage(chunk)
+                    _refuse_known_keys(self.connection, chunk)
+                    stager.stage(chunk.documents)
                 if key is not None and held is Held.IN_PROGRESS:
                     held = self._wait_for_first(key, stager)
             if isinstance(held, FirstAnswer):
