@@ -31,7 +31,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,6 +279,23 @@ def _refuse_known_keys(connection: Connection, chunk: Chunk) -> None:
             raise SubmitError(chunk.keyed[found["_id"]], "key", message)
 
 
+def _stage_behind(chunks: Iterator[Chunk], stage: Callable[[Chunk], None]) -> None:
+    """Stage each chunk in a thread while the next is read, validated and encoded.
+
+    The server stores one chunk while this process makes the next: the two take turns otherwise.
+    At most two chunks are held. Whatever fails first (a record, a chunk's write) stops both, and
+    no chunk is still being written when this returns or raises: what abandon() deletes is all.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="ctxbatch-stage") as writer:
+        staging: Future[None] | None = None
+        for chunk in chunks:
+            if staging is not None:
+                staging.result()
+            staging = writer.submit(stage, chunk)
+        if staging is not None:
+            staging.result()
+
+
 def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
     """What `submit` accepts: records (dicts, streamed as given), or a DataFrame with a `payload` column."""
     if not isinstance(source, pd.DataFrame):
@@ -344,9 +362,7 @@ class Submissions:
                 if held is Held.IN_PROGRESS and not wait:
                     raise IdempotencyKeyInUse(key)
             if not isinstance(held, FirstAnswer):
-                for chunk in _encoded(requests, stager):
-                    _refuse_known_keys(self.connection, chunk)
-                    stager.stage(chunk.documents)
+                _stage_behind(_encoded(requests, stager), self._stage_one(stager))
                 if key is not None and held is Held.IN_PROGRESS:
                     held = self._wait_for_first(key, stager)
             if isinstance(held, FirstAnswer):
@@ -363,6 +379,13 @@ class Submissions:
         # Acknowledged: whatever happens to this process now, the janitor finishes the move.
         self.moves.start(stager.batch_id)
         return Submitted(stager.batch_id, stager.count)
+
+    def _stage_one(self, stager: Stager) -> Callable[[Chunk], None]:
+        def stage(chunk: Chunk) -> None:
+            _refuse_known_keys(self.connection, chunk)
+            stager.stage(chunk.documents)
+
+        return stage
 
     def _wait_for_first(self, key: str, stager: Stager) -> Held | FirstAnswer:
         """Wait while the first submission with `key` is being stored (this one staged meanwhile):
