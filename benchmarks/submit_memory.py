@@ -2,7 +2,7 @@
 
 One embedded server of its own (or --mongo-uri); files of the issue's shape (benchmarks/submit.py
 writes them) of a tenth of N lines and of N lines; the console script runs as a subprocess and its
-peak RSS is read from wait4() once it exits (it exits once its move into the queue is done). Flat:
+peak RSS (VmHWM) is read while it runs (it exits once its move into the queue is done). Flat:
 the same peak at both sizes. Target: the same as before issue 22 (160 MB at 300,000 lines).
 
     python benchmarks/submit_memory.py [--contexts 300000] [--mongo-uri URI]
@@ -10,12 +10,11 @@ the same peak at both sizes. Target: the same as before issue 22 (160 MB at 300,
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
 from _common import arguments, server  # benchmarks/ is on sys.path when run as a script
-from submit import ctxbatch_command, write_contexts
+from submit import PeakMemory, ctxbatch_command, write_contexts
 
 
 def main() -> None:
@@ -29,12 +28,12 @@ def main() -> None:
             command = [*ctxbatch_command(), "--mongo-uri", uri, "--database", f"memory{count}", "submit", str(path)]
             start = time.perf_counter()
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(process.pid, 0)
+            memory = PeakMemory(process.pid)
+            _, errors = process.communicate()
             wall = time.perf_counter() - start
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(process.communicate()[1].decode())
-            process.communicate()
-            peak_mb = usage.ru_maxrss / 1024
+            if process.returncode != 0:
+                raise SystemExit(errors.decode())
+            peak_mb = memory.megabytes
             print(f"| {count:,} lines of {line:.0f} bytes | {wall:.1f} | {count / wall:,.0f} | {peak_mb:.0f} MB |")
 
 
