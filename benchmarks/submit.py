@@ -190,21 +190,23 @@ def table(runs: dict[str, list[Way]], count: int, line_bytes: float, server_name
 
     a, b, c = runs
     base = median(b, lambda w: w.seconds)
+    base_cpu = median(b, lambda w: w.server_cpu) or float("nan")
     lines = [
         f"{count:,} lines of {line_bytes:.0f} bytes, {server_name}, medians of {len(runs[a])} rounds",
         "",
-        "| way | median s | x (b) | contexts/s | server CPU s | runs s |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| way | median s | x (b) | contexts/s | server CPU s | x (b) | runs s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, ways in runs.items():
         seconds = median(name, lambda w: w.seconds)
         shown = ", ".join(f"{w.seconds:.1f}" for w in ways)
         cpu = median(name, lambda w: w.server_cpu)
         lines.append(
-            f"| {name} | {seconds:.1f} | {seconds / base:.2f} | {count / seconds:,.0f} | {cpu:.1f} | {shown} |"
+            f"| {name} | {seconds:.1f} | {seconds / base:.2f} | {count / seconds:,.0f} | {cpu:.1f} | "
+            f"{cpu / base_cpu:.2f} | {shown} |"
         )
     acknowledged = median(a, lambda w: w.acknowledged)
-    lines.insert(5, f"| (a) until it printed the batch id | {acknowledged:.1f} | {acknowledged / base:.2f} | | | |")
+    lines.insert(5, f"| (a) until it printed the batch id | {acknowledged:.1f} | {acknowledged / base:.2f} | | | | |")
     # The machine is shared and noisy: the ratio within each round is steadier than across rounds.
     per_round = [wa.seconds / wb.seconds for wa, wb in zip(runs[a], runs[b], strict=True)]
     lines += [
