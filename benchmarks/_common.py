@@ -19,14 +19,19 @@ from ctxbatch.io import embedded
 
 
 def arguments(
-    doc: str | None, contexts: int, repeat: int, argv: list[str] | None = None, **more: int
+    doc: str | None, contexts: int, repeat: int, argv: list[str] | None = None, **more: int | bool
 ) -> argparse.Namespace:
-    """--contexts, --repeat, --mongo-uri, and an integer option for each of `more` (memory_lines: --memory-lines)."""
+    """--contexts, --repeat, --mongo-uri, and an option for each of `more` (memory_lines: --memory-lines):
+    an integer, or a flag when its default is a bool."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=contexts)
     parser.add_argument("--repeat", type=int, default=repeat)
     for name, default in more.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+        option = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(option, action="store_true", default=default)
+        else:
+            parser.add_argument(option, type=int, default=default)
     parser.add_argument("--mongo-uri", help="Measure against this server instead of a private embedded one.")
     return parser.parse_args(argv)
 
@@ -44,6 +49,14 @@ def server(mongo_uri: str | None) -> Iterator[tuple[str, Path]]:
             yield uri, Path(workdir)
         finally:
             embedded.stop()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """A process's user + system CPU seconds so far, from /proc (0 when there is none to read)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -366,7 +366,8 @@ def servers_for(home: Path) -> list[int]:
             state = (proc / "status").read_text()
         except OSError:
             continue
-        if b"nx_27017.nx_27017" in command and data_dir.encode() in command and "\nState:\tZ" not in state:
+        serving = b"--data-dir" in command and data_dir.encode() in command
+        if serving and "\nState:\tZ" not in state:
             pids.append(int(proc.name))
     return pids
 

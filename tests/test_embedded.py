@@ -12,8 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from conftest import servers_for
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from ctxbatch.cli import main
 from ctxbatch.io import ContextStore, embedded
@@ -170,3 +173,58 @@ def test_two_starts_at_once_make_one_server(home: Path) -> None:
     assert [start.returncode for start in starts] == [0, 0]
     assert sum("started the embedded database" in text for text in announcements) == 1
     assert servers_for(home) == [record(home)["pid"]]
+
+
+def written_bytes(pid: int) -> int:
+    """What a process has written so far (/proc/<pid>/io's wchar): each page SQLite commits is in it."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["wchar"])
+
+
+def test_an_insert_command_is_committed_once_and_a_duplicate_in_it_fails_alone(home: Path) -> None:
+    # Given the embedded server and a collection with the store's indexes
+    state = embedded.start()
+    assert state.uri is not None and state.pid is not None
+    store = ContextStore(state.uri, "inserts")
+    store.connection.ensure_indexes()
+    contexts = store.connection.contexts
+    contexts.insert_one({"_id": "taken"})
+    documents = [{"_id": f"c{i}", "queue": "default", "status": "pending", "payload": {"n": i}} for i in range(2_000)]
+    documents.insert(1_000, {"_id": "taken"})
+    # When one insert command carries 2,000 documents and a duplicate among them
+    before = written_bytes(state.pid)
+    with pytest.raises(BulkWriteError) as refused:
+        contexts.insert_many(documents, ordered=False)
+    written = written_bytes(state.pid) - before
+    # Then the duplicate fails alone, and the server wrote each page once for the command: committing
+    # each document on its own wrote every page it touched again, about 50 KB a document here.
+    errors = refused.value.details["writeErrors"]
+    assert [(e["index"], e["code"]) for e in errors] == [(1_000, 11000)]
+    assert contexts.count_documents({}) == 2_001
+    assert written / 2_000 < 10_000
+    store.close()
+
+
+def test_an_update_command_is_committed_once_whether_one_update_or_many(home: Path) -> None:
+    # Given the embedded server and 2,000 contexts under the store's indexes
+    state = embedded.start()
+    assert state.uri is not None and state.pid is not None
+    store = ContextStore(state.uri, "updates")
+    store.connection.ensure_indexes()
+    contexts = store.connection.contexts
+    ids = [f"c{i}" for i in range(2_000)]
+    contexts.insert_many([{"_id": i, "queue": "default", "status": "pending", "payload": {"i": i}} for i in ids])
+    # When one update command claims them all, and one bulk write of an update each settles them
+    before = written_bytes(state.pid)
+    claimed = contexts.update_many({"_id": {"$in": ids}}, {"$set": {"status": "processing"}}).modified_count
+    claiming = written_bytes(state.pid) - before
+    before = written_bytes(state.pid)
+    settles = [UpdateOne({"_id": i, "status": "processing"}, {"$set": {"status": "completed"}}) for i in ids]
+    settled = contexts.bulk_write(settles, ordered=False).modified_count
+    settling = written_bytes(state.pid) - before
+    # Then every document changed, and each command wrote each page once (about 50 KB a document, when
+    # each was committed on its own)
+    assert (claimed, settled) == (2_000, 2_000)
+    assert contexts.count_documents({"status": "completed"}) == 2_000
+    assert claiming / 2_000 < 10_000 and settling / 2_000 < 10_000, (claiming, settling)
+    store.close()

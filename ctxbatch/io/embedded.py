@@ -32,6 +32,7 @@ from ctxbatch.errors import DatabaseUnavailable
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 PORT_WAIT_SECONDS = 2.0  # how long a start waits for its recorded port before it moves
+SERVER_SCRIPT = Path(__file__).with_name("embedded_server.py")
 
 
 def home() -> Path:
@@ -177,8 +178,10 @@ def start(announce: Callable[[str], None] | None = None) -> ServerState:
         port = _free_port(_recorded_port(), PORT_WAIT_SECONDS)
         uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         log = open(home() / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        # nx-27017 with one commit per insert command (io/embedded_server.py); -P: its folder is not put
+        # on sys.path, where io/queue.py would hide the standard library's queue.
         command = [
-            sys.executable, "-m", "nx_27017.nx_27017",
+            sys.executable, "-P", str(SERVER_SCRIPT),
             "--data-dir", str(_data_dir()), "--host", "127.0.0.1", "--port", str(port),
             "--log-file", str(home() / "server.log"), "--pid-file", str(home() / "nx-27017.pid"),
         ]  # fmt: skip

@@ -24,6 +24,8 @@ import time
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
@@ -52,7 +54,12 @@ def expires_ms(seconds: float) -> int:
     return epoch_ms(utcnow() + dt.timedelta(seconds=seconds))
 
 
-def _move(connection: Connection, batch_id: str, documents: list[dict[str, Any]]) -> None:
+# A staged chunk's contexts as the bytes they were encoded to: inserted as they are, never decoded
+# and encoded again (only an id is read, from a duplicate key's document).
+AS_STAGED: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
+
+
+def _move(connection: Connection, batch_id: str, documents: list[RawBSONDocument]) -> None:
     try:
         connection.contexts.insert_many(documents, ordered=False)
     except BulkWriteError as exc:
@@ -147,7 +154,7 @@ class Moves:
             self.keys.answered(fields["idempotency_key"], batch_id, submission["total"], submission["fingerprint"])
         for chunk in staged.find({"batch_id": eq(batch_id)}).sort("seq", ASCENDING).batch_size(1):
             submissions.update_one({"_id": batch_id}, {"$set": {"lease.expires_ms": expires_ms(MOVE_LEASE_SECONDS)}})
-            _move(self.connection, batch_id, bson.decode_all(chunk["contexts"]))
+            _move(self.connection, batch_id, bson.decode_all(chunk["contexts"], AS_STAGED))
             staged.delete_one({"_id": chunk["_id"]})
             moments.reached(moments.MOVE)
         if fields.get("tenanted"):

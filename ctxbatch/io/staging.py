@@ -32,7 +32,8 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -234,10 +235,18 @@ class Stager:
         return False
 
 
-def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[list[bytes]]:
+@dataclass
+class Chunk:
+    """Contexts staged as one document: their BSON, and the user's record of each keyed one by its id."""
+
+    documents: list[bytes] = field(default_factory=list)
+    size: int = 0
+    keyed: dict[str, int] = field(default_factory=dict)
+
+
+def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[Chunk]:
     """The requests as BSON context documents, in chunks of at most CHUNK_CONTEXTS and CHUNK_BYTES."""
-    chunk: list[bytes] = []
-    size = 0
+    chunk = Chunk()
     now = stager.created_at
     for position, request in enumerate(requests):
         context_id = request.key if request.key is not None else str(ObjectId())
@@ -253,27 +262,41 @@ def _encoded(requests: Iterable[ContextRequest], stager: Stager) -> Iterator[lis
         )
         stager.tenanted = stager.tenanted or request.tenant is not None
         encoded = bson.encode(document)
-        if chunk and (len(chunk) >= CHUNK_CONTEXTS or size + len(encoded) > CHUNK_BYTES):
+        if chunk.documents and (len(chunk.documents) >= CHUNK_CONTEXTS or chunk.size + len(encoded) > CHUNK_BYTES):
             yield chunk
-            chunk, size = [], 0
-        chunk.append(encoded)
-        size += len(encoded)
-    if chunk:
+            chunk = Chunk()
+        chunk.documents.append(encoded)
+        chunk.size += len(encoded)
+        if request.key is not None:
+            chunk.keyed[context_id] = position
+    if chunk.documents:
         yield chunk
 
 
-def _refuse_known_keys(connection: Connection, chunk: list[bytes], first_index: int) -> None:
+def _refuse_known_keys(connection: Connection, chunk: Chunk) -> None:
     """A chunk's keys already in `contexts` refuse the submission, naming the user's record."""
-    keyed: dict[str, int] = {}
-    for offset, raw in enumerate(chunk):
-        document = bson.decode(raw)
-        if "key" in document:
-            keyed[document["_id"]] = first_index + offset
-    if keyed:
-        found = connection.contexts.find_one({"_id": {"$in": list(keyed)}}, {"batch_id": 1})
+    if chunk.keyed:
+        found = connection.contexts.find_one({"_id": {"$in": list(chunk.keyed)}}, {"batch_id": 1})
         if found:
             message = f"{found['_id']!r} already exists (batch {found['batch_id']})"
-            raise SubmitError(keyed[found["_id"]], "key", message)
+            raise SubmitError(chunk.keyed[found["_id"]], "key", message)
+
+
+def _stage_behind(chunks: Iterator[Chunk], stage: Callable[[Chunk], None]) -> None:
+    """Stage each chunk in a thread while the next is read, validated and encoded.
+
+    The server stores one chunk while this process makes the next: the two take turns otherwise.
+    At most two chunks are held. Whatever fails first (a record, a chunk's write) stops both, and
+    no chunk is still being written when this returns or raises: what abandon() deletes is all.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="ctxbatch-stage") as writer:
+        staging: Future[None] | None = None
+        for chunk in chunks:
+            if staging is not None:
+                staging.result()
+            staging = writer.submit(stage, chunk)
+        if staging is not None:
+            staging.result()
 
 
 def as_records(source: Iterable[Any] | pd.DataFrame) -> Iterable[Any]:
@@ -343,9 +366,7 @@ class Submissions:
                 if held is Held.IN_PROGRESS and not wait:
                     raise IdempotencyKeyInUse(key)
             if not isinstance(held, FirstAnswer):
-                for chunk in _encoded(requests, stager):
-                    _refuse_known_keys(self.connection, chunk, stager.count)
-                    stager.stage(chunk)
+                _stage_behind(_encoded(requests, stager), self._stage_one(stager))
                 if key is not None and held is Held.IN_PROGRESS:
                     held = self._wait_for_first(key, stager)
             if isinstance(held, FirstAnswer):
@@ -362,6 +383,13 @@ class Submissions:
         # Acknowledged: whatever happens to this process now, the janitor finishes the move.
         self.moves.start(stager.batch_id)
         return Submitted(stager.batch_id, stager.count)
+
+    def _stage_one(self, stager: Stager) -> Callable[[Chunk], None]:
+        def stage(chunk: Chunk) -> None:
+            _refuse_known_keys(self.connection, chunk)
+            stager.stage(chunk.documents)
+
+        return stage
 
     def _wait_for_first(self, key: str, stager: Stager) -> Held | FirstAnswer:
         """Wait while the first submission with `key` is being stored (this one staged meanwhile):
