@@ -19,6 +19,7 @@ Besides wall time, the server's CPU seconds per context (utime + stime of its pr
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -85,8 +86,12 @@ def run_ctxbatch(uri: str, database: str, workdir: Path) -> dict[str, float]:
     config = workdir / "run.yaml"
     config.write_text(yaml.safe_dump(RUN_CONFIG))
     wall, stderr = cli(uri, database, "run", "--config", str(config), "--engine", "echo", "--until-empty")
-    # The summary line says how long the loop itself ran, without interpreter and cluster start-up.
-    loop = next(float(part.split()[0]) for part in stderr.splitlines()[-1].split(", ") if part.endswith(" s"))
+    # The summary line says how long the loop itself ran (working, and idle if it ever was), without
+    # the interpreter's and the cluster's start-up.
+    summary = next(line for line in reversed(stderr.splitlines()) if line.startswith("completed "))
+    found = re.search(r"over ([\d.]+) s working(?:, ([\d.]+) s idle)?", summary)
+    assert found, summary
+    loop = float(found[1]) + float(found[2] or 0)
     return {"wall": wall, "loop": loop}
 
 

@@ -106,7 +106,7 @@ def life(store: ContextStore, meter: Meter, batch: int) -> Spent:
             break
         with meter.measuring("load"):
             rows = store.load(claim)
-        with meter.measuring("renew (a run: once past half a lease)"):
+        with meter.measuring("renew (when due: none in a short run)"):
             store.renew(claim)
         with meter.measuring("settle"):
             store.settle(claim, results={row["_id"]: echo(row["payload"]) for row in rows})
@@ -177,8 +177,11 @@ def table_of_life(rows: Spent, hand: Spent, per: float) -> None:
     for key in sorted({*rows, *hand}, key=lambda k: -rows.get(k, 0)):
         ours, theirs = rows.get(key, 0) * per / 1e6, hand.get(key, 0) * per / 1e6
         print(f"| {key[0]} | {key[1]} {key[2]} | {ours:.1f} | {theirs:.1f} |")
-    total, hand_total = sum(rows.values()) * per / 1e6, sum(hand.values()) * per / 1e6
-    print(f"| **all** | | **{total:.1f}** | **{hand_total:.1f}** ({total / hand_total:.2f}x) |")
+    # A renewal is measured for what it costs when one happens; a run of batches shorter than half a
+    # lease makes none (pipeline/leases.py), so the life's total leaves it out.
+    total = sum(v for k, v in rows.items() if not k[0].startswith("renew")) * per / 1e6
+    hand_total = sum(hand.values()) * per / 1e6
+    print(f"| **a life, no renewal** | | **{total:.1f}** | **{hand_total:.1f}** ({total / hand_total:.2f}x) |")
 
 
 def table_of_indexes(rows: Spent, fresh: Fresh, meter: Meter, args: argparse.Namespace, per: float) -> None:
