@@ -10,7 +10,8 @@ the subclass's `_next_size()` returns to the bounds, splits, and records a `Deci
 strategy can forget a bound or skip the record; `observe()` keeps the bookkeeping every sizer
 needs (the per-context work cost that splitting uses) and then calls `_observe()`. A strategy
 that raises is logged and skipped (as dramatiq's `emit_after` does with middleware): the loop
-keeps its last size.
+keeps its last size. A sizer that `remembers` says what the next run should start from
+(`remember()` -> a `Memory`) and takes up an earlier run's before its first plan (`resume()`).
 """
 
 from __future__ import annotations

@@ -206,13 +206,14 @@ class DynamicSizer(Sizer):
         rate = f" ({memory.level.throughput:.0f}/s)" if memory.level else ""
         clamped = f"; clamped to bounds {low}..{high}" if size != memory.size else ""
         self._move_note = None
-        if not memory.settled:
+        if memory.settled:
+            self._settle(size, f"start at {size}: an earlier run held {memory.size}{rate}{clamped}")
+        else:
             self._search_from(size, f"start at {size}: an earlier run's search reached {memory.size}{rate}{clamped}")
-            return True
-        self._settle(size, f"start at {size}: an earlier run held {memory.size}{rate}{clamped}")
         if memory.level and size == memory.size:
-            # Its measurements, as if from the first few batches: today's outweigh them soon, and a cost
-            # per context 3x off theirs restarts the search (a slower or faster engine is not trusted away).
+            # Its measurements, as if from the first few batches: a search steps on after one batch, today's
+            # batches soon outweigh them, and a cost per context 3x off theirs restarts the search (an engine
+            # that got slower or faster is not trusted away).
             kept = min(memory.level.samples, self.tuning.min_samples)
             seconds = memory.level.seconds * kept / memory.level.samples
             self.history.keep(size, replace(memory.level, samples=kept, seconds=seconds))
