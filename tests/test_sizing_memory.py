@@ -42,8 +42,24 @@ def test_a_resumed_sizer_starts_at_the_held_size_and_holds_it() -> None:
     assert sizer.resume(memory)
     sizes = Workload(sizer, peaked).run(15)
 
-    assert sizes == [memory.size] * 15  # no search up from batch_size 10
+    assert sizes[:3] == [memory.size] * 3  # no search up from batch_size 10
+    assert all(0.7 * memory.size <= size <= 2 * memory.size for size in sizes)  # a probe, no more
+    assert sizes[-1] == memory.size
     assert f"an earlier run held {memory.size}" in sizer.decisions[0].reason
+
+
+def test_a_resumed_sizer_probes_the_held_size_within_a_few_batches() -> None:
+    # Given an earlier run that held 80 (under load, say), and today a curve whose best is near 600
+    memory = Memory(80, True, Level(20, 30.0, 75.0, 1 / 75))
+
+    # When a run resumes from it
+    sizer = DynamicSizer(settings())
+    sizer.resume(memory)
+    sizes = Workload(sizer, peaked).run(12)
+
+    # Then it holds 80 for a few batches only, then probes up and climbs on
+    assert sizes[:3] == [80, 80, 80]
+    assert max(sizes) >= 320
 
 
 def test_an_unfinished_search_goes_on_from_its_best_size() -> None:

@@ -45,8 +45,9 @@ The controller, deterministic given the same observations (no clock inside):
   they shared the threads (on the real loop, a batch of 517 queued behind one of 1,280 put 7 s
   of "fixed" cost into the line). A measurement belongs to the size its batch was planned at.
 - **Memory.** With `worker.sizing_history`, a run starts where the last run of its engine, queues
-  and setup ended (sizing/memory.py): holding the size it held, or searching on from the best size
-  its search had measured; within today's bounds, and trusted only as far as today's batches agree.
+  and setup ended (sizing/memory.py): holding the size it held (probed after `recovery_batches`),
+  or searching on from the best size its search had measured; within today's bounds, and trusted
+  only as far as today's batches agree.
 
 Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory 0.86 > 0.8
 -> halve to 150"), and its inputs the numbers behind it.
@@ -208,6 +209,8 @@ class DynamicSizer(Sizer):
         self._move_note = None
         if memory.settled:
             self._settle(size, f"start at {size}: an earlier run held {memory.size}{rate}{clamped}")
+            # Held under other conditions (load, the service's pace): checked by a probe soon, not in 20 batches.
+            self._hold_for = self.tuning.recovery_batches
         else:
             self._search_from(size, f"start at {size}: an earlier run's search reached {memory.size}{rate}{clamped}")
         if memory.level and size == memory.size:
