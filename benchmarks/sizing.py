@@ -9,7 +9,10 @@ fresh database of the same size.
     sizer (bounds 10..2,000, starting at the seed's 10); throughput is contexts / the run's wall
     seconds, the median of --repeat runs. The dynamic sizer processes --contexts contexts, so its
     search is paid for inside the figure; a fixed size, whose rate is the same from its first batch,
-    processes 100 batches' worth (at least 2,000, at most --contexts).
+    processes 100 batches' worth (at least 2,000, at most --contexts). The dynamic sizer runs three
+    ways (issue 22): with `sizing_history: false` (as before history existed); with history on in a
+    fresh database (nothing to start from yet: it searches from 10 and keeps what it learns); and
+    right after that, in the same database with fresh contexts, starting from what it kept.
 (2) Cost jump: the same 50 ms per call, and a per-context cost (read from the payload) of 1 ms for
     the first --jump-contexts contexts (claimed first: they are more urgent) and 10 ms for the next
     as many. The durations of the dynamic sizer's batches before and after the jump are compared
@@ -68,9 +71,16 @@ def fixed(size: int) -> dict[str, Any]:
     return {"worker": {**WORKER, "dynamic_batch_sizing": False, "batch_size": size}}
 
 
-def dynamic() -> dict[str, Any]:
+def dynamic(history: bool = True) -> dict[str, Any]:
     bounds = {"batch_size": 10, "min_batch_size": 10, "max_batch_size": 2000}
-    return {"worker": {**WORKER, "dynamic_batch_sizing": True, **bounds}}
+    return {"worker": {**WORKER, "dynamic_batch_sizing": True, "sizing_history": history, **bounds}}
+
+
+# The dynamic sizer's three ways in (1); the last runs in the database the one before it left.
+NO_HISTORY = "dynamic 10..2000, history off"
+FIRST_HISTORY = "dynamic 10..2000, no history yet"
+WITH_HISTORY = "dynamic 10..2000, history from the run above"
+DYNAMIC_WAYS = {NO_HISTORY: dynamic(history=False), FIRST_HISTORY: dynamic(), WITH_HISTORY: dynamic()}
 
 
 @batch_engine
@@ -142,10 +152,21 @@ class Run:
 
 
 def run_once(
-    uri: str, database: str, client: Client, engine: Any, config: dict[str, Any], records: list[dict[str, Any]]
+    uri: str,
+    database: str,
+    client: Client,
+    engine: Any,
+    config: dict[str, Any],
+    records: list[dict[str, Any]],
+    *,
+    fresh: bool = True,
+    keep_history: bool = False,
 ) -> Run:
+    """One run into `database`: dropped first unless not `fresh`; dropped after, but for the sizer's
+    history when `keep_history` (the next run then starts from it, with fresh contexts)."""
     admin: MongoClient[dict[str, Any]] = MongoClient(uri)
-    admin.drop_database(database)
+    if fresh:
+        admin.drop_database(database)
     store = ContextStore(uri, database)
     try:
         store.submit(records)
@@ -155,7 +176,12 @@ def run_once(
             raise SystemExit(f"{database}: {report.completed} of {len(records)} contexts completed")
         return Run(len(records), report.wall_seconds, list(report.decisions), sizer.observed() if sizer else [])
     finally:
-        admin.drop_database(database)
+        if keep_history:
+            for name in admin[database].list_collection_names():
+                if name != "sizing_history":
+                    admin[database].drop_collection(name)
+        else:
+            admin.drop_database(database)
         store.close()
         admin.close()
 
@@ -170,15 +196,30 @@ def _is_dynamic(config: dict[str, Any]) -> bool:
 def best_size(uri: str, client: Client, count: int, repeat: int) -> dict[str, list[Run]]:
     os.environ["CTXBATCH_CALL_FIXED_MS"] = str(CALL_FIXED_MS)
     os.environ["CTXBATCH_CALL_PER_CONTEXT_MS"] = str(CALL_PER_CONTEXT_MS)
-    configs = {f"fixed {n}": fixed(n) for n in FIXED_SIZES} | {"dynamic 10..2000": dynamic()}
-    counts = {f"fixed {n}": fixed_count(n, count) for n in FIXED_SIZES} | {"dynamic 10..2000": count}
+    configs = {f"fixed {n}": fixed(n) for n in FIXED_SIZES} | DYNAMIC_WAYS
+    counts = {f"fixed {n}": fixed_count(n, count) for n in FIXED_SIZES} | dict.fromkeys(DYNAMIC_WAYS, count)
     runs: dict[str, list[Run]] = {name: [] for name in configs}
     for round_ in range(repeat):
-        for i, (name, config) in enumerate(configs.items()):
+        # History off goes before the pair with history in even rounds, after it in odd ones.
+        order = list(configs) if round_ % 2 == 0 else [n for n in configs if n != NO_HISTORY] + [NO_HISTORY]
+        for i, name in enumerate(order):
+            config = configs[name]
             records = [{"payload": {"i": i}} for i in range(counts[name])]
-            run = run_once(uri, f"bench_sizing_{round_}_{i}", client, "batched-call", config, records)
+            shared = name in (FIRST_HISTORY, WITH_HISTORY)  # the second starts from what the first kept
+            database = f"bench_sizing_{round_}_{'history' if shared else i}"
+            run = run_once(
+                uri,
+                database,
+                client,
+                "batched-call",
+                config,
+                records,
+                fresh=name != WITH_HISTORY,
+                keep_history=name == FIRST_HISTORY,
+            )
             runs[name].append(run)
-            print(f"round {round_ + 1}: {name}: {run.seconds:.2f} s, {run.rate:.0f}/s", file=sys.stderr)
+            sizes = f" ({trajectory(run.sizes)})" if name in DYNAMIC_WAYS else ""
+            print(f"round {round_ + 1}: {name}: {run.seconds:.2f} s, {run.rate:.0f}/s{sizes}", file=sys.stderr)
     return runs
 
 
@@ -192,7 +233,7 @@ def best_size_table(runs: dict[str, list[Run]]) -> str:
     rate = {name: statistics.median(r.rate for r in rs) for name, rs in runs.items()}
     fixed_names = [name for name in runs if name.startswith("fixed")]
     best = max(fixed_names, key=rate.__getitem__)
-    dyn = next(name for name in runs if name.startswith("dynamic"))
+    dyn = NO_HISTORY
     lines = [
         f"(1) `batched-call` ({CALL_FIXED_MS:g} ms per call + {CALL_PER_CONTEXT_MS:g} ms per "
         f"context), {PARALLEL} batches in flight, {THREADS} threads, target {TARGET_SECONDS:g} s; "
@@ -210,10 +251,19 @@ def best_size_table(runs: dict[str, list[Run]]) -> str:
         )
     lines += [
         "",
-        f"dynamic vs best fixed ({best}): {rate[dyn] / rate[best]:.2f}x (target >= 0.9x)",
-        f"dynamic vs fixed 10: {rate[dyn] / rate['fixed 10']:.2f}x (target >= 3x)",
+        f"dynamic, history off vs best fixed ({best}): {rate[dyn] / rate[best]:.2f}x (target >= 0.9x)",
+        f"dynamic, history off vs fixed 10: {rate[dyn] / rate['fixed 10']:.2f}x (target >= 3x)",
+        f"dynamic, no history yet vs history off: {rate[FIRST_HISTORY] / rate[dyn]:.2f}x (target: no worse); "
+        f"median of the rounds' ratios {_round_ratio(runs[FIRST_HISTORY], runs[dyn]):.2f}x",
+        f"dynamic, history from the run above vs best fixed ({best}): {rate[WITH_HISTORY] / rate[best]:.2f}x "
+        f"(target >= 0.95x); median of the rounds' ratios {_round_ratio(runs[WITH_HISTORY], runs[best]):.2f}x",
     ]
     return "\n".join(lines)
+
+
+def _round_ratio(these: list[Run], those: list[Run]) -> float:
+    """The median over rounds of these' rate / those' rate in the same round (steadier under load)."""
+    return statistics.median(a.rate / b.rate for a, b in zip(these, those, strict=True))
 
 
 def trajectory(sizes: list[int]) -> str:

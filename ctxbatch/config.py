@@ -26,6 +26,10 @@ LEASE_SECONDS = 300
 IDEMPOTENCY_HOURS = 24.0
 STATS_WINDOW_SECONDS = 300
 OUTAGE_SECONDS = 120
+# A dynamic sizer starts from what a run of the same engine, queues and setup learned at most this long
+# ago (`worker.sizing_history`); older history is ignored: the engine or the service behind it may
+# have changed, and a search from `batch_size` costs a few thousand contexts at most.
+SIZING_HISTORY_DAYS = 7
 # The named priority levels unless `worker.priorities.levels` says otherwise; they cover 0..100 once.
 DEFAULT_LEVELS = {"high": "0-10", "medium": "11-50", "low": "51-100"}
 
@@ -172,6 +176,11 @@ class WorkerSettings(_Section):
     memory_high_fraction: float = Field(0.8, gt=0, le=1, description="Worker memory use that makes batches shrink.")
     sizer: str | None = Field(
         None, description="'fixed', 'dynamic' or 'module:callable'; None follows dynamic_batch_sizing."
+    )
+    sizing_history: bool = Field(
+        True,
+        description="Start the dynamic sizer from what earlier runs of this engine, queues and setup learned, "
+        "and keep what this one learns (the `sizing_history` collection); false does neither.",
     )
     priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)

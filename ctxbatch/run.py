@@ -4,8 +4,8 @@ The loop claims, runs partitions, collects and emits events; it knows nothing of
 This module is where a run is put together: the settings, the engine, the store, the sizer, the
 partition job, the Dask cluster, the signals, the metrics port, and the subscribers in their order
 (the run's counters first, so user subscribers see them already updated; then monitoring's metrics
-and alerts, worker scaling, the sizing decisions every loop publishes, a notebook's progress; then
-the user's own).
+and alerts, worker scaling, the sizer's history, the sizing decisions every loop publishes, a
+notebook's progress; then the user's own).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ctxbatch.pipeline.fate import RetryPolicy
 from ctxbatch.pipeline.loop import Loop
 from ctxbatch.pipeline.notebook import NotebookProgress, in_notebook
 from ctxbatch.pipeline.partition import PartitionJob
+from ctxbatch.pipeline.remember import RememberSizing, history_key
 from ctxbatch.pipeline.report import RunReport
 from ctxbatch.pipeline.signals import stop_on_signals
 from ctxbatch.pipeline.subscribers import ProgressHook, RunCounters, WorkerScaling, resolve_subscriber
@@ -114,6 +115,7 @@ class Pipeline:
             return self.report
         dask = self.settings.dask
         self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
+        remember = self._remember_sizing()
         with (
             self.monitor.serving(),  # a metrics port that is taken fails the run here, before the cluster
             stop_on_signals(loop.stop, lambda: loop.stopping, self._announce),
@@ -124,6 +126,7 @@ class Pipeline:
                 RunCounters(self.report),
                 self.monitor,
                 *([WorkerScaling(self.scaler, self.store, cluster)] if self.scaler else []),
+                *remember,
                 DecisionLog(self.store),
                 *([NotebookProgress(self.store)] if in_notebook() else []),
                 *self.subscribers,
@@ -135,6 +138,13 @@ class Pipeline:
             loop.run(client, self.report, subscribers, until_empty, max_contexts, link)
         log.info("run finished: %s", self.report.summary_line())
         return self.report
+
+    def _remember_sizing(self) -> list[RememberSizing]:
+        """The subscriber that starts the sizer from its history and keeps what it learns, if it should."""
+        if not (self.settings.worker.sizing_history and self.sizer.remembers):
+            return []
+        key = history_key(self.engine.name, self.job.engine_key, self.settings, self.client)
+        return [RememberSizing(self.sizer, self.store, key)]
 
 
 def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> PartitionJob:

@@ -4,9 +4,9 @@ It is made of parts over one shared connection (io/connection.py), each its own 
 (io/queue.py: claim, settle, leases, cancel and retry), submissions (io/staging.py: staging and
 the commit, which acknowledges them; io/moves.py: the move into the queue, the janitor;
 io/idempotency.py: idempotency keys), views (io/views.py: status, results, listings,
-counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), the alerts' state
-(io/alert_state.py), the limits every loop shares (io/limits.py), OpenAI's files (io/files.py) and
-each queue's claim order (io/ordering.py).
+counts), statistics (io/stats.py), the sizing decisions (io/decisions.py), what the sizer learned
+(io/sizing_history.py), the alerts' state (io/alert_state.py), the limits every loop shares
+(io/limits.py), OpenAI's files (io/files.py) and each queue's claim order (io/ordering.py).
 Its methods say what each does and hand the work to its part.
 """
 
@@ -37,6 +37,7 @@ from ctxbatch.io.moves import Moves
 from ctxbatch.io.ordering import QueueOrders
 from ctxbatch.io.queue import Queue
 from ctxbatch.io.schema import Status
+from ctxbatch.io.sizing_history import SizingHistory
 from ctxbatch.io.staging import BatchOptions, Submissions, Submitted
 from ctxbatch.io.stats import (
     DEFAULT_WINDOW_SECONDS,
@@ -87,6 +88,7 @@ class ContextStore:
         self._statistics = Statistics(self.connection, self._views)
         self._files = Files(self.connection, self._submissions)
         self._decisions = SizingDecisions(self.connection)
+        self._sizing_history = SizingHistory(self.connection)
         self._orders = QueueOrders(self.connection)
         self.alert_book = AlertBook(self.connection)
         """The alerts' shared state and the critical-error log (io/alert_state.py)."""
@@ -615,6 +617,28 @@ class ContextStore:
     def recent_decisions(self, window_seconds: float, limit: int = 500) -> list[dict[str, Any]]:
         """The newest decisions of every loop within the window, oldest first (at most `limit`)."""
         return self._decisions.recent(window_seconds, limit)
+
+    # -- what the dynamic sizer learned, per engine, queues and setup ------------------------
+
+    def recall_sizing(self, key: str) -> dict[str, Any] | None:
+        """What a run under `key` last kept (io/sizing_history.py), unless older than SIZING_HISTORY_DAYS."""
+        return self._sizing_history.recall(key)
+
+    def keep_sizing(self, key: str, fields: Mapping[str, Any]) -> None:
+        """Keep what a run's sizer learned under `key`, for the next run."""
+        self._sizing_history.keep(key, fields)
+
+    def sizing_history(self, engine: str | None = None, queue: str | None = None) -> list[dict[str, Any]]:
+        """What the dynamic sizer learned for `engine` (its name) on `queue`, or for every engine, queues and
+        setup; newest first (`ctxbatch sizing`)."""
+        return self._sizing_history.entries(engine, queue)
+
+    def forget_sizing_history(self, engine: str | None = None, queue: str | None = None) -> int:
+        """Forget what was learned for `engine` (its name) on `queue`, or everything; how many entries went.
+
+        The next run of that engine starts its search from `worker.batch_size` again.
+        """
+        return self._sizing_history.forget(engine, queue)
 
 
 def connect(

@@ -10,7 +10,8 @@ the subclass's `_next_size()` returns to the bounds, splits, and records a `Deci
 strategy can forget a bound or skip the record; `observe()` keeps the bookkeeping every sizer
 needs (the per-context work cost that splitting uses) and then calls `_observe()`. A strategy
 that raises is logged and skipped (as dramatiq's `emit_after` does with middleware): the loop
-keeps its last size.
+keeps its last size. A sizer that `remembers` says what the next run should start from
+(`remember()` -> a `Memory`) and takes up an earlier run's before its first plan (`resume()`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ctxbatch.config import WorkerSettings
+from ctxbatch.sizing.memory import Memory
 from ctxbatch.sizing.split import partitions_for
 
 log = logging.getLogger("ctxbatch.sizing")
@@ -126,6 +128,8 @@ class Sizer(ABC):
     """Chooses each batch's size and split; subclasses implement `_next_size` (and `_observe`)."""
 
     name: ClassVar[str] = "custom"
+    # Whether it keeps what it learned between runs (`remember`, `resume`): a run wires its history only then.
+    remembers: ClassVar[bool] = False
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -217,6 +221,26 @@ class Sizer(ABC):
             except Exception:  # a strategy's bug must not stop the loop
                 log.exception("sizer %s failed to observe a batch; ignoring it", type(self).__name__)
 
+    def remember(self) -> Memory | None:
+        """What the next run should start from; None when there is nothing (new) worth keeping."""
+        with self._lock:
+            try:
+                return self._remember()
+            except Exception:  # a strategy's bug must not stop the loop
+                log.exception("sizer %s failed to say what it learned; keeping nothing", type(self).__name__)
+                return None
+
+    def resume(self, memory: Memory) -> bool:
+        """Start from what an earlier run learned (within today's bounds); only before the first plan."""
+        with self._lock:
+            if self.batches_planned:  # what this sizer measured itself beats what another run did
+                return False
+            try:
+                return self._resume(memory)
+            except Exception:
+                log.exception("sizer %s failed to resume from %s; starting afresh", type(self).__name__, memory)
+                return False
+
     def split(self, size: int, readings: Readings) -> int:
         """Partitions for a batch of `size`: follows the threads, the work per context and the batches in flight."""
         return partitions_for(size, readings.threads, self.work_per_context, readings.in_flight_claims)
@@ -229,6 +253,14 @@ class Sizer(ABC):
 
     def _observe(self, observation: Observation) -> None:  # noqa: B027 - optional hook
         """Learn from a batch (nothing by default)."""
+
+    def _remember(self) -> Memory | None:
+        """What to keep for the next run (nothing by default; set `remembers` when overriding)."""
+        return None
+
+    def _resume(self, memory: Memory) -> bool:
+        """Take up an earlier run's memory; whether it did (not by default)."""
+        return False
 
     def _reason(self) -> str:
         """One line on why the last `_next_size` is what it is."""

@@ -44,6 +44,10 @@ The controller, deterministic given the same observations (no clock inside):
   nothing about its size; nor does one planned beside a batch of another size (`ran_beside`):
   they shared the threads (on the real loop, a batch of 517 queued behind one of 1,280 put 7 s
   of "fixed" cost into the line). A measurement belongs to the size its batch was planned at.
+- **Memory.** With `worker.sizing_history`, a run starts where the last run of its engine, queues
+  and setup ended (sizing/memory.py): holding the size it held (probed after `recovery_batches`),
+  or searching on from the best size its search had measured; within today's bounds, and trusted
+  only as far as today's batches agree.
 
 Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory 0.86 > 0.8
 -> halve to 150"), and its inputs the numbers behind it.
@@ -52,13 +56,14 @@ Each decision's reason is one line ("throughput up 35% -> climb to 300", "memory
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from ctxbatch.config import WorkerSettings
 from ctxbatch.sizing.base import Inputs, Observation, Readings, Sizer
 from ctxbatch.sizing.cost import DurationModel, jumped
 from ctxbatch.sizing.history import History, Level
+from ctxbatch.sizing.memory import Memory
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class DynamicSizer(Sizer):
     """Sizes batches from throughput history, target duration, trouble and resource readings."""
 
     name = "dynamic"
+    remembers = True
 
     def __init__(self, settings: WorkerSettings, tuning: Tuning | None = None) -> None:
         super().__init__(settings)
@@ -181,6 +187,41 @@ class DynamicSizer(Sizer):
             return
         steps = {Phase.SEARCH: self._search_step, Phase.REFINE: self._refine_step, Phase.PROBE: self._probe_step}
         steps.get(self.phase, self._hold_step)()
+
+    # -- what the next run starts from (sizing/memory.py) ---------------------------------
+
+    def _remember(self) -> Memory | None:
+        if self._after_backoff:  # a size halved by trouble is not a good one: the last memory stands
+            return None
+        if self.phase in (Phase.HOLD, Phase.PROBE):
+            held = self._ref if self.phase is Phase.PROBE and self._ref is not None else self.size
+            level = self.history.get(held)
+            return Memory(held, True, replace(level) if level else None)
+        best = self.history.best(self._searched)
+        level = self.history.get(best)
+        return None if best is None or level is None else Memory(best, False, replace(level))
+
+    def _resume(self, memory: Memory) -> bool:
+        low, high = self.bounds
+        size = min(max(memory.size, low), high)
+        rate = f" ({memory.level.throughput:.0f}/s)" if memory.level else ""
+        clamped = f"; clamped to bounds {low}..{high}" if size != memory.size else ""
+        self._move_note = None
+        if memory.settled:
+            self._settle(size, f"start at {size}: an earlier run held {memory.size}{rate}{clamped}")
+            # Held under other conditions (load, the service's pace): checked by a probe soon, not in 20 batches.
+            self._hold_for = self.tuning.recovery_batches
+        else:
+            self._search_from(size, f"start at {size}: an earlier run's search reached {memory.size}{rate}{clamped}")
+        if memory.level and size == memory.size:
+            # Its measurements, as if from the first few batches: a search steps on after one batch, today's
+            # batches soon outweigh them, and a cost per context 3x off theirs restarts the search (an engine
+            # that got slower or faster is not trusted away).
+            kept = min(memory.level.samples, self.tuning.min_samples)
+            seconds = memory.level.seconds * kept / memory.level.samples
+            self.history.keep(size, replace(memory.level, samples=kept, seconds=seconds))
+        self._searched = [size]
+        return True
 
     # -- trouble and back-off -------------------------------------------------------------
 

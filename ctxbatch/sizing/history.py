@@ -75,12 +75,21 @@ class History:
         else:
             self._levels.pop(size, None)
 
+    def keep(self, size: int, level: Level) -> None:
+        """Take up a level measured elsewhere (an earlier run's, sizing/memory.py)."""
+        self._levels[size] = level
+
+    def best(self, sizes: Iterable[int]) -> int | None:
+        """The measured size of these with the highest throughput."""
+        measured = [s for s in sizes if self.get(s)]
+        return max(measured, key=lambda s: self._levels[s].throughput) if measured else None
+
     def peak(self, sizes: Iterable[int]) -> tuple[int, str] | None:
         """The best of these sizes, refined by the parabola's peak; and how it was found."""
         measured = sorted({s for s in sizes if self.get(s)})
-        if not measured:
+        best = self.best(measured)
+        if best is None:
             return None
-        best = max(measured, key=lambda s: self._levels[s].throughput)
         i = measured.index(best)
         if i == 0 or i == len(measured) - 1:
             return best, f"best measured {best}"
