@@ -226,6 +226,20 @@ def test_a_key_already_stored_is_refused_in_a_later_chunk_naming_the_record(stor
     assert store.staged.count_documents({}) == 0
 
 
+def test_a_taken_key_is_reported_before_a_bad_record_read_while_its_chunk_was_written(store: ContextStore) -> None:
+    # Given a stored key, and a submission whose first chunk takes it again and whose second chunk
+    # holds a bad record (read while the first chunk is checked and written)
+    store.submit([{"payload": {}, "key": "taken"}])
+    bad = staging.CHUNK_CONTEXTS + 3
+    submission = [*records(3), {"payload": {}, "key": "taken"}, *records(bad - 4, 4), {"payload": []}]
+    # When it is submitted
+    with pytest.raises(SubmitError) as refused:
+        store.submit(submission)
+    # Then the earlier record's problem is the one reported, as when staging read and wrote by turns
+    assert (refused.value.index, refused.value.field) == (3, "key")
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
+
+
 def test_a_commit_whose_answer_was_lost_is_read_back_not_refused(mongo_uri: str, database: str) -> None:
     # Given a connection that loses the answer to the commit (the one update of `submissions`)
     with reply_losing_proxy(mongo_uri) as proxy:
