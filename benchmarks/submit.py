@@ -291,7 +291,8 @@ def measured_server(args: Any, uri: str, workdir: Path) -> Iterator[tuple[str, i
     data = workdir / "plain"
     data.mkdir()
     words = ["--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port), "--log-file", str(data / "log")]
-    process = subprocess.Popen([sys.executable, "-m", "nx_27017.nx_27017", *words, "--pid-file", str(data / "pid")])
+    command = [sys.executable, "-m", "nx_27017.nx_27017", *words, "--pid-file", str(data / "pid")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     plain = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     try:
         client: MongoClient[dict[str, Any]] = MongoClient(plain, serverSelectionTimeoutMS=30_000)

@@ -77,6 +77,50 @@ def test_a_generator_is_streamed_not_materialised(mongo_uri: str, database: str)
     assert listener.at is not None and listener.at <= 2 * staging.CHUNK_CONTEXTS + 1
 
 
+class HeldFirstChunk(monitoring.CommandListener):
+    """Holds the first staged chunk's write until the records after it are being read (or 10 s)."""
+
+    def __init__(self, reading_on: threading.Event) -> None:
+        self.reading_on = reading_on
+        self.overlapped: bool | None = None
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert" and event.command.get("insert") == "staged" and self.overlapped is None:
+            self.overlapped = self.reading_on.wait(10)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_the_next_chunk_is_read_while_one_is_written(mongo_uri: str, database: str) -> None:
+    # Given a submission of two chunks whose first write waits for the second chunk's records
+    reading_on = threading.Event()
+    listener = HeldFirstChunk(reading_on)
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    store = ContextStore(mongo_uri, database, client=client)
+
+    def noted() -> Iterator[dict[str, Any]]:
+        for index, record in enumerate(records(2 * staging.CHUNK_CONTEXTS)):
+            # The first chunk is full when the record after it arrives; the one after that is the next chunk's read.
+            if index == staging.CHUNK_CONTEXTS + 1:
+                reading_on.set()
+            yield record
+
+    # When it is submitted
+    try:
+        count = store.submit_counted(noted()).count
+    finally:
+        store.close()
+    # Then the submitter read on while the server stored the first chunk
+    assert count == 2 * staging.CHUNK_CONTEXTS
+    assert listener.overlapped is True
+
+
 def test_a_submission_refused_at_its_last_record_is_never_claimable(store: ContextStore) -> None:
     # Given a submission that has streamed most of its records and waits before its last one
     staged, go_on = threading.Event(), threading.Event()
@@ -180,6 +224,20 @@ def test_a_key_already_stored_is_refused_in_a_later_chunk_naming_the_record(stor
     assert (refused.value.index, refused.value.field) == (late, "key")
     assert store.contexts.count_documents({}) == 1
     assert store.staged.count_documents({}) == 0
+
+
+def test_a_taken_key_is_reported_before_a_bad_record_read_while_its_chunk_was_written(store: ContextStore) -> None:
+    # Given a stored key, and a submission whose first chunk takes it again and whose second chunk
+    # holds a bad record (read while the first chunk is checked and written)
+    store.submit([{"payload": {}, "key": "taken"}])
+    bad = staging.CHUNK_CONTEXTS + 3
+    submission = [*records(3), {"payload": {}, "key": "taken"}, *records(bad - 4, 4), {"payload": []}]
+    # When it is submitted
+    with pytest.raises(SubmitError) as refused:
+        store.submit(submission)
+    # Then the earlier record's problem is the one reported, as when staging read and wrote by turns
+    assert (refused.value.index, refused.value.field) == (3, "key")
+    assert store.staged.count_documents({}) == 0 and store.submissions.count_documents({}) == 0
 
 
 def test_a_commit_whose_answer_was_lost_is_read_back_not_refused(mongo_uri: str, database: str) -> None:

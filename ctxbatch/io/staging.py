@@ -288,13 +288,22 @@ def _stage_behind(chunks: Iterator[Chunk], stage: Callable[[Chunk], None]) -> No
     The server stores one chunk while this process makes the next: the two take turns otherwise.
     At most two chunks are held. Whatever fails first (a record, a chunk's write) stops both, and
     no chunk is still being written when this returns or raises: what abandon() deletes is all.
+    Of two refusals, the earlier record's is raised, as when the two took turns.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="ctxbatch-stage") as writer:
         staging: Future[None] | None = None
-        for chunk in chunks:
-            if staging is not None:
-                staging.result()
-            staging = writer.submit(stage, chunk)
+        try:
+            for chunk in chunks:
+                if staging is not None:
+                    staging.result()
+                staging = writer.submit(stage, chunk)
+        except SubmitError:
+            # A record of this chunk is refused while the chunk before it is being written: that
+            # chunk's own refusal (a key already stored) names an earlier record.
+            earlier = staging.exception() if staging is not None else None
+            if isinstance(earlier, SubmitError):
+                raise earlier from None
+            raise
         if staging is not None:
             staging.result()
 
