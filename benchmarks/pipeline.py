@@ -18,7 +18,6 @@ Besides wall time, the server's CPU seconds per context (utime + stime of its pr
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import arguments, server  # benchmarks/ is on sys.path when run as a script
+from _common import arguments, cpu_seconds, server  # benchmarks/ is on sys.path when run as a script
 from distributed import Client, LocalCluster
 from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
 
@@ -149,14 +148,6 @@ def naive(uri: str, database: str) -> dict[str, float]:
 
 def completed(uri: str, database: str) -> int:
     return MongoClient(uri)[database]["contexts"].count_documents({"status": {"$eq": "completed"}})
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """The server process's user + system CPU seconds so far (0 when it is not ours to read)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(uri: str, count: int, repeat: int, workdir: Path, naive_too: bool) -> dict[str, list[dict[str, float]]]:
