@@ -130,8 +130,9 @@ def test_readme_capture_command_draws_the_page(run: Run, tmp_path: Path) -> None
     png = tmp_path / "page.png"
     subprocess.run([sys.executable, "-m", "tests.browser", run.page, str(png)], cwd=ROOT, check=True, timeout=120)
     colours = painted(png.read_bytes())
-    # The throughput line and the batch sizes (blue), the batches in flight (red): painted, not blank
-    assert colours["blue"] > 100 and colours["red"] > 20, colours
+    # The throughput line and the batch sizes (blue), the batches in flight (red): painted, not blank. The page
+    # can be caught at its first refresh, when the in-flight plot holds one sample: a 5-px dot, about 18 pixels
+    assert colours["blue"] > 100 and colours["red"] >= 10, colours
 
 
 def test_a_refresh_that_ends_after_its_tab_left_changes_nothing() -> None:
