@@ -30,7 +30,7 @@ from ctxbatch.config import DEFAULT_QUEUE, LEASE_SECONDS
 from ctxbatch.io.claims import Claim, WriteReport
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines, deadline_ms
-from ctxbatch.io.schema import Status, claimable_now, epoch_ms, eq, held_by, held_of, in_one_reply, utcnow
+from ctxbatch.io.schema import Status, claimable_now, epoch_ms, eq, held_by, held_of, in_one_reply, of_status, utcnow
 from ctxbatch.io.tenants import EQUAL_SHARES, SharedClaims, TenantShares
 from ctxbatch.io.usage import summed, usage_by_batch
 from ctxbatch.io.views import Views
@@ -85,10 +85,9 @@ class Queue:
                     break
                 asked += [d["_id"] for d in found]
                 # The status condition makes this the one conditional update: a context another
-                # loop took between the find and here is simply not matched. `$in`, not `$eq`: with
-                # `$eq` nx-27017 walks the status index over every pending context instead of the ids.
+                # loop took between the find and here is simply not matched.
                 won = self.connection.contexts.update_many(
-                    {"_id": {"$in": [d["_id"] for d in found]}, "status": {"$in": [Status.PENDING.value]}},
+                    of_status([d["_id"] for d in found], Status.PENDING),
                     {
                         "$set": {"status": Status.PROCESSING.value, "lease": lease},
                         "$inc": {"attempts": 1},
@@ -167,13 +166,13 @@ class Queue:
             for cid, result in (results or {}).items()
         ]
         if errors:
-            ops += self._failure_ops(errors, retry_at, fence, deferred)
+            ops += self._failure_ops(errors, retry_at, claim.token, deferred)
         released = list(release)
         if released:
             # Back to `pending` as if never claimed; the lease stays, as on every settled context.
             ops.append(
                 UpdateMany(
-                    {"_id": {"$in": released}, **fence},
+                    held_of(claim.token, released),
                     {"$set": {"status": Status.PENDING.value}, "$inc": {"attempts": -1}},
                 )
             )
@@ -213,13 +212,14 @@ class Queue:
         self,
         errors: Mapping[str, Mapping[str, Any]],
         retry_at: RetryAt,
-        fence: dict[str, Any],
+        token: str,
         deferred: Set[str],
     ) -> list[ReplaceOne[dict[str, Any]]]:
         # Whole-document replaces, fenced like the rest: the only way to store a future
         # `next_attempt_at` as a date on nx-27017 (see the module's note).
         now = utcnow()
-        held = self.connection.contexts.find({"_id": {"$in": list(errors)}, **fence})
+        held = self.connection.contexts.find(held_of(token, list(errors)))
+        fence = held_by(token)
         ops = []
         for doc in held:
             cid = doc.pop("_id")
