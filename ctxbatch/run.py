@@ -10,6 +10,7 @@ notebook's progress; then the user's own).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,14 +20,14 @@ from typing import Any
 
 from distributed import Client
 
-from ctxbatch.config import DaskSettings, Settings, load_config
+from ctxbatch.config import Settings, load_config
 from ctxbatch.io import ContextStore, connect
 from ctxbatch.io.outage import known_drained
+from ctxbatch.monitoring.cluster_page import dashboard_page
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import DecisionLog
 from ctxbatch.monitoring.metrics import LoopMonitor
-from ctxbatch.pipeline import worker
-from ctxbatch.pipeline.cluster import ShowPage, dask_client
+from ctxbatch.pipeline.cluster import ClusterStart, dask_client
 from ctxbatch.pipeline.engine import Engine, configured, fingerprint, resolve_engine
 from ctxbatch.pipeline.events import Subscriber
 from ctxbatch.pipeline.fate import RetryPolicy
@@ -45,8 +46,10 @@ log = logging.getLogger("ctxbatch.pipeline")
 class Pipeline:
     """Claims contexts in batches and processes them on Dask; `run()` until stopped or empty.
 
-    `subscribers` listen to the run's events (`ctxbatch.Subscriber`): objects, or "module:callable"
-    naming a class or factory of one.
+    `client`: a Dask client to run on (left open), or a `ClusterStart` begun earlier (closed when the
+    run ends); by default the `dask:` settings say which cluster to join or start. `subscribers` listen
+    to the run's events (`ctxbatch.Subscriber`): objects, or "module:callable" naming a class or
+    factory of one.
     """
 
     def __init__(
@@ -54,7 +57,7 @@ class Pipeline:
         engine: str | Callable[..., Any] | Engine,
         config: str | os.PathLike[str] | dict[str, Any] | Settings | None = None,
         store: ContextStore | None = None,
-        client: Client | None = None,
+        client: Client | ClusterStart | None = None,
         *,
         sizer: Any = None,
         announce: Callable[[str], None] | None = None,
@@ -114,14 +117,19 @@ class Pipeline:
             log.info("run finished: %s", self.report.summary_line())
             return self.report
         dask = self.settings.dask
-        self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
-        remember = self._remember_sizing()
-        with (
-            self.monitor.serving(),  # a metrics port that is taken fails the run here, before the cluster
-            stop_on_signals(loop.stop, lambda: loop.stopping, self._announce),
-            dask_client(dask, self.store, self.client, self._announce, _dashboard_page(dask)) as (client, cluster),
-        ):
-            worker.install(client)
+        owned = not isinstance(self.client, Client)
+        given = self.client
+        if given is None and not dask.scheduler_address:
+            # Its own LocalCluster starts now, in a thread, while the run prepares (cluster.py).
+            given = ClusterStart(dask, lambda: dashboard_page(dask))
+        with contextlib.ExitStack() as started:
+            if isinstance(given, ClusterStart):
+                started.callback(given.close)  # also when the run fails before it waits for the cluster
+            self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
+            remember = self._remember_sizing()
+            started.enter_context(self.monitor.serving())  # a metrics port that is taken fails the run here
+            started.enter_context(stop_on_signals(loop.stop, lambda: loop.stopping, self._announce))
+            client, cluster = started.enter_context(dask_client(dask, self.store, given, self._announce))
             subscribers = [
                 RunCounters(self.report),
                 self.monitor,
@@ -133,7 +141,7 @@ class Pipeline:
             ]
             link = client.dashboard_link if dask.dashboard_address else None
             self.report.page_link = page_link(client) if link else None
-            if self.report.page_link and self.client is None:  # beside the Dask link dask_client announced
+            if self.report.page_link and owned:  # beside the Dask link dask_client announced
                 self._announce(f"ctxbatch: {self.report.page_link}")
             loop.run(client, self.report, subscribers, until_empty, max_contexts, link)
         log.info("run finished: %s", self.report.summary_line())
@@ -143,7 +151,8 @@ class Pipeline:
         """The subscriber that starts the sizer from its history and keeps what it learns, if it should."""
         if not (self.settings.worker.sizing_history and self.sizer.remembers):
             return []
-        key = history_key(self.engine.name, self.job.engine_key, self.settings, self.client)
+        client = self.client if isinstance(self.client, Client) else None
+        key = history_key(self.engine.name, self.job.engine_key, self.settings, client)
         return [RememberSizing(self.sizer, self.store, key)]
 
 
@@ -163,14 +172,3 @@ def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> Pa
         engine_key=fingerprint(engine),
         outage_seconds=settings.mongo.outage_seconds,
     )
-
-
-def _dashboard_page(dask: DaskSettings) -> ShowPage | None:
-    """The ctxbatch page for a LocalCluster the run starts with a dashboard; None otherwise."""
-    if dask.dashboard_address is None or dask.scheduler_address:
-        return None
-    # Imported only here, before the cluster is made: importing it adds the page to the dashboard
-    # of every scheduler this process makes afterwards (monitoring/dask_pages.py).
-    from ctxbatch.monitoring.dashboard import show_page
-
-    return show_page

@@ -50,7 +50,7 @@ def dashboard_base(link: str) -> str:
 def test_a_run_that_starts_its_cluster_serves_and_announces_the_page(store: ContextStore) -> None:
     said: list[str] = []
     settings = load_config({"dask": {"n_workers": 1, "processes": False}})
-    with dask_client(settings.dask, store, None, said.append, show_page) as (client, _cluster):
+    with dask_client(settings.dask, store, None, said.append, lambda: show_page) as (client, _cluster):
         base = dashboard_base(client.dashboard_link)
         page = httpx.get(f"{base}/ctxbatch", timeout=30)
         plots = httpx.get(f"{base}/individual-plots.json", timeout=30).json()

@@ -308,15 +308,22 @@ def _run_pipeline(
         # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
         say(RunReport(stopped_by="empty").summary_line())
         return
-    from ctxbatch.pipeline.progress import Progress
-    from ctxbatch.run import Pipeline
+    from ctxbatch.monitoring.cluster_page import dashboard_page
+    from ctxbatch.pipeline.cluster import ClusterStart
 
-    # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
-    logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
+    dask = settings.dask
+    # A cluster of its own starts before the rest of the pipeline is imported: its workers boot meanwhile.
+    starting = None if dask.scheduler_address else ClusterStart(dask, lambda: dashboard_page(dask))
+    with starting or contextlib.nullcontext():
+        from ctxbatch.pipeline.progress import Progress
+        from ctxbatch.run import Pipeline
 
-    progress = Progress(state.store, sys.stderr)
-    loop = Pipeline(engine, settings, state.store, announce=progress.say, subscribers=[progress])
-    report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
+        # The loop's warnings (alerts, retries after an outage) as plain lines on stderr.
+        logging.basicConfig(format="ctxbatch: %(message)s", level=logging.WARNING)
+
+        progress = Progress(state.store, sys.stderr)
+        loop = Pipeline(engine, settings, state.store, starting, announce=progress.say, subscribers=[progress])
+        report = loop.run(until_empty=until_empty, max_contexts=max_contexts)
     say(report.summary_line())
 
 
