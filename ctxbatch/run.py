@@ -23,7 +23,7 @@ from distributed import Client
 from ctxbatch.config import Settings, load_config
 from ctxbatch.io import ContextStore, connect
 from ctxbatch.io.outage import known_drained
-from ctxbatch.monitoring.cluster_page import dashboard_page
+from ctxbatch.monitoring.cluster_page import own_cluster
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import DecisionLog
 from ctxbatch.monitoring.metrics import LoopMonitor
@@ -118,10 +118,8 @@ class Pipeline:
             return self.report
         dask = self.settings.dask
         owned = not isinstance(self.client, Client)
-        given = self.client
-        if given is None and not dask.scheduler_address:
-            # Its own LocalCluster starts now, in a thread, while the run prepares (cluster.py).
-            given = ClusterStart(dask, lambda: dashboard_page(dask))
+        # Its own LocalCluster starts now, in a thread, while the run prepares (pipeline/cluster.py).
+        given = self.client if self.client is not None else own_cluster(dask)
         with contextlib.ExitStack() as started:
             if isinstance(given, ClusterStart):
                 started.callback(given.close)  # also when the run fails before it waits for the cluster

@@ -308,12 +308,10 @@ def _run_pipeline(
         # Before importing the pipeline (Dask, distributed, bokeh): an empty run costs a connection.
         say(RunReport(stopped_by="empty").summary_line())
         return
-    from ctxbatch.monitoring.cluster_page import dashboard_page
-    from ctxbatch.pipeline.cluster import ClusterStart
+    from ctxbatch.monitoring.cluster_page import own_cluster
 
-    dask = settings.dask
     # A cluster of its own starts before the rest of the pipeline is imported: its workers boot meanwhile.
-    starting = None if dask.scheduler_address else ClusterStart(dask, lambda: dashboard_page(dask))
+    starting = own_cluster(settings.dask)
     with starting or contextlib.nullcontext():
         from ctxbatch.pipeline.progress import Progress
         from ctxbatch.run import Pipeline
