@@ -179,6 +179,22 @@ SMALL_RUN: dict[str, Any] = {
 }
 
 
+# A run whose dynamic sizer searches from 10 to 200, one batch at a time, no waiting to fill, no retries.
+DYNAMIC_RUN: dict[str, Any] = {
+    "worker": {
+        "dynamic_batch_sizing": True,
+        "batch_size": 10,
+        "min_batch_size": 10,
+        "max_batch_size": 200,
+        "max_parallel_batches": 1,
+        "batch_timeout_seconds": 0,
+        "lease_seconds": 30,
+        "retry": {"context_retries": 0},
+    },
+    "dask": {"dashboard_address": None},
+}
+
+
 def small_run(**worker: Any) -> dict[str, Any]:
     """SMALL_RUN's settings with these `worker` keys changed (`retry` is merged key by key)."""
     settings = copy.deepcopy(SMALL_RUN)

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from conftest import Commands, Invoke
+from conftest import DYNAMIC_RUN, Commands, Invoke
 from distributed import Client
 
 from ctxbatch import ContextStore, Pipeline
@@ -25,20 +25,7 @@ ENGINE = "tests.engines:nap"  # sleeps payload["sleep"] seconds: its speed is th
 CONTEXTS = 400
 TARGET_SECONDS = 0.5
 
-DYNAMIC: dict[str, Any] = {
-    "worker": {
-        "dynamic_batch_sizing": True,
-        "batch_size": 10,
-        "min_batch_size": 10,
-        "max_batch_size": 200,
-        "max_parallel_batches": 1,
-        "batch_timeout_seconds": 0,
-        "lease_seconds": 30,
-        "target_batch_seconds": TARGET_SECONDS,
-        "retry": {"context_retries": 0},
-    },
-    "dask": {"dashboard_address": None},
-}
+DYNAMIC: dict[str, Any] = {**DYNAMIC_RUN, "worker": {**DYNAMIC_RUN["worker"], "target_batch_seconds": TARGET_SECONDS}}
 
 
 def dynamic(**worker: Any) -> dict[str, Any]:

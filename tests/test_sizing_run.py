@@ -7,26 +7,13 @@ size it claims follows what the sizer learned (issue 4).
 
 from __future__ import annotations
 
+from conftest import DYNAMIC_RUN
 from distributed import Client
 
 from ctxbatch import ContextStore, Pipeline
 
 CLUSTER = {"threads_per_worker": 2}
 CONTEXTS = 400
-
-DYNAMIC = {
-    "worker": {
-        "dynamic_batch_sizing": True,
-        "batch_size": 10,
-        "min_batch_size": 10,
-        "max_batch_size": 200,
-        "max_parallel_batches": 1,
-        "batch_timeout_seconds": 0,
-        "lease_seconds": 30,
-        "retry": {"context_retries": 0},
-    },
-    "dask": {"dashboard_address": None},
-}
 
 
 def test_a_dynamic_run_changes_its_batch_size_and_records_why(store: ContextStore, client: Client) -> None:
@@ -35,7 +22,7 @@ def test_a_dynamic_run_changes_its_batch_size_and_records_why(store: ContextStor
     store.submit([{"payload": {"i": i}} for i in range(CONTEXTS)])
 
     # When a run with dynamic sizing starting at 10 drains the queue
-    report = Pipeline("tests.engines:echo", DYNAMIC, store, client).run(until_empty=True)
+    report = Pipeline("tests.engines:echo", DYNAMIC_RUN, store, client).run(until_empty=True)
 
     # Then it claimed batches of more than one size, and each decision says why
     assert report.completed == CONTEXTS
