@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -175,10 +176,15 @@ def test_two_starts_at_once_make_one_server(home: Path) -> None:
     assert servers_for(home) == [record(home)["pid"]]
 
 
-def written_bytes(pid: int) -> int:
-    """What a process has written so far (/proc/<pid>/io's wchar): each page SQLite commits is in it."""
+def io_bytes(pid: int, field: str) -> int:
+    """What a process has written (`wchar`: each page SQLite commits) or read (`rchar`: each page it
+    had no room for in its cache, read again from the OS) so far, from /proc/<pid>/io."""
     fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["wchar"])
+    return int(fields[field])
+
+
+def written_bytes(pid: int) -> int:
+    return io_bytes(pid, "wchar")
 
 
 def test_an_insert_command_is_committed_once_and_a_duplicate_in_it_fails_alone(home: Path) -> None:
@@ -227,4 +233,28 @@ def test_an_update_command_is_committed_once_whether_one_update_or_many(home: Pa
     assert (claimed, settled) == (2_000, 2_000)
     assert contexts.count_documents({"status": "completed"}) == 2_000
     assert claiming / 2_000 < 10_000 and settling / 2_000 < 10_000, (claiming, settling)
+    store.close()
+
+
+def test_a_database_that_outgrows_sqlites_default_cache_is_updated_from_memory(home: Path) -> None:
+    # Given the embedded server and 6,000 contexts of ~1 KB under the store's indexes (~14 MB, where
+    # SQLite's default page cache holds 2 MB), read once
+    state = embedded.start()
+    assert state.uri is not None and state.pid is not None
+    store = ContextStore(state.uri, "cached")
+    store.connection.ensure_indexes()
+    contexts = store.connection.contexts
+    ids = [f"c{i}" for i in range(6_000)]
+    text = "lorem ipsum dolor sit amet " * 36
+    contexts.insert_many([{"_id": i, "queue": "default", "status": "pending", "payload": {"text": text}} for i in ids])
+    assert len(list(contexts.find({}, {"_id": 1}))) == 6_000
+    # When one bulk write updates every one of them, in an order of their own (as a claim's priorities do)
+    random.Random(7).shuffle(ids)
+    before = io_bytes(state.pid, "rchar")
+    updates = [UpdateOne({"_id": i}, {"$set": {"status": "completed"}}) for i in ids]
+    assert contexts.bulk_write(updates, ordered=False).modified_count == 6_000
+    read = io_bytes(state.pid, "rchar") - before
+    # Then the server read little back from the OS (~1.5 KB a context here): with SQLite's default
+    # cache it read each row's and index entry's pages again, about 8 KB a context.
+    assert read / 6_000 < 4_000, read
     store.close()
