@@ -127,6 +127,10 @@ class Pipeline:
             remember = self._remember_sizing()
             started.enter_context(self.monitor.serving())  # a metrics port that is taken fails the run here
             started.enter_context(stop_on_signals(loop.stop, lambda: loop.stopping, self._announce))
+            if isinstance(given, ClusterStart) and given.shape is not None:
+                # The first batch is claimed while the cluster's workers boot; released if the run fails first.
+                started.callback(loop.give_back_ahead)
+                loop.claim_ahead(*given.shape, until_empty, max_contexts)
             client, cluster = started.enter_context(dask_client(dask, self.store, given, self._announce))
             subscribers = [
                 RunCounters(self.report),

@@ -3,6 +3,7 @@
 `ClusterStart` returns at once; the cluster's worker processes import the partition code as they
 boot (not with their first partition) and carry the worker plugin; a start that fails is raised
 where the run waits for it; and `ctxbatch run` refusing a bad engine leaves no cluster behind.
+The run claims its first batch while its cluster starts, and gives it back if the cluster fails.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ROOT, until
+from conftest import ROOT, small_run, until
 from distributed import Client, LocalCluster
 
-from ctxbatch import ContextStore
+from ctxbatch import ContextStore, Pipeline
 from ctxbatch.config import load_config
 from ctxbatch.pipeline.cluster import ClusterStart
 from ctxbatch.pipeline.worker import PLUGIN_NAME
@@ -89,3 +92,57 @@ def _running_in_session(session: int) -> list[int]:
         if state != "Z":
             running.append(pid)
     return running
+
+
+class Heard:
+    """The names of the run's events, in the order it told them."""
+
+    def __init__(self) -> None:
+        self.hooks: list[str] = []
+
+    def __getattr__(self, hook: str) -> Any:
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+        return lambda event: self.hooks.append(hook)
+
+
+def held_until_claimed(store: ContextStore, fail: bool = False) -> Callable[[], None]:
+    """A page step for ClusterStart's thread: holds the cluster's start until some of the store's contexts
+    are processing (the start fails when none are within 20 s), and then fails it if `fail`."""
+
+    def processing() -> bool:
+        return store.contexts.find_one({"status": {"$eq": "processing"}}) is not None
+
+    def page() -> None:
+        until(processing, "a context processing before the cluster started", timeout=20)
+        if fail:
+            raise RuntimeError("the cluster could not start")
+
+    return page
+
+
+def test_the_first_batch_is_claimed_while_the_cluster_starts(store: ContextStore) -> None:
+    # Given 30 contexts and a run whose cluster does not start before some are processing
+    batch = store.submit([{"payload": {"n": i}} for i in range(30)])
+    settings = load_config({**small_run(), "dask": {"n_workers": 1, "processes": False, "dashboard_address": None}})
+    heard = Heard()
+    start = ClusterStart(settings.dask, held_until_claimed(store))
+    # When it runs until the queue is empty
+    report = Pipeline("echo", settings, store, start, subscribers=[heard]).run(until_empty=True)
+    # Then its first batch was claimed before the cluster started, and told after the run's start
+    assert report.completed == 30 and store.counts(batch)["completed"] == 30
+    assert heard.hooks[0] == "on_run_started"
+    assert heard.hooks[1:3] == ["on_sizing_decision", "on_batch_claimed"]
+
+
+def test_a_batch_claimed_ahead_of_a_cluster_that_fails_is_given_back(store: ContextStore) -> None:
+    # Given 30 contexts and a run whose cluster fails once some are processing
+    batch = store.submit([{"payload": {"n": i}} for i in range(30)])
+    settings = load_config({**small_run(), "dask": {"n_workers": 1, "processes": False, "dashboard_address": None}})
+    start = ClusterStart(settings.dask, held_until_claimed(store, fail=True))
+    # When it runs
+    with pytest.raises(RuntimeError, match="could not start"):
+        Pipeline("echo", settings, store, start).run(until_empty=True)
+    # Then what it claimed is pending again, its try uncounted
+    assert store.counts(batch)["pending"] == 30
+    assert {d["attempts"] for d in store.contexts.find({}, {"attempts": 1})} == {0}

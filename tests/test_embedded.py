@@ -11,12 +11,15 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from conftest import servers_for
 from pymongo import UpdateOne
+from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from ctxbatch.cli import main
@@ -187,74 +190,75 @@ def written_bytes(pid: int) -> int:
     return io_bytes(pid, "wchar")
 
 
-def test_an_insert_command_is_committed_once_and_a_duplicate_in_it_fails_alone(home: Path) -> None:
-    # Given the embedded server and a collection with the store's indexes
+@pytest.fixture
+def indexed(home: Path) -> Iterator[tuple[int, Collection[dict[str, Any]]]]:
+    """The embedded server's pid, and a `contexts` collection of its own under the store's indexes."""
     state = embedded.start()
     assert state.uri is not None and state.pid is not None
-    store = ContextStore(state.uri, "inserts")
+    store = ContextStore(state.uri, "indexed")
     store.connection.ensure_indexes()
-    contexts = store.connection.contexts
+    yield state.pid, store.connection.contexts
+
+
+def test_an_insert_command_is_committed_once_and_a_duplicate_in_it_fails_alone(
+    indexed: tuple[int, Collection[dict[str, Any]]],
+) -> None:
+    # Given the embedded server and a collection with the store's indexes
+    pid, contexts = indexed
     contexts.insert_one({"_id": "taken"})
     documents = [{"_id": f"c{i}", "queue": "default", "status": "pending", "payload": {"n": i}} for i in range(2_000)]
     documents.insert(1_000, {"_id": "taken"})
     # When one insert command carries 2,000 documents and a duplicate among them
-    before = written_bytes(state.pid)
+    before = written_bytes(pid)
     with pytest.raises(BulkWriteError) as refused:
         contexts.insert_many(documents, ordered=False)
-    written = written_bytes(state.pid) - before
+    written = written_bytes(pid) - before
     # Then the duplicate fails alone, and the server wrote each page once for the command: committing
     # each document on its own wrote every page it touched again, about 50 KB a document here.
     errors = refused.value.details["writeErrors"]
     assert [(e["index"], e["code"]) for e in errors] == [(1_000, 11000)]
     assert contexts.count_documents({}) == 2_001
     assert written / 2_000 < 10_000
-    store.close()
 
 
-def test_an_update_command_is_committed_once_whether_one_update_or_many(home: Path) -> None:
+def test_an_update_command_is_committed_once_whether_one_update_or_many(
+    indexed: tuple[int, Collection[dict[str, Any]]],
+) -> None:
     # Given the embedded server and 2,000 contexts under the store's indexes
-    state = embedded.start()
-    assert state.uri is not None and state.pid is not None
-    store = ContextStore(state.uri, "updates")
-    store.connection.ensure_indexes()
-    contexts = store.connection.contexts
+    pid, contexts = indexed
     ids = [f"c{i}" for i in range(2_000)]
     contexts.insert_many([{"_id": i, "queue": "default", "status": "pending", "payload": {"i": i}} for i in ids])
     # When one update command claims them all, and one bulk write of an update each settles them
-    before = written_bytes(state.pid)
+    before = written_bytes(pid)
     claimed = contexts.update_many({"_id": {"$in": ids}}, {"$set": {"status": "processing"}}).modified_count
-    claiming = written_bytes(state.pid) - before
-    before = written_bytes(state.pid)
+    claiming = written_bytes(pid) - before
+    before = written_bytes(pid)
     settles = [UpdateOne({"_id": i, "status": "processing"}, {"$set": {"status": "completed"}}) for i in ids]
     settled = contexts.bulk_write(settles, ordered=False).modified_count
-    settling = written_bytes(state.pid) - before
+    settling = written_bytes(pid) - before
     # Then every document changed, and each command wrote each page once (about 50 KB a document, when
     # each was committed on its own)
     assert (claimed, settled) == (2_000, 2_000)
     assert contexts.count_documents({"status": "completed"}) == 2_000
     assert claiming / 2_000 < 10_000 and settling / 2_000 < 10_000, (claiming, settling)
-    store.close()
 
 
-def test_a_database_that_outgrows_sqlites_default_cache_is_updated_from_memory(home: Path) -> None:
+def test_a_database_that_outgrows_sqlites_default_cache_is_updated_from_memory(
+    indexed: tuple[int, Collection[dict[str, Any]]],
+) -> None:
     # Given the embedded server and 6,000 contexts of ~1 KB under the store's indexes (~14 MB, where
     # SQLite's default page cache holds 2 MB), read once
-    state = embedded.start()
-    assert state.uri is not None and state.pid is not None
-    store = ContextStore(state.uri, "cached")
-    store.connection.ensure_indexes()
-    contexts = store.connection.contexts
+    pid, contexts = indexed
     ids = [f"c{i}" for i in range(6_000)]
     text = "lorem ipsum dolor sit amet " * 36
     contexts.insert_many([{"_id": i, "queue": "default", "status": "pending", "payload": {"text": text}} for i in ids])
     assert len(list(contexts.find({}, {"_id": 1}))) == 6_000
     # When one bulk write updates every one of them, in an order of their own (as a claim's priorities do)
     random.Random(7).shuffle(ids)
-    before = io_bytes(state.pid, "rchar")
+    before = io_bytes(pid, "rchar")
     updates = [UpdateOne({"_id": i}, {"$set": {"status": "completed"}}) for i in ids]
     assert contexts.bulk_write(updates, ordered=False).modified_count == 6_000
-    read = io_bytes(state.pid, "rchar") - before
+    read = io_bytes(pid, "rchar") - before
     # Then the server read little back from the OS (~1.5 KB a context here): with SQLite's default
     # cache it read each row's and index entry's pages again, about 8 KB a context.
     assert read / 6_000 < 4_000, read
-    store.close()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import small_run, until
 from distributed import Client
-from pymongo import monitoring
+from pymongo import MongoClient, monitoring
 from pymongo.errors import AutoReconnect
 from wire import command, reply_losing_proxy
 
@@ -37,6 +37,18 @@ def expire_leases(store: ContextStore) -> None:
     store.submissions.update_many({}, {"$set": {"lease.expires_ms": epoch_ms(utcnow()) - 1}})
 
 
+def submitted_watched(
+    mongo_uri: str, database: str, listener: monitoring.CommandListener, submitted: Iterator[dict[str, Any]]
+) -> int:
+    """How many contexts a store whose client reports its commands to `listener` submitted from `submitted`."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    store = ContextStore(mongo_uri, database, client=client)
+    try:
+        return store.submit_counted(submitted).count
+    finally:
+        store.close()
+
+
 class FirstInsert(monitoring.CommandListener):
     """Notes how many records the generator had given when the first insert went out."""
 
@@ -58,20 +70,13 @@ class FirstInsert(monitoring.CommandListener):
 def test_a_generator_is_streamed_not_materialised(mongo_uri: str, database: str) -> None:
     pulled = [0]
     listener = FirstInsert(pulled)
-    from pymongo import MongoClient
-
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
-    store = ContextStore(mongo_uri, database, client=client)
 
     def counted() -> Iterator[dict[str, Any]]:
         for record in records(3 * staging.CHUNK_CONTEXTS):
             pulled[0] += 1
             yield record
 
-    try:
-        count = store.submit_counted(counted()).count
-    finally:
-        store.close()
+    count = submitted_watched(mongo_uri, database, listener, counted())
     assert count == 3 * staging.CHUNK_CONTEXTS
     # The next chunk is made while the first is written: at most two are held.
     assert listener.at is not None and listener.at <= 2 * staging.CHUNK_CONTEXTS + 1
@@ -99,10 +104,6 @@ def test_the_next_chunk_is_read_while_one_is_written(mongo_uri: str, database: s
     # Given a submission of two chunks whose first write waits for the second chunk's records
     reading_on = threading.Event()
     listener = HeldFirstChunk(reading_on)
-    from pymongo import MongoClient
-
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
-    store = ContextStore(mongo_uri, database, client=client)
 
     def noted() -> Iterator[dict[str, Any]]:
         for index, record in enumerate(records(2 * staging.CHUNK_CONTEXTS)):
@@ -112,10 +113,7 @@ def test_the_next_chunk_is_read_while_one_is_written(mongo_uri: str, database: s
             yield record
 
     # When it is submitted
-    try:
-        count = store.submit_counted(noted()).count
-    finally:
-        store.close()
+    count = submitted_watched(mongo_uri, database, listener, noted())
     # Then the submitter read on while the server stored the first chunk
     assert count == 2 * staging.CHUNK_CONTEXTS
     assert listener.overlapped is True

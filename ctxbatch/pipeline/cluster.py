@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
+from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster
 
 from ctxbatch.config import DaskSettings
@@ -66,6 +67,16 @@ class ClusterStart:
             self._started.set_result(local_cluster(self.settings))
         except BaseException as exc:  # handed to the thread that waits for the cluster
             self._started.set_exception(exc)
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """(workers, threads of each) the cluster will have, as LocalCluster decides them from these
+        settings; None when adaptive scaling may change them as soon as the run starts."""
+        if self.settings.adaptive is not None:
+            return None
+        threads = self.settings.threads_per_worker
+        workers = self.settings.n_workers or (max(1, CPU_COUNT // threads) if self.settings.processes else 1)
+        return workers, threads
 
     def started(self) -> tuple[Client, LocalCluster]:
         """The client and its cluster, once started; raises what stopped the start."""

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from distributed import Client, Future, wait
@@ -103,6 +103,8 @@ class Loop:
         self._stop_now = threading.Event()
         self._ordered = False  # this loop's aging recorded for its queues (io/ordering.py)
         self._shares = TenantShares(settings.worker.tenants.weights, settings.limits.tenant_in_flight)
+        self._ahead: _InFlight | None = None  # the first claim, made while the cluster starts (claim_ahead)
+        self._untold: list[tuple[str, object]] | None = []  # events before run() starts: told once it does
 
     def stop(self, now: bool = False) -> None:
         """Stop claiming and let batches in flight finish; with `now`, release them at once."""
@@ -115,7 +117,32 @@ class Loop:
         return self._stop.is_set()
 
     def _emit(self, hook: str, event: object) -> None:
-        emit(self.subscribers, hook, event)
+        if self._untold is not None:
+            self._untold.append((hook, event))
+        else:
+            emit(self.subscribers, hook, event)
+
+    def claim_ahead(self, workers: int, threads: int, until_empty: bool, max_contexts: int | None) -> None:
+        """Claim the first batch while the run's own cluster starts, sized for the cluster it will be
+        (`workers` of `threads` threads each); run() submits it first and tells its events after
+        RunStarted. Advisory: when the database does not answer, run() claims as it always does."""
+
+        def expected() -> Readings:
+            read = resources.read(None, self.store, 0)
+            return replace(read, workers=workers, threads=workers * threads)
+
+        try:
+            self._prepare()
+            self._ahead = self._next_claim(expected, until_empty, max_contexts)
+        except (PyMongoError, DatabaseUnavailable) as exc:
+            log.debug("no claim ahead of the cluster: %s", short_reason(exc))
+
+    def give_back_ahead(self) -> None:
+        """Release the claim made ahead of the cluster, if run() never took it (the run failed first)."""
+        if self._ahead is not None:
+            self.in_flight.append(self._ahead)
+            self._ahead = None
+            self._release_all()
 
     def run(
         self,
@@ -129,10 +156,14 @@ class Loop:
         """Process contexts on `client`'s cluster, telling `subscribers`; `report.stopped_by` says why it ended."""
         self.subscribers = list(subscribers)
         leases = LeaseKeeper(self.store, self.settings.worker)
-        self._emit(
-            "on_run_started", RunStarted(self.owner, self.job.engine.name, self.settings, dashboard_link, report)
-        )
+        started = RunStarted(self.owner, self.job.engine.name, self.settings, dashboard_link, report)
+        untold, self._untold = self._untold or [], None
+        for hook, event in [("on_run_started", started), *untold]:
+            self._emit(hook, event)
         try:
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                self._start(client, ahead)
             report.stopped_by = self._loop(client, leases, until_empty, max_contexts)
         finally:
             self._release_all()
@@ -164,13 +195,18 @@ class Loop:
                 self._stop_now.wait(min(self.job.policy.backoff(outages), leases.every, bound - lasted))
         return None  # stopped at once: what it held is released, whatever it was doing
 
-    def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
-        """One turn of the loop; why the run is over, or None while it goes on."""
-        self.store.ensure_indexes()  # once; here, so that a database away when the run starts is waited for
+    def _prepare(self) -> None:
+        """Once: the indexes, and this loop's aging for its queues. Here rather than before the loop, so
+        that a database away when the run starts is waited for."""
+        self.store.ensure_indexes()
         if not self._ordered:
             work = self.settings.worker
             self.store.order_queues(work.queues, work.priorities.order_aging_seconds)
             self._ordered = True
+
+    def _step(self, client: Client, leases: LeaseKeeper, until_empty: bool, max_contexts: int | None) -> str | None:
+        """One turn of the loop; why the run is over, or None while it goes on."""
+        self._prepare()
         self._collect(client)
         if leases.due():
             reaped = leases.upkeep(f.claim for f in self.in_flight)
@@ -202,13 +238,21 @@ class Loop:
     # -- claim and submit -----------------------------------------------------------------
 
     def _claim(self, client: Client, until_empty: bool, budget: int | None) -> bool:
+        flight = self._next_claim(lambda: resources.read(client, self.store, len(self.in_flight)), until_empty, budget)
+        if flight is None:
+            return False
+        self._start(client, flight)
+        return True
+
+    def _next_claim(self, read: Callable[[], Readings], until_empty: bool, budget: int | None) -> _InFlight | None:
+        """The next batch's claim, planned from `read()`'s readings; None when there is none to make yet."""
         worker_settings = self.settings.worker
         if self._next is None:
             # Plan once per batch started (a plan is a sizing decision), and only with work to plan for.
             if self.store.claimable(1, self.settings.worker.queues) == 0:
                 self._fill_since = None  # the wait for a full batch starts with the first context
-                return False
-            readings = resources.read(client, self.store, len(self.in_flight))
+                return None
+            readings = read()
             readings = replace(readings, window=self._window(readings.workers))
             self._say_if_capped(readings.window)
             self._next = (self.sizer.plan(readings), readings)
@@ -220,7 +264,7 @@ class Loop:
         waited = time.monotonic() - self._fill_since
         filling = not until_empty and not self._async and waited < worker_settings.batch_timeout_seconds
         if filling and self.store.claimable(size, worker_settings.queues) < size:
-            return False
+            return None
         claim = self.store.claim(
             size,
             self.owner,
@@ -230,16 +274,20 @@ class Loop:
             shares=self._shares,
         )
         if not claim.ids:
-            return False
+            return None
         self._next = None
         self._fill_since = None
         self._seq += 1
         self._claimed += len(claim)
-        flight = _InFlight(self._seq, claim, plan, readings)
+        return _InFlight(self._seq, claim, plan, readings)
+
+    def _start(self, client: Client, flight: _InFlight) -> None:
+        """A claimed batch's partitions submitted, and the claim told."""
         self._submit(client, flight)
         self.in_flight.append(flight)
-        self._emit("on_batch_claimed", BatchClaimed(flight.seq, flight.label, len(claim), claim.token, plan, readings))
-        return True
+        claim = flight.claim
+        event = BatchClaimed(flight.seq, flight.label, len(claim), claim.token, flight.plan, flight.readings)
+        self._emit("on_batch_claimed", event)
 
     # -- the async engine's window ---------------------------------------------------------
 
