@@ -125,6 +125,8 @@ class Pipeline:
                 started.callback(given.close)  # also when the run fails before it waits for the cluster
             self.monitor = LoopMonitor(self.store, self.settings, self.owner, self._announce)
             remember = self._remember_sizing()
+            for memory in remember:
+                memory.resume()  # before the first plan, which claim_ahead may make
             started.enter_context(self.monitor.serving())  # a metrics port that is taken fails the run here
             started.enter_context(stop_on_signals(loop.stop, lambda: loop.stopping, self._announce))
             if isinstance(given, ClusterStart) and given.shape is not None:
@@ -155,7 +157,7 @@ class Pipeline:
             return []
         client = self.client if isinstance(self.client, Client) else None
         key = history_key(self.engine.name, self.job.engine_key, self.settings, client)
-        return [RememberSizing(self.sizer, self.store, key)]
+        return [RememberSizing(self.sizer, self.store, key, self.owner)]
 
 
 def partition_job(engine: Engine, store: ContextStore, settings: Settings) -> PartitionJob:

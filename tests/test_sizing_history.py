@@ -16,8 +16,9 @@ from conftest import DYNAMIC_RUN, Commands, Invoke
 from distributed import Client
 
 from ctxbatch import ContextStore, Pipeline
-from ctxbatch.config import SIZING_HISTORY_DAYS
+from ctxbatch.config import SIZING_HISTORY_DAYS, load_config
 from ctxbatch.io import utcnow
+from ctxbatch.pipeline.cluster import ClusterStart
 from ctxbatch.pipeline.remember import KEEP_EVERY_SECONDS
 
 CLUSTER = {"threads_per_worker": 2}
@@ -61,6 +62,24 @@ def test_a_second_run_starts_at_the_size_the_first_ended_on(store: ContextStore,
 
     # Then its first batch is the size the first run ended on, and its decision says why
     assert report.decisions[0].size == ended
+    assert "an earlier run" in report.decisions[0].reason
+
+
+def test_a_run_that_claims_while_its_own_cluster_starts_starts_from_the_history_too(store: ContextStore) -> None:
+    # Given a first run on a cluster of its own (whose first batch is claimed while the cluster starts)
+    settings = load_config({**dynamic(), "dask": {"processes": False, "n_workers": 1, **CLUSTER}})
+    store.submit(contexts())
+    first = Pipeline(ENGINE, settings, store, ClusterStart(settings.dask))
+    first.run(until_empty=True)
+    ended = first.sizer.remember()
+    assert ended is not None and ended.size > 10
+
+    # When a second such run starts
+    store.submit(contexts())
+    report = Pipeline(ENGINE, settings, store, ClusterStart(settings.dask)).run(until_empty=True)
+
+    # Then its first batch, claimed before its cluster was up, is the size the first run ended on
+    assert report.decisions[0].size == ended.size
     assert "an earlier run" in report.decisions[0].reason
 
 

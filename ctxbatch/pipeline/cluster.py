@@ -70,13 +70,9 @@ class ClusterStart:
 
     @property
     def shape(self) -> tuple[int, int] | None:
-        """(workers, threads of each) the cluster will have, as LocalCluster decides them from these
-        settings; None when adaptive scaling may change them as soon as the run starts."""
-        if self.settings.adaptive is not None:
-            return None
-        threads = self.settings.threads_per_worker
-        workers = self.settings.n_workers or (max(1, CPU_COUNT // threads) if self.settings.processes else 1)
-        return workers, threads
+        """(workers, threads of each) the cluster will have; None when adaptive scaling may change them
+        as soon as the run starts."""
+        return None if self.settings.adaptive is not None else local_shape(self.settings)
 
     def started(self) -> tuple[Client, LocalCluster]:
         """The client and its cluster, once started; raises what stopped the start."""
@@ -98,6 +94,12 @@ class ClusterStart:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def local_shape(settings: DaskSettings) -> tuple[int, int]:
+    """(workers, threads of each) of the LocalCluster these settings make, as LocalCluster decides them."""
+    threads = settings.threads_per_worker
+    return settings.n_workers or (max(1, CPU_COUNT // threads) if settings.processes else 1), threads
 
 
 def local_cluster(settings: DaskSettings) -> tuple[Client, LocalCluster]:

@@ -1,6 +1,6 @@
 """A sizer that remembers (issue 22): what the dynamic sizer learned, kept per engine, queues and setup.
 
-When a run starts, its sizer takes up what the last run under the same key kept (`Sizer.resume`,
+Before a run's first plan, its sizer takes up what the last run under the same key kept (`Sizer.resume`,
 io/sizing_history.py), unless that is older than `SIZING_HISTORY_DAYS`: a new run starts at the
 last good size instead of searching up from `worker.batch_size`. As the sizer learns, what a run
 should start from is kept again: after the first batch, then at most every `KEEP_EVERY_SECONDS`,
@@ -25,16 +25,18 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
+from pymongo.errors import PyMongoError
 
 from ctxbatch.config import DaskSettings, Settings
 from ctxbatch.io import ContextStore
-from ctxbatch.pipeline.events import BatchFinished, RunFinished, RunStarted, Subscriber
+from ctxbatch.io.outage import short_reason
+from ctxbatch.pipeline.cluster import local_shape
+from ctxbatch.pipeline.events import BatchFinished, RunFinished, Subscriber
 from ctxbatch.sizing import Sizer
 from ctxbatch.sizing.memory import Memory
 
@@ -87,26 +89,32 @@ def cluster_shape(dask: DaskSettings, client: Client | None) -> str:
         return f"{sum(client.nthreads().values())} threads"
     if dask.scheduler_address:
         return f"scheduler {dask.scheduler_address}"
-    workers = dask.n_workers or os.cpu_count() or 1  # LocalCluster's own default: a worker per core
+    workers, _ = local_shape(dask)
     kind = "processes" if dask.processes else "threads"
     scaling = f", adaptive {dask.adaptive.minimum}..{dask.adaptive.maximum}" if dask.adaptive else ""
     return f"{workers} {kind} x {dask.threads_per_worker} threads{scaling}"
 
 
 class RememberSizing(Subscriber):
-    """Starts the run's sizer from its key's history and keeps what it learns (a built-in subscriber)."""
+    """Starts the run's sizer from its key's history (`resume`, before the run's first plan) and keeps
+    what it learns (a built-in subscriber)."""
 
-    def __init__(self, sizer: Sizer, store: ContextStore, key: HistoryKey) -> None:
+    def __init__(self, sizer: Sizer, store: ContextStore, key: HistoryKey, owner: str) -> None:
         self.sizer = sizer
         self.store = store
         self.key = key
-        self.owner = ""
+        self.owner = owner
         self._kept: Memory | None = None
         self._kept_at = -math.inf
 
-    def on_run_started(self, event: RunStarted) -> None:
-        self.owner = event.owner
-        found = self.store.recall_sizing(self.key.id)
+    def resume(self) -> None:
+        """Start the sizer from what the last run under this key kept, if anything. Before the run's first
+        plan, which may come before the run starts (a claim made while the cluster starts)."""
+        try:
+            found = self.store.recall_sizing(self.key.id)
+        except PyMongoError as exc:  # advisory, as any subscriber: the sizer starts afresh
+            log.warning("sizing: no history read (%s); starting from the configured size", short_reason(exc))
+            return
         memory = Memory.from_document(found) if found else None
         if memory is not None and self.sizer.resume(memory):
             self._kept = memory
