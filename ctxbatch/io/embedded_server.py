@@ -92,9 +92,9 @@ def with_page_cache(configure: Callable[[Any], None]) -> Callable[[Any], None]:
     """neosqlite's set-up of a database's SQLite connection, then a page cache of PAGE_CACHE_KIB.
 
     SQLite's default is 2 MiB, a few thousand contexts' pages: past that, each update of a claim or
-    a settle (whose contexts are spread over the table in priority order) reads the pages of the row
-    and of every index entry it moves back from the OS. The cache is per database, and grows only
-    as far as the database is used.
+    a settle (whose contexts are spread over the table in priority order) reads back from the OS the
+    pages of its row and of its entry in every index (SQLite rewrites them all: each is on `data`).
+    The cache is per database, and grows only as far as the database is used.
     """
 
     @functools.wraps(configure)
