@@ -25,7 +25,7 @@ from ctxbatch.monitoring.dashboard import DashboardSource, show_page
 from ctxbatch.monitoring.dask_pages import page_link
 from ctxbatch.monitoring.decisions import recent_decisions
 from ctxbatch.monitoring.snapshot import batches_in_flight, firing_alerts
-from ctxbatch.pipeline.cluster import dask_client
+from ctxbatch.pipeline.cluster import ClusterStart, dask_client
 
 ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 60
@@ -50,7 +50,8 @@ def dashboard_base(link: str) -> str:
 def test_a_run_that_starts_its_cluster_serves_and_announces_the_page(store: ContextStore) -> None:
     said: list[str] = []
     settings = load_config({"dask": {"n_workers": 1, "processes": False}})
-    with dask_client(settings.dask, store, None, said.append, lambda: show_page) as (client, _cluster):
+    start = ClusterStart(settings.dask, lambda: show_page)
+    with dask_client(settings.dask, store, start, said.append) as (client, _cluster):
         base = dashboard_base(client.dashboard_link)
         page = httpx.get(f"{base}/ctxbatch", timeout=30)
         plots = httpx.get(f"{base}/individual-plots.json", timeout=30).json()

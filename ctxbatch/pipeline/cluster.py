@@ -129,12 +129,12 @@ def dask_client(
     store: ContextStore,
     given: Client | ClusterStart | None = None,
     announce: Callable[[str], None] | None = None,
-    page: Callable[[], ShowPage | None] | None = None,
 ) -> Iterator[tuple[Client, LocalCluster | None]]:
     """A client for the run's lifetime, its workers ready to run partitions.
 
     `given`: a client (left open), or a cluster being started. Otherwise a client of
-    `settings.scheduler_address`, or a LocalCluster started here (with `page`, see ClusterStart).
+    `settings.scheduler_address`, or a LocalCluster started here (without the ctxbatch page: a
+    ClusterStart given with its `page` has it).
     What is started, here or given so, is closed when the run ends. An existing scheduler shows the
     ctxbatch page if it was started with the preload (see monitoring/dashboard.py).
     """
@@ -149,7 +149,7 @@ def dask_client(
             client = started.enter_context(Client(settings.scheduler_address, timeout=CONNECT_TIMEOUT))
             install(client)
         else:
-            starting = started.enter_context(given or ClusterStart(settings, page))
+            starting = started.enter_context(given or ClusterStart(settings))
             client, cluster = starting.started()
             if starting.show_page is not None and settings.dashboard_address is not None:
                 starting.show_page(client, store)
