@@ -223,8 +223,9 @@ async def async_call_service(payload: dict[str, Any]) -> Any:
 
 
 async def async_call_service_signed(payload: dict[str, Any]) -> Any:
-    """async_call_service, the payload signed with the calling process's id (the loop, in a thread cluster)."""
-    return await async_call_service({**payload, "pid": os.getpid()})
+    """async_call_service, the payload signed with the calling process's id (the loop, in a thread cluster)
+    and the call's start on the machine's monotonic clock (shared by its processes)."""
+    return await async_call_service({**payload, "pid": os.getpid(), "started": time.monotonic()})
 
 
 @batch_engine

@@ -8,6 +8,7 @@ the service stops), or report a `usage` of tokens. It counts the calls it holds 
 
 from __future__ import annotations
 
+import bisect
 import json
 import sys
 import threading
@@ -37,6 +38,9 @@ class Script:
     calls: Counter[int] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every call
     callers: list[tuple[float, int]] = field(default_factory=list)  # (arrival, payload's "pid") when it has one
+    # The caller's time.monotonic() as its call started (payload's "started", when it has one): a
+    # limit bounds when calls start; their arrivals also carry the callers' scheduling under load.
+    starts: list[float] = field(default_factory=list)
     turned_away: list[float] = field(default_factory=list)  # arrivals answered 429 on turn_away_next
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +52,8 @@ class Script:
             self.arrivals.append(now)
             if "pid" in payload:
                 self.callers.append((now, int(str(payload["pid"]))))
+            if "started" in payload:
+                self.starts.append(float(str(payload["started"])))
             seen = self.calls[key]
             if self.turn_away_next.is_set():
                 self.turn_away_next.clear()
@@ -122,3 +128,14 @@ def serve(script: Script) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def most_in_window(times: list[float], window: float, weights: list[float] | None = None) -> float:
+    """The most calls (or summed weights) at `times` in any span [t, t + window)."""
+    order = sorted(range(len(times)), key=times.__getitem__)
+    ts = [times[i] for i in order]
+    ws = [1.0 if weights is None else weights[i] for i in order]
+    sums = [0.0]
+    for w in ws:
+        sums.append(sums[-1] + w)
+    return max(sums[bisect.bisect_left(ts, t + window)] - sums[i] for i, t in enumerate(ts))

@@ -4,7 +4,6 @@ retries; `worker.context_timeout_seconds` bounds a call."""
 from __future__ import annotations
 
 import asyncio
-import bisect
 import gc
 import logging
 import pickle
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import small_run
 from distributed import Client
-from service_app import Script, serve
+from service_app import Script, most_in_window, serve
 
 from ctxbatch import ConfigError, ContextStore, Pipeline, load_config
 from ctxbatch.engines.http import HttpEngine
@@ -184,12 +183,6 @@ def test_the_http_engine_refuses_a_header_naming_a_missing_variable(store: Conte
     # Then the loop refuses to start, naming the header and the variable
     with pytest.raises(ConfigError, match=r"http.headers.Authorization: .*CTXBATCH_NOT_SET_ANYWHERE"):
         Pipeline("http", settings, store)
-
-
-def most_in_window(arrivals: list[float], window: float) -> int:
-    """The most calls the service saw in any window [t, t + window)."""
-    times = sorted(arrivals)
-    return max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times))
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,11 @@ from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from ctxbatch import Pipeline
-from ctxbatch.config import RetrySettings
+from ctxbatch.config import LimitsSettings, RetrySettings
 from ctxbatch.errors import DatabaseUnavailable
 from ctxbatch.io import ContextStore, connect, embedded
+from ctxbatch.io.outage import ride_out
+from ctxbatch.pipeline.budget import POLL_SECONDS, SharedLimit
 from ctxbatch.pipeline.engine import resolve_engine
 from ctxbatch.pipeline.fate import RetryPolicy
 from ctxbatch.pipeline.partition import Loaded, PartitionJob, process_with
@@ -147,7 +149,7 @@ def test_results_computed_during_an_outage_are_written_after_it_without_a_second
     home: Path, client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a loop whose engine calls are under way, each waiting for a file, on a database its
-    # clients give up on after 0.3 s (so that its absence fails the partition's write, not waits)
+    # clients wait 0.3 s for (so that its absence fails each try of the partition's write at once)
     state = embedded.start()
     assert state.uri is not None
     store = ContextStore(state.uri + "&serverSelectionTimeoutMS=300", "kept")
@@ -205,6 +207,76 @@ def test_a_partition_gives_up_its_write_once_the_outage_outlasts_mongo_outage_se
     # before results were kept (its batch is stopped and run again by the loop)
     with pytest.raises(ConnectionFailure):
         process_with(store, lambda engine: engine, loaded, claim, job)
+    store.close()
+
+
+def test_a_try_on_a_database_its_client_knows_is_away_is_told_within_its_selection_timeout(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a client that already found its server gone (SIGKILLed): pymongo would wait for a server
+    # the whole of a pymongo.timeout(), so a write ridden out for 60 s would say nothing for 60 s
+    state = embedded.start()
+    assert state.uri is not None
+    store = ContextStore(state.uri + "&serverSelectionTimeoutMS=300", "told")
+    store.ping()
+    kill_server(home)
+    with pytest.raises(ConnectionFailure):
+        store.ping()
+    caplog.set_level(logging.INFO, "ctxbatch.io.outage")
+    written: list[object] = []
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            written.append(ride_out(store, lambda: store.contexts.insert_one({"_id": "late"}), 60, "writing 1 outcome"))
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    # When its write is ridden out, then each try is told once the client's own selection timeout passes
+    until(
+        lambda: any("writing 1 outcome: the database did not answer" in r.getMessage() for r in caplog.records),
+        "a try told",
+        timeout=10,
+    )
+    # and once the server is back, the write is done and said to be
+    embedded.start()
+    writer.join(60)
+    assert not writer.is_alive() and not failure and written, failure
+    assert store.contexts.find_one({"_id": "late"}) is not None
+    assert any("done once the database was back" in r.getMessage() for r in caplog.records)
+    store.close()
+
+
+def test_a_workers_calls_go_on_under_the_pause_it_knows_while_the_database_is_away(home: Path) -> None:
+    # Given a worker's view of the limits, its pause read while the database was there
+    state = embedded.start()
+    assert state.uri is not None
+    store = ContextStore(state.uri + "&serverSelectionTimeoutMS=300", "limited")
+    limit = SharedLimit(store.limits, LimitsSettings())
+    limit.acquire(limit.cost(None))
+    # When the server is SIGKILLed while a row engine's calls go on, one every 20 ms
+    kill_server(home)
+    started: list[float] = []
+    stop = threading.Event()
+
+    def calls() -> None:
+        while not stop.is_set():
+            limit.acquire(limit.cost(None))
+            started.append(time.monotonic())
+            stop.wait(0.02)
+
+    caller = threading.Thread(target=calls)
+    caller.start()
+    try:
+        # Then they go on across many times the oldest view a call may start on: none waits for a
+        # read of the pause that waits for the server (before, the first call past it waited for good)
+        until(lambda: started and started[-1] - started[0] > 10 * POLL_SECONDS, "calls to go on in the outage")
+    finally:
+        stop.set()
+        caller.join(30)
+    assert not caller.is_alive()
     store.close()
 
 

@@ -7,7 +7,6 @@ under one `requests_per_minute`, a Retry-After that silences every loop, tokens 
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import Commands, small_run, until
 from distributed import Client
-from service_app import Script, serve
+from service_app import Script, most_in_window, serve
 
 from ctxbatch import ConfigError, ContextStore, Pipeline, estimate_tokens, load_config
 from ctxbatch.config import LimitsSettings
@@ -32,17 +31,6 @@ from ctxbatch.pipeline.tokens import used_tokens
 CLUSTER = {"n_workers": 2}
 # How far ahead of the rate any span of calls may run: the database's burst and a slice's life.
 AHEAD_SECONDS = BURST_SECONDS + SLICE_LIFE
-
-
-def most_in_window(times: list[float], window: float, weights: list[float] | None = None) -> float:
-    """The most calls (or summed weights) that arrived in any span [t, t + window)."""
-    order = sorted(range(len(times)), key=times.__getitem__)
-    ts = [times[i] for i in order]
-    ws = [1.0 if weights is None else weights[i] for i in order]
-    sums = [0.0]
-    for w in ws:
-        sums.append(sums[-1] + w)
-    return max(sums[bisect.bisect_left(ts, t + window)] - sums[i] for i, t in enumerate(ts))
 
 
 # -- the arithmetic -----------------------------------------------------------------------
@@ -249,9 +237,10 @@ def test_two_loops_under_one_requests_per_minute_stay_within_it_together(
     assert len({pid for _, pid in script.callers}) == 2
     assert 0 < report.completed < contexts
     assert store.status_counts().get("completed") == contexts
-    # And in no span did the service see more than the rate and a second's worth
+    # And in no span did more calls start than the rate and a second's worth
+    assert len(script.starts) == len(script.arrivals)
     for window in (1, 2, 5, 10):
-        assert most_in_window(script.arrivals, window) <= rate * (window + AHEAD_SECONDS) + 1, window
+        assert most_in_window(script.starts, window) <= rate * (window + AHEAD_SECONDS) + 1, window
     # And together they used the budget: over the whole run at least 80% of the rate
     span = max(script.arrivals) - min(script.arrivals)
     assert contexts / (span + AHEAD_SECONDS) >= 0.8 * rate

@@ -52,23 +52,32 @@ def known_drained(store: ContextStore, queues: Sequence[str] | None = None) -> b
         return False
 
 
-def ride_out(operation: Callable[[], T], seconds: float, what: str) -> T:
-    """`operation()`, tried again while the database is away, for at most `seconds` in all; then its error.
+def ride_out(store: ContextStore, operation: Callable[[], T], seconds: float, what: str) -> T:
+    """`operation()` on `store`, tried again while the database is away, for at most `seconds` in all; then its error.
 
     Each try runs under what is left of the bound (`pymongo.timeout`), so a try that waits for a
-    server never outlasts it. The operation must be safe to repeat: a try cut off may have been
-    applied (a fenced write is: what it already wrote no longer matches its fence).
+    server never outlasts it. Inside that bound pymongo would wait for a server the whole of it, in
+    silence, once it knows the server is gone: so each try first pings under the client's own
+    serverSelectionTimeoutMS (`ContextStore.ping`), and an outage is told at every try.
+    The operation must be safe to repeat: a try cut off may have been applied (a fenced write is:
+    what it already wrote no longer matches its fence).
     """
     began = time.monotonic()
     pause = FIRST_PAUSE
+    told = False
     while True:
         with pymongo.timeout(max(seconds - (time.monotonic() - began), FIRST_PAUSE)):
             try:
-                return operation()
+                store.ping()
+                done = operation()
+                if told:
+                    log.info("%s: done once the database was back, after %.1f s", what, time.monotonic() - began)
+                return done
             except AWAY as exc:
                 left = seconds - (time.monotonic() - began)
                 if left <= 0:
                     raise
                 log.info("%s: the database did not answer (%s); trying again", what, short_reason(exc))
+                told = True
         time.sleep(min(pause, max(left, 0.0)))
         pause = min(pause * 2, LONGEST_PAUSE)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pymongo
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -167,10 +168,12 @@ class ContextStore:
         self.connection.close()
 
     def ping(self) -> float:
-        """Round-trip time of a ping, in seconds."""
-        admin = self.connection.client.admin
+        """Round-trip time of a ping, in seconds; the server waited for as the client is configured to
+        (serverSelectionTimeoutMS), even inside a longer `pymongo.timeout()`, which would replace it."""
+        client = self.connection.client
         start = time.perf_counter()
-        admin.command("ping")
+        with pymongo.timeout(client.options.server_selection_timeout):
+            client.admin.command("ping")
         return time.perf_counter() - start
 
     def ensure_indexes(self) -> None:

@@ -17,8 +17,9 @@ A pause stops every call under the name: a call that meets `RetryLater(after_sec
 503 with Retry-After) pauses the name here at once and in the database for every other worker and
 loop; each worker with calls to start re-reads the pause at least every `POLL_SECONDS` (with its
 next take, or one find by id), in the background from `REFRESH_SECONDS` on, so calls rarely wait
-for it. A `RetryLater` without a wait defers its context alone (with the backoff): nothing says how
-long the service wants everyone to keep away. Waiting is neither a failure nor a retry: the call
+for it; while the database is away, calls go on under the pause last known. A `RetryLater` without
+a wait defers its context alone (with the backoff): nothing says how long the service wants everyone
+to keep away. Waiting is neither a failure nor a retry: the call
 simply starts later, and its timeout counts from then.
 """
 
@@ -62,6 +63,7 @@ class SharedLimit:
         self._owed = 0.0  # tokens: > 0 to pay with the next slice, < 0 to give back
         self._paused_until = 0.0  # epoch seconds
         self._read_at = float("-inf")  # monotonic: when the pause was last read
+        self._away = False  # the last read or take found the database away: the view stands until it is back
         self._wait_until = 0.0  # monotonic: the database said no take before then
         self._busy = False  # one caller talks to the database at a time
         self._waiting: dict[str, float] = {}  # what the waiting calls need, by kind
@@ -163,7 +165,7 @@ class SharedLimit:
     def _try(self, cost: Cost) -> float | None:
         """Under the lock: 0 when the call may start (its cost spent); the seconds to wait; None: refill due."""
         mono, wall = time.monotonic(), time.time()
-        if mono - self._read_at > POLL_SECONDS:
+        if mono - self._read_at > POLL_SECONDS and not self._away:
             return None
         if self._paused_until > wall:
             return self._paused_until - wall
@@ -202,15 +204,15 @@ class SharedLimit:
                 until = self.book.paused_until(self.name)
                 with self._cond:
                     self._paused_until = max(self._paused_until, until)
-                    self._read_at = mono
+                    self._read_at, self._away = mono, False
                 return
             granted = self.book.take(self.name, draws, BURST_SECONDS)
         except AWAY as exc:
-            self._database_away(exc, mono, short=bool(draws))
+            self._database_away(exc, short=bool(draws))
             return
         with self._cond:
             self._paused_until = max(self._paused_until, granted.paused_until)
-            self._read_at = mono
+            self._read_at, self._away = mono, False
             if not granted.applied:
                 return
             self._owed += draws["tokens"].give_back if "tokens" in draws else 0.0  # given back: settled
@@ -224,17 +226,19 @@ class SharedLimit:
             else:
                 self._wait_until = mono + granted.wait
 
-    def _database_away(self, exc: BaseException, mono: float, short: bool) -> None:
+    def _database_away(self, exc: BaseException, short: bool) -> None:
         """The database did not answer a read or a take: calls go on under the pause known (none could
-        be published meanwhile), and ask again a poll later; a call short of budget waits for it.
+        be published meanwhile) until it answers again, read in the background from a poll after this
+        try; a call short of budget waits for it.
 
-        Raised, it would stop the partition and throw away the results its rows already paid for.
+        Raised, it would stop the partition and throw away the results its rows already paid for. And
+        a view that had to be fresh would make every call wait for a read that waits for the server.
         """
         log.info("limit %s: the database did not answer (%s); asking again later", self.name, short_reason(exc))
         with self._cond:
-            self._read_at = mono
+            self._read_at, self._away = time.monotonic(), True  # from when this try gave up: it waited for a server
             if short:
-                self._wait_until = mono + POLL_SECONDS
+                self._wait_until = self._read_at + POLL_SECONDS
 
     def _draws(self, cost: Cost, mono: float) -> dict[str, Draw]:
         """Under the lock: the slice to take, kind by kind; the tokens' debt and give-back ride along."""

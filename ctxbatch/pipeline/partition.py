@@ -99,7 +99,7 @@ def submit_batch(
 def load_partition(claim: Claim, job: PartitionJob) -> Loaded:
     """The contexts of this part of the claim that its lease still holds (the database waited for)."""
     store = worker_resources().store(job.uri, job.database)
-    return Loaded.of(ride_out(lambda: store.load(claim), job.outage_seconds, f"loading {len(claim)} contexts"))
+    return Loaded.of(ride_out(store, lambda: store.load(claim), job.outage_seconds, f"loading {len(claim)} contexts"))
 
 
 def as_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
@@ -156,7 +156,7 @@ def process_with(
     decided = job.policy.next_states(outcome.results, outcome.failures, attempts, loaded.deferrals, utcnow())
     # Paid for: kept through an outage and written when the database is back (see the module's note).
     what = f"writing {len(frame)} outcomes"
-    report = ride_out(functools.partial(decided.write, store, claim), job.outage_seconds, what)
+    report = ride_out(store, functools.partial(decided.write, store, claim), job.outage_seconds, what)
     lost = set(report.lost)
     done = [cid for cid in outcome.results if cid not in lost]
     now_ms, created = epoch_ms(utcnow()), loaded.created_ms
