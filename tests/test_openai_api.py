@@ -130,6 +130,7 @@ def test_the_sdk_uploads_batches_polls_and_reads_the_output_of_ctxbatch_serve(
     )
     assert batch.request_counts is not None and batch.request_counts.total == 3
     assert batch.metadata == {"run": "nightly"} and batch.completion_window == "24h"
+    assert batch.model == "m"  # every request's
     assert batch.expires_at is not None and batch.expires_at - batch.created_at == 24 * 3600
     assert (batch.output_file_id, batch.error_file_id) == (None, None)
     batch_id = batch.id.removeprefix("batch_")
@@ -423,3 +424,45 @@ def test_batches_are_listed_newest_first_page_by_page(client: OpenAI, store: Con
     assert first.has_more is True
     assert [b.id for b in client.batches.list(limit=2)] == made[::-1]  # the SDK follows `after`
     assert [b.id for b in client.batches.list(after=made[1]).data] == [made[0]]
+
+
+def test_files_are_listed_newest_first_page_by_page_in_either_order(client: OpenAI, store: ContextStore) -> None:
+    # Given three uploads, one larger than a chunk, an upload in progress and a batch
+    made = [upload(client, [request("a")], name=f"f{i}.jsonl") for i in range(2)]
+    big = [request(f"r{i}", "x" * 2000) for i in range(3000)]
+    made.append(upload(client, big, name="big.jsonl"))
+    store.upload().write(jsonl([request("b")]))
+    client.batches.create(input_file_id=made[0], endpoint=CHAT, completion_window="24h")
+
+    # When they are listed, then only the stored files are, newest first, and the SDK follows `after`
+    first = client.files.list(limit=2)
+    assert [f.id for f in first.data] == made[:0:-1]
+    assert first.has_more is True
+    assert [f.filename for f in first.data] == ["big.jsonl", "f1.jsonl"]
+    assert [f.id for f in client.files.list(limit=2)] == made[::-1]
+    assert [f.id for f in client.files.list(after=made[1]).data] == [made[0]]
+    # and oldest first with order=asc, a purpose filters, and an output file is not among them
+    assert [f.id for f in client.files.list(order="asc", limit=1)] == made
+    assert [f.id for f in client.files.list(order="asc", after=made[0]).data] == made[1:]
+    assert [f.id for f in client.files.list(purpose="batch")] == made[::-1]
+    assert client.files.list(purpose="batch_output").data == []
+
+
+def test_a_file_list_after_an_unknown_file_or_in_a_bad_order_is_a_400(client: OpenAI) -> None:
+    upload(client, [request("a")])
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.files.list(after="file-nothing")
+    assert unknown.value.body["param"] == "after"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.files.list(order="sideways")  # type: ignore[arg-type]
+
+
+def test_a_batch_shows_the_model_only_when_every_request_names_the_same_one(client: OpenAI) -> None:
+    one = upload(client, [request("a"), request("b")])
+    other = {**request("c"), "body": {**request("c")["body"], "model": "n"}}
+    mixed = upload(client, [request("a"), other, request("d")])
+
+    made = [client.batches.create(input_file_id=f, endpoint=CHAT, completion_window="24h") for f in (one, mixed)]
+
+    assert [batch.model for batch in made] == ["m", None]
+    assert [batch.model for batch in client.batches.list()] == [None, "m"]

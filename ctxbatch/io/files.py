@@ -23,6 +23,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import bson
@@ -31,6 +32,7 @@ from pymongo.errors import PyMongoError
 from ctxbatch.config import DEFAULT_PRIORITY
 from ctxbatch.errors import FileNotFound, FileRefused, SubmitError
 from ctxbatch.io.connection import Connection
+from ctxbatch.io.keyset import page_after
 from ctxbatch.io.openai_batch import as_record, as_records
 from ctxbatch.io.schema import MAX_BSON_BYTES, epoch_ms, eq, utcnow, validate_request
 from ctxbatch.io.staging import BatchOptions, Submissions
@@ -103,6 +105,7 @@ class FileUpload:
         self._chunk: list[bytes] = []
         self._chunk_bytes = 0
         self._custom_ids: dict[str, int] = {}
+        self._models: set[Any] = set()  # the bodies' `model`s, up to two: a batch shows one only when all agree
         self._renew_at = 0.0
 
     def _lease(self) -> dict[str, Any]:
@@ -153,9 +156,12 @@ class FileUpload:
             return
         index, self.requests = self.requests, self.requests + 1
         try:
-            request = validate_request(index, as_record(index, line), DEFAULT_PRIORITY)
+            record = as_record(index, line)
+            request = validate_request(index, record, DEFAULT_PRIORITY)
         except SubmitError as exc:
             raise refused(exc, number) from None
+        if len(self._models) < 2:
+            self._models.add(record["payload"]["body"].get("model"))
         assert request.custom_id is not None  # as_record requires it
         first = self._custom_ids.setdefault(request.custom_id, number)
         if first != number:
@@ -195,6 +201,7 @@ class FileUpload:
             "status": "processed",
             "chunks": self.chunks,
             "requests": self.requests,
+            "model": next(iter(self._models)) if len(self._models) == 1 else None,
         }
         mine = {"_id": self.file_id, "token": eq(self.token), "state": eq(UPLOADING)}
         if not self.connection.files.replace_one(mine, stored).matched_count:
@@ -212,8 +219,9 @@ class FileUpload:
 
 
 def file_view(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored file object as users see it: `_id` is `id`; its chunks and counts are internal."""
-    view = {"id": stored["_id"], **{k: v for k, v in stored.items() if k not in ("_id", "chunks", "requests")}}
+    """A stored file object as users see it: `_id` is `id`; its chunks, counts and model are internal."""
+    internal = ("_id", "chunks", "requests", "model")
+    view = {"id": stored["_id"], **{k: v for k, v in stored.items() if k not in internal}}
     return view
 
 
@@ -241,6 +249,21 @@ class Files:
 
     def get(self, file_id: str) -> dict[str, Any]:
         return file_view(self._stored(file_id))
+
+    def page(
+        self, after: str | None, limit: int, ascending: bool = False, purpose: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` stored files past the file `after` (newest first unless `ascending`), only those
+        of `purpose` if given; and whether more follow."""
+        anchor = None if after is None else self._stored(after)
+        found, more = page_after(
+            self.connection.files,
+            anchor,
+            limit,
+            ascending=ascending,
+            keep=lambda stored: stored.get("object") == "file" and purpose in (None, stored.get("purpose")),
+        )
+        return [file_view(stored) for stored in found], more
 
     def content(self, file_id: str) -> Iterator[bytes]:
         stored = self._stored(file_id)  # now, so an unknown file fails before anything streams
@@ -290,7 +313,9 @@ class Files:
         the call: as OpenAI's Batch API does, the batch is made and `failed`, with no contexts and
         an error naming the line.
         """
-        self._stored(file_id)
+        stored = self._stored(file_id)
+        if isinstance(stored.get("model"), str):
+            options = replace(options, extra={**options.extra, "model": stored["model"]})
         numbers = array("L")
 
         def requests() -> Iterator[Any]:

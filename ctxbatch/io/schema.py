@@ -109,6 +109,8 @@ IDEMPOTENCY_INDEXES = [IndexModel([("expires_ms", ASCENDING)], name="expiry")]
 FILE_INDEXES = [
     IndexModel([("file_id", ASCENDING)], name="file_chunks"),
     IndexModel([("expires_ms", ASCENDING)], name="uploading"),
+    # The file objects alone have it (a chunk or an upload's marker has none): the list walks them.
+    IndexModel([("created_at", DESCENDING)], name="newest_files"),
 ]
 
 

@@ -281,6 +281,13 @@ class ContextStore:
         """A stored file object: id, object, bytes, created_at, filename, purpose, status (FileNotFound)."""
         return self._files.get(file_id)
 
+    def files_after(
+        self, after: str | None = None, limit: int = 20, *, ascending: bool = False, purpose: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of stored files as file() shows them, newest first unless `ascending`, past the file
+        `after` (FileNotFound if there is none), only those of `purpose` if given; and whether more follow."""
+        return self._files.page(after, limit, ascending, purpose)
+
     def file_content(self, file_id: str) -> Iterator[bytes]:
         """A stored file's bytes as they were uploaded, chunk by chunk (FileNotFound at once)."""
         return self._files.content(file_id)

@@ -23,6 +23,7 @@ from ctxbatch.errors import BatchNotFound, ContextNotFound, InvalidCursor
 from ctxbatch.io.columns import context_view, results_dataframe
 from ctxbatch.io.connection import Connection
 from ctxbatch.io.deadlines import Deadlines
+from ctxbatch.io.keyset import EPOCH, page_after
 from ctxbatch.io.moves import Moves
 from ctxbatch.io.schema import NO_TENANT, Status, epoch_ms, in_one_reply, in_replies_of, utcnow
 from ctxbatch.io.schema import eq as _eq
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # OpenAI's batch fields a batch submitted through /v1/batches (or with them) keeps and shows.
-OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+OPENAI_FIELDS = ("endpoint", "completion_window", "metadata", "input_file_id", "model")
 # One reply per this many documents when streaming results (nx-27017 answers a getMore slowly).
 STREAM_REPLY = 1000
 # Batches a listing shows unless told otherwise (`GET /api/batches`, `ctxbatch batches`).
@@ -281,7 +281,7 @@ class Views:
         # A range on created_at walks the `newest` index on nx-27017, sort included; `{}` scans.
         # The queue is matched here rather than in the filter, which would leave that index.
         self.deadlines.expire_due()
-        newest = self.connection.batches.find({"created_at": {"$gte": _EPOCH}}, {"_id": 1, "queue": 1}).sort(
+        newest = self.connection.batches.find({"created_at": {"$gte": EPOCH}}, {"_id": 1, "queue": 1}).sort(
             "created_at", DESCENDING
         )
         if wanted is None and queue is None:
@@ -300,28 +300,17 @@ class Views:
     def batches_after(self, after: str | None, limit: int, having: str | None = None) -> tuple[list[BatchStatus], bool]:
         """Up to `limit` batches older than `after` (newest first, ties by id), only those with the field
         `having` if given; and whether more follow."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
         self.deadlines.expire_due()
-        since = {"$gte": _EPOCH}
-        anchor = None
-        if after is not None:
-            found = self.batch_document(after)
-            anchor = (found["created_at"], found["_id"])
-            since = {"$lte": found["created_at"]}
+        anchor = None if after is None else self.batch_document(after)
         fields = {"_id": 1, "created_at": 1, **({having: 1} if having else {})}
-        # A range on created_at walks the `newest` index on nx-27017, its order included.
-        newest = self.connection.batches.find({"created_at": since}, fields).sort("created_at", DESCENDING)
-        rows: list[tuple[dt.datetime, str]] = []
-        for batch in newest:
-            key = (batch["created_at"], batch["_id"])
-            # Past `limit`, read on only through the ties of the last one: they may sort before it.
-            if len(rows) > limit and key[0] != rows[-1][0]:
-                break
-            if (anchor is None or key < anchor) and (having is None or batch.get(having) is not None):
-                rows.append(key)
-        rows.sort(reverse=True)
-        return [self.batch_status(batch_id, per_tenant=False) for _, batch_id in rows[:limit]], len(rows) > limit
+        found, more = page_after(
+            self.connection.batches,
+            anchor,
+            limit,
+            fields=fields,
+            keep=lambda batch: having is None or batch.get(having) is not None,
+        )
+        return [self.batch_status(batch["_id"], per_tenant=False) for batch in found], more
 
     def results_page(
         self, batch_id: str, limit: int = 1000, cursor: str | None = None, *, payload: bool = True
@@ -361,7 +350,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 
 def _from_ms(ms: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(milliseconds=ms)
+    return EPOCH + dt.timedelta(milliseconds=ms)
 
 
 def page_cursor(offset: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -27,6 +27,7 @@ from ctxbatch.service.openai_models import (
     BatchCreate,
     BatchList,
     FileDeleted,
+    FileList,
     FileObject,
     OpenAIErrorBody,
 )
@@ -44,6 +45,7 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_LIST = 100
+MAX_FILE_LIST = 10_000  # OpenAI's bound, and its default
 CONTENT_TYPE = "application/octet-stream"
 
 
@@ -63,6 +65,17 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
         if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
             message = f"metadata keys are at most {MAX_METADATA_KEY} characters, values {MAX_METADATA_VALUE}"
             raise OpenAIError(400, message, param="metadata")
+
+
+def _listed(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """OpenAI's list object of one page."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
 
 
 def _batch_not_found(shown: str) -> OpenAIError:
@@ -107,6 +120,21 @@ def openai_router(store: ContextStore, settings: Settings) -> APIRouter:
         and nothing is kept.
         """
         return file_object(await upload.receive(request, store, settings.api.max_file_bytes))
+
+    @router.get("/files", response_model=FileList, responses=COMMON)
+    def list_files(
+        after: Annotated[str | None, Query(description="The id of the last file of the previous page.")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_FILE_LIST)] = MAX_FILE_LIST,
+        order: Annotated[Literal["asc", "desc"], Query(description="By created_at.")] = "desc",
+        purpose: Annotated[str | None, Query(description="Only the files of this purpose.")] = None,
+    ) -> dict[str, Any]:
+        """The uploaded files, newest first unless `order=asc`. A batch's output and error files are
+        not stored, so not listed: they are named by its `output_file_id` and `error_file_id`."""
+        try:
+            stored, more = store.files_after(after, limit, ascending=order == "asc", purpose=purpose)
+        except FileNotFound:
+            raise OpenAIError(400, f"after: no file with id {after!r}", param="after") from None
+        return _listed([file_object(one) for one in stored], more)
 
     @router.get("/files/{file_id}", response_model=FileObject, responses={**COMMON, **_errors(404)})
     def retrieve_file(file_id: str) -> dict[str, Any]:
@@ -189,14 +217,7 @@ def openai_router(store: ContextStore, settings: Settings) -> APIRouter:
             views, more = store.batches_after(None if after is None else batch_id_of(after), limit, "endpoint")
         except BatchNotFound:
             raise OpenAIError(400, f"after: no batch with id {after!r}", param="after") from None
-        data = [batch_object(view) for view in views]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
+        return _listed([batch_object(view) for view in views], more)
 
     @router.get("/batches/{batch_id}", response_model=Batch, responses={**COMMON, **_errors(404)})
     def retrieve_batch(batch_id: str) -> dict[str, Any]:

@@ -40,6 +40,14 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+class FileList(BaseModel):
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class FileDeleted(BaseModel):
     id: str
     object: Literal["file"]
@@ -90,6 +98,7 @@ class Batch(BaseModel):
     id: str = Field(description="`batch_` and ctxbatch's batch id.")
     object: Literal["batch"]
     endpoint: str | None
+    model: str | None = Field(None, description="The requests' model, when all of them name the same one.")
     errors: BatchErrors | None = None
     input_file_id: str | None
     completion_window: str | None

@@ -101,6 +101,8 @@ def batch_object(view: Mapping[str, Any]) -> dict[str, Any]:
         "id": shown_batch_id(batch_id),
         "object": "batch",
         "endpoint": view.get("endpoint"),
+        # The requests' model, when every request of the file names the same one.
+        "model": view.get("model"),
         "errors": {"object": "list", "data": list(errors)} if errors else None,
         "input_file_id": view.get("input_file_id"),
         "completion_window": view.get("completion_window"),
