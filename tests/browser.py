@@ -42,9 +42,13 @@ FLAGS = [
 ]
 START_SECONDS = 30
 # True once a Bokeh page holds data in some plot (its first document has a source with rows).
+# A data source holding a number other than 0: a page may start with sources of zeros (ctxbatch's
+# queue by level), which are not yet data.
 BOKEH_DRAWN = """(() => {
   if (!window.Bokeh || !Bokeh.documents.length) return false;
-  return [...Bokeh.documents[0].all_models].some(m => m.get_length && (m.get_length() || 0) > 0);
+  const held = m => m.get_length && (m.get_length() || 0) > 0 && m.data;
+  const numbers = column => Array.from(column).some(v => typeof v === "number" && v !== 0);
+  return [...Bokeh.documents[0].all_models].some(m => held(m) && Object.values(m.data).some(numbers));
 })()"""
 NEXT_FRAMES = "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
 
