@@ -19,8 +19,8 @@ loop; each worker with calls to start re-reads the pause at least every `POLL_SE
 next take, or one find by id), in the background from `REFRESH_SECONDS` on, so calls rarely wait
 for it; while the database is away, calls go on under the pause last known. A `RetryLater` without
 a wait defers its context alone (with the backoff): nothing says how long the service wants everyone
-to keep away. Waiting is neither a failure nor a retry: the call
-simply starts later, and its timeout counts from then.
+to keep away. Waiting is neither a failure nor a retry: the call simply starts later, and its
+timeout counts from then.
 """
 
 from __future__ import annotations
