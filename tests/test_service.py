@@ -238,6 +238,7 @@ def test_openapi_describes_every_route_and_the_bulk_body(api: httpx.Client) -> N
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("POST", "/v1/files"),
+        ("GET", "/v1/files"),
         ("GET", "/v1/files/{file_id}"),
         ("GET", "/v1/files/{file_id}/content"),
         ("DELETE", "/v1/files/{file_id}"),
