@@ -198,6 +198,7 @@ def indexed(home: Path) -> Iterator[tuple[int, Collection[dict[str, Any]]]]:
     store = ContextStore(state.uri, "indexed")
     store.connection.ensure_indexes()
     yield state.pid, store.connection.contexts
+    store.close()
 
 
 def test_an_insert_command_is_committed_once_and_a_duplicate_in_it_fails_alone(
