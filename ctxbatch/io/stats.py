@@ -137,10 +137,14 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 def _linear(ordered: list[float], q: float) -> float:
     """The q-th percentile of sorted values, between the two nearest ranks (numpy's "linear", without numpy)."""
-    position = (len(ordered) - 1) * q / 100
+    # numpy's own arithmetic, step for step: (n - 1) * (q / 100), and the lerp from the nearer end.
+    # Another order of the same sums rounds differently, and a percentile of milliseconds then lands
+    # on the other side of a rounding to 3 places (one sample in 50 did).
+    position = (len(ordered) - 1) * (q / 100)
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    a, b, t = ordered[low], ordered[high], position - low
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)
 
 
 def _elapsed(doc: dict[str, Any], since_field: str) -> float | None:
